@@ -1,0 +1,82 @@
+"""Reading any PIL-readable image into RGB the same way everywhere (train, cam, verify)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from camkit.errors import CamkitError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+# Refuse images that would take more than ~1 GB as RGB; Pillow's own bomb check is per-format.
+MAX_PIXELS = 300_000_000
+
+
+def open_rgb(path: str | Path) -> Image.Image:
+    """Open an image as RGB: EXIF orientation applied, alpha composited on white,
+    palette expanded and 16-bit greyscale scaled (not clipped) to 8 bits.
+
+    Raises CamkitError for anything that is not a complete, decodable image."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise CamkitError(f"{path}: {img.width}x{img.height} pixels is too large")
+                img.load()
+                img = ImageOps.exif_transpose(img)
+    except CamkitError:
+        raise
+    except FileNotFoundError:
+        raise CamkitError(f"image '{path}' does not exist") from None
+    except IsADirectoryError:
+        raise CamkitError(f"'{path}' is a folder, not an image") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+            Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise CamkitError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB without losing the picture."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / hi * 255.0, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, img).convert("RGB")
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def resize_square(img: Image.Image, size: int) -> np.ndarray:
+    """Squish to size x size (no crop, so every original pixel maps back linearly);
+    returns HWC uint8."""
+    return np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+
+
+def list_images(paths: list[str | Path] | str | Path, recursive: bool = True) -> list[Path]:
+    """Expand files and folders into a sorted list of image files (folders recursively,
+    skipping camkit's own `_rejected` folders)."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            pattern = "**/*" if recursive else "*"
+            found.extend(sorted(f for f in p.glob(pattern) if f.is_file()
+                                and f.suffix.lower() in IMAGE_SUFFIXES
+                                and "_rejected" not in f.relative_to(p).parts))
+        elif p.exists():
+            found.append(p)
+        else:
+            raise CamkitError(f"'{p}' does not exist")
+    return found
