@@ -1,0 +1,116 @@
+import csv
+import json
+import urllib.error
+
+import pytest
+import torch
+from PIL import Image
+
+from camkit.errors import CamkitError
+from camkit.train import build_model, load, train
+
+
+def test_run_folder_is_complete_and_safe(tiny_run):
+    meta = json.loads((tiny_run / "model.json").read_text())
+    assert meta["format"] == "camkit-model/1"
+    assert meta["arch"] == "resnet18" and meta["head"] == "cam" and meta["stride"] == 8
+    assert meta["classes"] == ["bag", "trouser"] and meta["size"] == 32 and meta["complete"] is True
+    state = torch.load(tiny_run / "model.pth", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    rows = list(csv.DictReader(open(tiny_run / "history.csv")))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert {"train_loss", "valid_loss", "accuracy"} <= set(rows[0])
+    for png in ("loss.png", "confusion.png"):
+        assert Image.open(tiny_run / png).size[0] > 100
+    assert sum(map(sum, meta["confusion"])) == meta["summary"]["n_valid"] == 16
+
+
+def test_loaded_model_reproduces_saved_validation_predictions(tiny_run):
+    loaded = load(tiny_run)
+    valid = json.loads((tiny_run / "valid.json").read_text())
+    x = loaded.preprocess([v["file"] for v in valid])
+    with torch.no_grad():
+        probs = loaded.model(x).softmax(1)
+    assert [loaded.classes[i] for i in probs.argmax(1)] == [v["pred"] for v in valid]
+    assert probs.max(1).values.tolist() == pytest.approx([v["prob"] for v in valid], abs=1e-4)
+
+
+def test_cam_head_is_gap_linear_without_bias():
+    model, loaded, _ = build_model("resnet18", 3, "cam", pretrained=False)
+    pool, flat, fc = model[1]
+    assert isinstance(pool, torch.nn.AdaptiveAvgPool2d) and fc.bias is None and fc.out_features == 3
+    assert not loaded
+
+
+@pytest.mark.parametrize("stride,side", [(32, 2), (16, 4), (8, 8)])
+def test_output_stride_sets_map_resolution(stride, side):
+    model, _, _ = build_model("resnet18", 2, pretrained=False, stride=stride)
+    assert model[0](torch.zeros(1, 3, 64, 64)).shape[-1] == side
+
+
+def test_offline_default_warns_and_trains_from_scratch(monkeypatch):
+    def no_network(*a, **k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    with pytest.warns(UserWarning, match="training from scratch"):
+        _, loaded, _ = build_model("resnet18", 2, pretrained=None)
+    assert not loaded
+    with pytest.raises(CamkitError, match="--no-pretrained"):
+        build_model("resnet18", 2, pretrained=True)
+
+
+def test_weights_file_is_loaded_without_unpickling(tmp_path):
+    import torchvision
+
+    source = torchvision.models.resnet18(weights=None)
+    torch.save(source.state_dict(), tmp_path / "r18.pth")
+    model, loaded, _ = build_model("resnet18", 2, weights=tmp_path / "r18.pth")
+    assert loaded
+    assert torch.equal(model[0][0].weight, source.conv1.weight)
+    torch.save({"not": object()}, tmp_path / "evil.pth")
+    with pytest.raises(CamkitError, match="not a plain tensor state_dict"):
+        build_model("resnet18", 2, weights=tmp_path / "evil.pth")
+
+
+def test_existing_run_is_not_overwritten_silently(canvas_dir, tiny_run):
+    with pytest.raises(CamkitError, match="already holds a run"):
+        train(canvas_dir, arch="resnet18", epochs=1, size=32, out=tiny_run, pretrained=False)
+    assert json.loads((tiny_run / "model.json").read_text())["complete"]
+
+
+def _folder(tmp_path, spec):
+    for cls, n in spec.items():
+        (tmp_path / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (16, 16), (i * 20, 0, 0)).save(tmp_path / cls / f"{i}.png")
+    return tmp_path
+
+
+@pytest.mark.parametrize("setup,args,message", [
+    (lambda p: p / "nope", [], "does not exist"),
+    (lambda p: _folder(p, {"a": 3}), [], "at least two class sub-folders"),
+    (lambda p: _folder(p, {"a": 3, "b": 0}), [], "has no images"),
+    (lambda p: _folder(p, {"a": 3, "b": 3}), ["--arch", "nosuchnet"], "unknown arch 'nosuchnet'"),
+    (lambda p: _folder(p, {"a": 3, "b": 3}), ["--valid-pct", "1.5"], "--valid-pct must be between 0 and 1"),
+    (lambda p: _folder(p, {"a": 3, "b": 3}), ["--head", "mlp"], "--head must be one of"),
+    (lambda p: _folder(p, {"a": 3, "b": 3}), ["--out", "/proc/camkit-run"], "cannot write to output folder"),
+])
+def test_bad_train_input_is_one_line_error(tmp_path, cli, setup, args, message):
+    data = setup(tmp_path)
+    code, out, err = cli("train", data, "--epochs", "1", "--size", "16", "--no-pretrained", *args)
+    assert code == 2
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_corrupt_image_is_skipped_with_warning(tmp_path, cli):
+    data = _folder(tmp_path / "d", {"a": 4, "b": 4})
+    (data / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (data / "b" / "notes.png").write_text("hello")
+    code, out, err = cli("train", data, "--epochs", "1", "--size", "16", "--bs", "4", "--arch", "resnet18",
+                         "--no-pretrained", "--out", tmp_path / "run", "--json")
+    assert code == 0, err
+    assert "broken.jpg" in err and "notes.png" in err
+    summary = json.loads(out)
+    assert summary["n_train"] + summary["n_valid"] == 8 and len(summary["skipped"]) == 2
+    assert summary["classes"] == ["a", "b"] and summary["epochs"] == 1 and summary["images_per_sec"] > 0
