@@ -144,8 +144,9 @@ class BaseCAM:
             target_t = self._target(target, logits)
             grads = None
             if self.needs_grad:
-                score = logits.gather(1, target_t[:, None]).sum()
-                grads, = torch.autograd.grad(score, acts)
+                with torch.enable_grad():  # also when the caller is inside torch.no_grad()
+                    score = logits.gather(1, target_t[:, None]).sum()
+                    grads, = torch.autograd.grad(score, acts)
             with torch.no_grad():
                 maps = self._combine(acts.detach(), grads, logits.detach(), target_t)
             self.logits = logits.detach()
@@ -365,6 +366,8 @@ def explain(model_dir, images: Sequence[str | Path] | str | Path, method: str | 
     files = list_images(inputs)
     if not files:
         raise CamkitError("no images found in " + ", ".join(map(str, inputs)))
+    if layer is not None:
+        get_layer(loaded.model, layer)  # fail before any work
     extractor = make_cam(method, loaded.model, layer)
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
@@ -377,7 +380,7 @@ def explain(model_dir, images: Sequence[str | Path] | str | Path, method: str | 
     if progress:
         from fastprogress.fastprogress import progress_bar
 
-        batches = progress_bar(batches, comment="images")
+        batches = progress_bar(batches)
     with extractor:
         for start in batches:
             batch_files, batch_images = [], []

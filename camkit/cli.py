@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from dataclasses import asdict
@@ -38,6 +39,12 @@ def run(fn, *args, **kwargs):
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         raise typer.Exit(130) from None
+    except Exception as e:  # a bug, not bad input: still one line, the traceback on request
+        if os.environ.get("CAMKIT_DEBUG"):
+            raise
+        print(f"error: internal error {type(e).__name__}: {e} (set CAMKIT_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        raise typer.Exit(1) from None
 
 
 def emit(data) -> None:
