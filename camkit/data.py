@@ -222,7 +222,7 @@ class TensorBatches:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, bs: int, shuffle: bool,
                  stats: tuple[list[float], list[float]] = IMAGENET_STATS, augment: bool = False,
-                 seed: int = 0, device: torch.device | str = "cpu", channels_last: bool = True):
+                 seed: int = 0, device: torch.device | str = "cpu", channels_last: bool = False):
         self.images, self.labels = images, labels
         self.bs, self.shuffle, self.augment = bs, shuffle, augment
         self.mean = torch.tensor(stats[0]).view(1, 3, 1, 1) * 255

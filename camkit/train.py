@@ -323,15 +323,20 @@ def train(data_dir: str | Path, arch: str = "resnet34", epochs: int = 4, size: i
     if len(train_idx) == 0:
         raise CamkitError(f"no training images left after a {valid_pct:.0%} validation split")
     stats = IMAGENET_STATS
+    # channels_last pays off on GPUs; on CPU (oneDNN) it measured 14% slower for resnet34
+    channels_last = dev.type == "cuda"
     train_dl = TensorBatches(data.images[train_idx], data.labels[train_idx], min(bs, len(train_idx)),
-                             shuffle=True, stats=stats, augment=augment, seed=seed)
-    valid_dl = TensorBatches(data.images[valid_idx], data.labels[valid_idx], bs, shuffle=False, stats=stats)
+                             shuffle=True, stats=stats, augment=augment, seed=seed, channels_last=channels_last)
+    valid_dl = TensorBatches(data.images[valid_idx], data.labels[valid_idx], bs, shuffle=False, stats=stats,
+                             channels_last=channels_last)
     dls = DataLoaders(train_dl, valid_dl, path=out, device=dev)
     learn = vision_learner(dls, lambda pretrained=False: model[0], n_out=len(data.classes), pretrained=False,
                            normalize=False, custom_head=model[1], splitter=splitter,
                            loss_func=CrossEntropyLossFlat(), metrics=[accuracy], cut=lambda m: m,
                            path=out, model_dir=".")
-    learn.model = model.to(dev).to(memory_format=torch.channels_last)
+    learn.model = model.to(dev)
+    if channels_last:
+        learn.model = learn.model.to(memory_format=torch.channels_last)
     if dev.type == "cuda":
         learn = learn.to_bf16() if torch.cuda.is_bf16_supported() else learn.to_fp16()
     if quiet:

@@ -1,0 +1,1 @@
+"""Companions for the deep-learning course: exact walkthroughs, calculators and experiments."""
