@@ -158,6 +158,27 @@ def demo(
         print(f"report:  {result.report}")
 
 
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="run folder written by camkit train"),
+    cams: Optional[Path] = typer.Option(None, help="a camkit cam output folder to include (default RUN/cams)"),
+    open_browser: bool = typer.Option(False, "--open", help="open the page in the default browser"),
+    as_json: bool = typer.Option(False, "--json", help="print the numbers behind the page"),
+):
+    """One self-contained HTML page for a run: data, training, evaluation, CAMs."""
+    from camkit import report as report_mod
+
+    path = run(report_mod.build, run_dir, cams_dir=cams)
+    if as_json:
+        emit({"report": str(path), **run(report_mod.summarize, run_dir)})
+    else:
+        print(f"report: {path}")
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(path.resolve().as_uri())
+
+
 calc_app = typer.Typer(no_args_is_help=True, help="The course's calculators: formula, numbers, result.")
 course_app = typer.Typer(no_args_is_help=True, help="Course companions reproduced exactly.")
 app.add_typer(calc_app, name="calc")

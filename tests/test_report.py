@@ -1,0 +1,84 @@
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from camkit.cam import explain
+from camkit.errors import CamkitError
+from camkit.report import build, summarize
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars", "--virtual-time-budget=5000"]
+
+
+@pytest.fixture(scope="module")
+def report_path(tiny_run, tmp_path_factory):
+    run = tmp_path_factory.mktemp("rep") / "run"
+    shutil.copytree(tiny_run, run)
+    valid = json.loads((run / "valid.json").read_text())
+    explain(run, [v["file"] for v in valid], out=run / "cams")
+    return build(run)
+
+
+def test_report_is_self_contained(report_path):
+    page = report_path.read_text()
+    for section in ("dataset", "training", "evaluation", "cams"):
+        assert f"id='{section}'" in page
+    srcs = re.findall(r"src='([^']*)'", page)
+    assert len(srcs) > 10 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert "http://" not in page and "https://" not in page
+    assert "Incomplete run" not in page
+
+
+def test_summary_numbers_come_from_the_run(tiny_run):
+    info = summarize(tiny_run)
+    meta = json.loads((tiny_run / "model.json").read_text())
+    assert info["complete"] and info["classes"] == meta["classes"] and len(info["history"]) == 2
+    cm = meta["confusion"]
+    assert info["per_class"][0]["recall"] == round(cm[0][0] / sum(cm[0]), 4)
+
+
+def test_partial_run_is_reported_as_incomplete(tiny_run, tmp_path):
+    run = tmp_path / "partial"
+    run.mkdir()
+    shutil.copy(tiny_run / "history.csv", run)
+    page = build(run).read_text()
+    assert "Incomplete run" in page and "model.json" in page
+
+
+def test_folder_without_model_or_history_is_an_error(tmp_path, cli):
+    with pytest.raises(CamkitError, match="no model.json and no history.csv"):
+        build(tmp_path)
+    code, out, err = cli("report", tmp_path / "nothing")
+    assert code == 2 and "does not exist" in err and err.count("\n") == 1
+
+
+def test_report_cli_json(tiny_run, tmp_path, cli):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    code, out, err = cli("report", run, "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["report"].endswith("report.html") and data["summary"]["arch"] == "resnet18"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian package 'chromium' is not installed")
+def test_report_renders_in_headless_chromium(report_path, tmp_path):
+    dom = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+                          report_path.resolve().as_uri()], capture_output=True, text=True, timeout=120).stdout
+    body = re.search(r"<body[^>]*>", dom).group(0)
+    images = int(re.search(r'data-images="(\d+)"', body).group(1))
+    assert images > 10 and 'data-broken-images="0"' in body
+    for heading in ("Dataset", "Training", "Evaluation", "CAM gallery"):
+        assert f"<h2>{heading}</h2>" in dom
+    shot = tmp_path / "report.png"
+    subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile2'}", "--window-size=1200,1600",
+                    f"--screenshot={shot}", report_path.resolve().as_uri()], capture_output=True, timeout=120)
+    from PIL import Image
+
+    img = Image.open(shot).convert("L")
+    assert img.size == (1200, 1600) and len(set(img.getdata())) > 50  # a real page, not blank
