@@ -52,6 +52,59 @@ def emit(data) -> None:
 
 
 @app.command()
+def crawl(
+    keywords: List[str] = typer.Argument(..., help="one class folder per keyword, e.g. cats dogs"),
+    max_num: int = typer.Option(100, help="images wanted per keyword (a rerun continues to this)"),
+    out: Path = typer.Option(Path("data/images"), help="dataset folder"),
+    engine: str = typer.Option("auto", help="auto|bing|baidu|flickr|google (auto falls back when one finds nothing)"),
+    endpoint: Optional[str] = typer.Option(None, help="replace the engine's scheme and host (mirror, test server)"),
+    threads: int = typer.Option(8, help="download threads"),
+    min_size: int = typer.Option(64, help="reject images whose shorter side is smaller"),
+    max_side: int = typer.Option(512, help="resize so the longer side is at most this (0: keep)"),
+    max_bytes: str = typer.Option("20MB", help="reject files larger than this (streamed, stops early)"),
+    license: Optional[str] = typer.Option(None, help="creativecommons|publicdomain|commercial|noncommercial"),
+    allow_private: bool = typer.Option(False, help="allow image URLs on private/loopback addresses"),
+    timeout: float = typer.Option(10.0, help="seconds per request"),
+    idle_timeout: float = typer.Option(60.0, help="stop a keyword after this long without any result"),
+    total_timeout: float = typer.Option(3600.0, help="stop a keyword after this long in all"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Search images for each keyword into verified, deduplicated class folders."""
+    from camkit.crawl import crawl as crawl_fn
+
+    summaries = run(crawl_fn, keywords, max_num=max_num, out=out, engine=engine, endpoint=endpoint,
+                    threads=threads, min_size=min_size, max_side=max_side or None, max_bytes=max_bytes,
+                    license=license, allow_private=allow_private, timeout=timeout, idle_timeout=idle_timeout,
+                    total_timeout=total_timeout, progress=not as_json)
+    if as_json:
+        emit([asdict(s) for s in summaries])
+        return
+    print(f"{'keyword':<20} {'requested':>9} {'saved':>6}  rejected by reason")
+    for s in summaries:
+        reasons = ", ".join(f"{k} {v}" for k, v in s.rejected.items()) or "-"
+        print(f"{s.keyword:<20} {s.requested:>9} {s.saved:>6}  {reasons}"
+              + (f"  (stopped: {s.timed_out} timeout)" if s.timed_out else ""))
+    print(f"manifest: {out / 'manifest.jsonl'}")
+
+
+@app.command()
+def verify(
+    folder: Path = typer.Argument(..., help="class-per-folder dataset"),
+    min_size: int = typer.Option(64, help="reject images whose shorter side is smaller"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """The crawl's checks and dedup on an existing folder; rejects go to FOLDER/_rejected/."""
+    from camkit.crawl import verify as verify_fn
+
+    summary = run(verify_fn, folder, min_size=min_size)
+    if as_json:
+        emit(asdict(summary))
+        return
+    reasons = ", ".join(f"{k} {v}" for k, v in summary.rejected.items()) or "none"
+    print(f"checked {summary.checked}, kept {summary.kept}; moved to {folder / '_rejected'}: {reasons}")
+
+
+@app.command()
 def train(
     data_dir: Path = typer.Argument(..., help="one sub-folder of images per class"),
     arch: str = typer.Option("resnet34", help="torchvision resnet name, or a timm name when timm is installed"),
