@@ -175,13 +175,16 @@ def cam_eval(
     image_root: Optional[Path] = typer.Option(None, help="folder the box paths are relative to (default: boxes.json's)"),
     steps: int = typer.Option(16, help="deletion/insertion steps"),
     limit: Optional[int] = typer.Option(None, help="score only the first N images"),
+    valid_only: bool = typer.Option(False, "--valid-only", help="only the run's held-out images"),
     as_json: bool = typer.Option(False, "--json"),
 ):
-    """Faithfulness per method: pointing game and deletion / insertion AUC."""
+    """Faithfulness per method: pointing game and deletion / insertion AUC (saved to RUN/cam_eval.json)."""
     from camkit.metrics import evaluate
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
-    results = run(evaluate, model, boxes, names, image_root=image_root, steps=steps, limit=limit)
+    results = run(evaluate, model, boxes, names, image_root=image_root, steps=steps, limit=limit,
+                  valid_only=valid_only)
+    (model / "cam_eval.json").write_text(json.dumps(results, indent=1))
     if as_json:
         emit(results)
         return
@@ -349,6 +352,82 @@ def course_lenet(seed: int = typer.Option(0), lr: float = typer.Option(0.01),
     print(f"conv1.bias.grad after backward = {w.bias_grad_after}")
     print(f"manual f.data.sub_(f.grad * {w.lr}) vs optim.SGD(lr={w.lr}): max |difference| = "
           f"{w.max_abs_difference:.2e} (asserted <= 1e-6; last-bit rounding only)")
+
+
+@course_app.command("mnist")
+def course_mnist(
+    dataset: str = typer.Option("mnist", help="mnist|fashion-mnist|digits (cifar10 does not fit this net)"),
+    data_dir: Optional[Path] = typer.Option(None, help="where the dataset files are (or go when downloading)"),
+    epochs: int = typer.Option(19), bs: int = typer.Option(32), lr: float = typer.Option(0.001),
+    seed: int = typer.Option(0), loader: str = typer.Option("tensor", help="tensor (fast) or torchvision (course)"),
+    limit: Optional[int] = typer.Option(None, help="use only the first N training images"),
+    test_limit: Optional[int] = typer.Option(None, help="use only the first N test images"),
+    out: Path = typer.Option(Path("course-mnist"), help="where the figures go"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """The MNIST homework: per-epoch fit for training and validation, curves, sample images."""
+    from camkit.course.experiments import run_mnist
+
+    result = run(run_mnist, dataset, data_dir, epochs, bs, lr, seed, loader, limit, test_limit, out,
+                 log=(lambda s: None) if as_json else print)
+    if as_json:
+        emit(asdict(result))
+    else:
+        print(f"figures: {', '.join(result.figures)}")
+
+
+@course_app.command("cifar")
+def course_cifar(
+    dataset: str = typer.Option("cifar10", help="cifar10|fashion-mnist|digits (1-channel sets padded to 3x32x32)"),
+    data_dir: Optional[Path] = typer.Option(None),
+    epochs: int = typer.Option(5), bs: int = typer.Option(4), lr: float = typer.Option(0.001),
+    seed: int = typer.Option(0), loader: str = typer.Option("tensor", help="tensor (fast) or torchvision (course)"),
+    limit: Optional[int] = typer.Option(None), test_limit: Optional[int] = typer.Option(None),
+    log_every: int = typer.Option(1000, help="print the running loss every N mini-batches"),
+    out: Path = typer.Option(Path("course-cifar"), help="where the figures go"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """The CIFAR-10 tutorial classifier: training log, test accuracy overall and per class."""
+    from camkit.course.experiments import (CIFAR_STATS, load_course_data, plot_samples, result_dict,
+                                           run_cifar)
+
+    data = run(load_course_data, dataset, data_dir, True, limit, test_limit, seed)
+    quiet = (lambda s: None) if as_json else print
+    quiet(f"data: {data.description}")
+    out.mkdir(parents=True, exist_ok=True)
+    grid = plot_samples(data.train_x[:8], data.train_y[:8], data.classes, CIFAR_STATS, out / "cifar_samples.png")
+    result = run(run_cifar, 0, epochs=epochs, bs=bs, lr=lr, seed=seed, loader=loader, log_every=log_every,
+                 log=quiet, data=data)
+    if as_json:
+        emit({**result_dict(result), "figures": [str(grid)]})
+    else:
+        print(f"training images: {grid}")
+
+
+@course_app.command("variants")
+def course_variants(
+    only: Optional[str] = typer.Option(None, help="comma-separated subset of 1-9 (default: all)"),
+    dataset: str = typer.Option("cifar10"), data_dir: Optional[Path] = typer.Option(None),
+    epochs: int = typer.Option(5), bs: int = typer.Option(4), seed: int = typer.Option(0),
+    loader: str = typer.Option("tensor"), limit: Optional[int] = typer.Option(None),
+    test_limit: Optional[int] = typer.Option(None),
+    out: Path = typer.Option(Path("course-variants"), help="variants.md/.csv and the figures go here"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """The nine variants against the tutorial baseline: table, bar chart, loss curves."""
+    from camkit.course.experiments import result_dict, run_variants
+
+    try:
+        chosen = [int(v) for v in only.split(",")] if only else None
+    except ValueError:
+        print(f"error: --only must be comma-separated numbers 1-9, not '{only}'", file=sys.stderr)
+        raise typer.Exit(2) from None
+    results = run(run_variants, chosen, dataset, data_dir, epochs, bs, seed, loader, limit, test_limit, out,
+                  log=(lambda s: None) if as_json else print)
+    if as_json:
+        emit([result_dict(r) for r in results])
+    else:
+        print((out / "variants.md").read_text())
 
 
 def main() -> None:  # pragma: no cover

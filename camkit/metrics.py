@@ -60,11 +60,13 @@ def deletion_insertion(model: nn.Module, x: Tensor, maps: Tensor, target: Tensor
 
 
 def evaluate(model_dir, boxes_json, methods: Sequence[str] = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam"),
-             image_root=None, steps: int = 16, bs: int = 32, limit: int | None = None) -> dict[str, dict]:
+             image_root=None, steps: int = 16, bs: int = 32, limit: int | None = None,
+             valid_only: bool = False) -> dict[str, dict]:
     """Score each CAM method on images with known boxes: pointing game, deletion and insertion
     AUC (mean over images). `boxes_json` maps image paths relative to `image_root` (default:
     the JSON's folder) to [x0, y0, x1, y1] in original-image pixels. The target is the true class
-    when the image's folder names one, else the prediction."""
+    when the image's folder names one, else the prediction. `valid_only` keeps the images the
+    run held out for validation (valid.json), so training images do not flatter the scores."""
     import json
     from pathlib import Path
 
@@ -83,7 +85,16 @@ def evaluate(model_dir, boxes_json, methods: Sequence[str] = ("cam", "gradcam", 
     if not isinstance(boxes, dict) or not all(isinstance(v, list) and len(v) == 4 for v in boxes.values()):
         raise CamkitError(f"boxes file '{boxes_json}' must map image paths to [x0, y0, x1, y1]")
     root = Path(image_root) if image_root else boxes_json.parent
-    items = sorted(boxes.items())[:limit]
+    items = sorted(boxes.items())
+    if valid_only:
+        valid_json = Path(model_dir) / "valid.json"
+        if not valid_json.exists():
+            raise CamkitError(f"'{model_dir}' has no valid.json to take the held-out images from")
+        held_out = {str(Path(v["file"]).resolve()) for v in json.loads(valid_json.read_text())}
+        items = [(rel, box) for rel, box in items if str((root / rel).resolve()) in held_out]
+    items = items[:limit]
+    if not items:
+        raise CamkitError("no images to evaluate")
     loaded = load(model_dir)
     results: dict[str, dict] = {}
     for method in methods:

@@ -48,7 +48,7 @@ def png_bomb(side: int = 20000) -> bytes:
 class FakeEngine:
     """Context manager: starts the server on 127.0.0.1 with a free port, stops it on exit."""
 
-    def __init__(self, latency: float = 0.0, page_size: int = 35):
+    def __init__(self, latency: float = 0.0, page_size: int = 20):
         self.latency, self.page_size = latency, page_size
         self.routes: dict[str, dict] = {}
         self.results: dict[str, list[str]] = {}
@@ -99,7 +99,7 @@ class FakeEngine:
                 count = int(query.get("count", [str(engine.page_size)])[0])
                 urls = engine.results.get(keyword, [])[first:first + count]
                 items = "".join(
-                    f'<div class="imgpt"><a class="iusc" m="{html.escape(json.dumps({"murl": u, "turl": u}))}" '
+                    f'<div class="imgpt"><a class="iusc" m="{html.escape(json.dumps({"murl": u, "turl": u}, separators=(",", ":")))}" '
                     f'href="#"><img src="{html.escape(u)}"></a></div>' for u in urls)
                 self.reply(200, f"<html><body>{items}</body></html>".encode(), "text/html; charset=utf-8")
 
