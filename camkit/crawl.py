@@ -720,7 +720,7 @@ def verify(folder: str | Path, min_size: int = 64, phash_threshold: int = PHASH_
                     index.add(rel, v.sha256, v.phash)
             except Rejected as e:
                 moves[path] = str(e)
-            except OSError as e:
+            except OSError:
                 moves[path] = "unreadable"
             log.append({"file": rel, "status": moves.get(path, "ok")})
     rejected: dict[str, int] = {}

@@ -8,9 +8,7 @@ activation map exact: map_c = sum_k w_ck * A_k.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import os
 import time
@@ -24,6 +22,7 @@ import torch
 from torch import nn
 
 from camkit.data import IMAGENET_STATS, FolderData, TensorBatches, load_folder
+from camkit.device import default_device
 from camkit.errors import CamkitError
 from camkit.images import open_rgb, resize_square
 
@@ -221,10 +220,6 @@ def load(model_dir: str | Path, device: str | torch.device | None = None) -> Loa
     return LoadedModel(model, list(meta["classes"]), int(meta["size"]), stats, meta, model_dir)
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
 # ---------------------------------------------------------------- training
 
 @dataclass
@@ -417,13 +412,3 @@ def _save_run(out: Path, model: nn.Module, result: TrainResult, data: FolderData
             "pretrained": result.pretrained, "complete": complete, "epochs_planned": total_epochs,
             "confusion": cm.tolist(), "summary": {k: v for k, v in result.to_dict().items() if k != "history"}}
     _atomic_write(out / "model.json", lambda p: p.write_text(json.dumps(meta, indent=1)))
-
-
-@contextlib.contextmanager
-def silenced_stdout(enabled: bool):
-    """Keep library chatter off stdout (for --json)."""
-    if not enabled:
-        yield
-        return
-    with contextlib.redirect_stdout(io.StringIO()):
-        yield

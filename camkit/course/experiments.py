@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from camkit.course.nets import CifarNet, MnistNet, n_parameters, variant1, variant2
+from camkit.device import default_device
 from camkit.errors import CamkitError
 
 DATASETS = ("mnist", "cifar10", "fashion-mnist", "digits")
@@ -216,10 +217,6 @@ def fit(model: nn.Module, loader, loss_fn: Callable, optimizer: torch.optim.Opti
                     running = 0.0
     losses = torch.stack(step_losses).float().tolist() if step_losses else []
     return float(total_loss) / max(1, seen), float(correct) / max(1, seen), losses
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
 @dataclass
