@@ -121,6 +121,7 @@ def train(
     weights: Optional[Path] = typer.Option(None, help="local torchvision state_dict to start from"),
     stride: int = typer.Option(32, help="ResNet output stride: 32, 16 or 8 (finer CAM maps)"),
     freeze_epochs: int = typer.Option(1, help="frozen-body epochs when fine-tuning pretrained weights"),
+    precision: str = typer.Option("auto", help="auto|fp32|bf16|fp16 (auto: bf16 where the hardware has it)"),
     overwrite: bool = typer.Option(False, help="replace a run already in --out"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON summary only"),
 ):
@@ -129,13 +130,13 @@ def train(
 
     result = run(train_fn, data_dir, arch=arch, epochs=epochs, size=size, bs=bs, valid_pct=valid_pct,
                  seed=seed, out=out, lr=lr, head=head, pretrained=pretrained, weights=weights, stride=stride,
-                 freeze_epochs=freeze_epochs, overwrite=overwrite, quiet=as_json)
+                 freeze_epochs=freeze_epochs, precision=precision, overwrite=overwrite, quiet=as_json)
     summary = {k: v for k, v in result.to_dict().items() if k != "history"}
     if as_json:
         emit(summary)
     else:
         print(f"valid accuracy {result.valid_accuracy:.2%} on {result.n_valid} images; "
-              f"{result.images_per_sec:.1f} images/s on {result.device}; saved to {result.out}")
+              f"{result.images_per_sec:.1f} images/s on {result.device} ({result.precision}); saved to {result.out}")
 
 
 @app.command()

@@ -94,6 +94,8 @@ def _folder(tmp_path, spec):
     (lambda p: _folder(p, {"a": 3, "b": 3}), ["--arch", "nosuchnet"], "unknown arch 'nosuchnet'"),
     (lambda p: _folder(p, {"a": 3, "b": 3}), ["--valid-pct", "1.5"], "--valid-pct must be between 0 and 1"),
     (lambda p: _folder(p, {"a": 3, "b": 3}), ["--head", "mlp"], "--head must be one of"),
+    (lambda p: _folder(p, {"a": 3, "b": 3}), ["--precision", "fp16"], "fp16 needs a GPU"),
+    (lambda p: _folder(p, {"a": 3, "b": 3}), ["--precision", "fp8"], "--precision must be one of"),
     (lambda p: _folder(p, {"a": 3, "b": 3}), ["--out", "/proc/camkit-run"], "cannot write to output folder"),
 ])
 def test_bad_train_input_is_one_line_error(tmp_path, cli, setup, args, message):
@@ -114,3 +116,20 @@ def test_corrupt_image_is_skipped_with_warning(tmp_path, cli):
     summary = json.loads(out)
     assert summary["n_train"] + summary["n_valid"] == 8 and len(summary["skipped"]) == 2
     assert summary["classes"] == ["a", "b"] and summary["epochs"] == 1 and summary["images_per_sec"] > 0
+
+
+def test_precision_auto_follows_the_hardware(monkeypatch):
+    import camkit.train as t
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(t, "cpu_supports_bf16", lambda: True)
+    assert t.resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(t, "cpu_supports_bf16", lambda: False)
+    assert t.resolve_precision("auto", cpu) == "fp32" and t.resolve_precision("bf16", cpu) == "bf16"
+
+
+def test_bf16_training_on_cpu_learns(canvas_dir, tmp_path):
+    r = train(canvas_dir, arch="resnet18", epochs=2, size=32, bs=16, out=tmp_path / "r", pretrained=False,
+              stride=8, precision="bf16", quiet=True)
+    assert r.precision == "bf16" and r.history[-1]["train_loss"] < r.history[0]["train_loss"]
+    assert load(tmp_path / "r").model[1][2].weight.dtype == torch.float32  # saved weights stay fp32
