@@ -147,10 +147,12 @@ class BaseCAM:
                 with torch.enable_grad():  # also when the caller is inside torch.no_grad()
                     score = logits.gather(1, target_t[:, None]).sum()
                     grads, = torch.autograd.grad(score, acts)
-            with torch.no_grad():
-                maps = self._combine(acts.detach(), grads, logits.detach(), target_t)
-            self.logits = logits.detach()
-            return normalise(F.relu(maps))
+            # combine in fp32 even when the pass ran under the caller's bf16 autocast
+            with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+                maps = self._combine(acts.detach().float(), None if grads is None else grads.float(),
+                                     logits.detach().float(), target_t)
+                self.logits = logits.detach().float()
+                return normalise(F.relu(maps))
         finally:
             torch.set_grad_enabled(grad_mode)
             self._capture, self.acts = False, None
@@ -343,17 +345,22 @@ def _safe_stem(path: Path, index: int) -> str:
 def explain(model_dir, images: Sequence[str | Path] | str | Path, method: str | None = None,
             target: str = "pred", out: str | Path | None = "cams", layer: str | None = None,
             alpha: float = 0.5, colormap: str = "jet", bs: int = 32, device: str | None = None,
-            progress: bool = False) -> list[Explanation]:
+            precision: str = "fp32", progress: bool = False) -> list[Explanation]:
     """Explain images (files or folders, recursively) with a model saved by `camkit train`.
 
     Writes per image `NAME_overlay.png`, `NAME_heatmap.png`, `NAME.npy` (the map at the layer's
     resolution), one line per image in `cams.jsonl`, and `index.html` into `out` (None: write
     nothing, just return). Unreadable files are skipped with a warning when they came from a
-    folder; a single unreadable named file is an error."""
+    folder; a single unreadable named file is an error. `precision` "bf16" (or "auto" where the
+    hardware has native bf16) runs the passes under bf16 autocast, about twice as fast on such
+    CPUs; maps are combined and normalised in fp32 either way."""
     from camkit.images import list_images, open_rgb
-    from camkit.train import LoadedModel, load
+    from camkit.train import LoadedModel, load, resolve_precision
 
     loaded = model_dir if isinstance(model_dir, LoadedModel) else load(model_dir, device=device)
+    precision = resolve_precision(precision, loaded.device)
+    if precision == "fp16":
+        raise CamkitError("--precision fp16 is not supported for CAM; use bf16 or fp32")
     if bs < 1:
         raise CamkitError(f"--bs must be at least 1, not {bs}")
     if not 0 <= alpha <= 1:
@@ -396,7 +403,8 @@ def explain(model_dir, images: Sequence[str | Path] | str | Path, method: str | 
                 continue
             x = loaded.preprocess(batch_images)
             tgt = None if target == "pred" else loaded.classes.index(target)
-            maps = extractor(x, tgt)
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                maps = extractor(x, tgt)
             probs = extractor.logits.float().softmax(1)
             for i, (f, img) in enumerate(zip(batch_files, batch_images)):
                 p = probs[i]

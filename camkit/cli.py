@@ -151,13 +151,14 @@ def cam(
     alpha: float = typer.Option(0.5, help="heatmap opacity in the overlay"),
     colormap: str = typer.Option("jet", help="matplotlib colormap"),
     bs: int = typer.Option(32, help="batch size"),
+    precision: str = typer.Option("fp32", help="fp32, bf16 (faster on CPUs with native bf16) or auto"),
     as_json: bool = typer.Option(False, "--json", help="print the cams.jsonl lines"),
 ):
     """Heatmaps of where the model looked: overlays, raw maps, cams.jsonl and index.html."""
     from camkit.cam import explain
 
     results = run(explain, model, images, method=method, target=target, out=out, layer=layer, alpha=alpha,
-                  colormap=colormap, bs=bs, progress=not as_json)
+                  colormap=colormap, bs=bs, precision=precision, progress=not as_json)
     if as_json:
         for r in results:
             print(json.dumps(asdict(r)))

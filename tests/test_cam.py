@@ -209,3 +209,12 @@ def test_model_file_that_is_not_camkits_is_refused(tiny_run, tmp_path):
     (fake / "model.pth").write_bytes(b"garbage")
     with pytest.raises(CamkitError, match="not a plain tensor state_dict"):
         load(fake)
+
+
+def test_bf16_maps_agree_with_fp32(loaded, batch):
+    fp32 = GradCAM(loaded.model)(batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = GradCAM(loaded.model)(batch)
+    assert bf16.dtype == torch.float32
+    assert (fp32 - bf16).abs().mean() < 0.05
+    assert (fp32.flatten(1).argmax(1) == bf16.flatten(1).argmax(1)).float().mean() >= 0.75
