@@ -432,9 +432,19 @@ def course_variants(
         print((out / "variants.md").read_text())
 
 
-def main() -> None:  # pragma: no cover
-    app()
+def main() -> None:
+    """Console entry point: usage errors too become one line on stderr (exit 2)."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        print("error: interrupted", file=sys.stderr)
+        code = 130
+    except Exception as e:  # click's UsageError family: bad or missing options and arguments
+        message = getattr(e, "format_message", lambda: str(e))()
+        print(f"error: {message}", file=sys.stderr)
+        code = getattr(e, "exit_code", 2)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    app()
+if __name__ == "__main__":
+    main()
