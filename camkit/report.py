@@ -165,6 +165,7 @@ def build(run_dir: str | Path, cams_dir: str | Path | None = None, out: str | Pa
         parts.append("</div>")
     else:
         parts.append("<p>No CAM run found (run <code>camkit cam ... --out RUN/cams</code>).</p>")
+    parts.append(_methods_side_by_side(run_dir, cams_dir))
     if (run_dir / "cam_eval.json").exists():
         evaluation = json.loads((run_dir / "cam_eval.json").read_text())
         parts.append("<h3>Faithfulness</h3>" + _table([{"method": k, **v} for k, v in evaluation.items()]))
@@ -192,6 +193,34 @@ def _figure(original: str | Path, overlay: str | Path, caption: str) -> str:
     """Original | overlay side by side, with a caption."""
     return (f"<figure>{_img(_thumb(original, 160), 'original', 120)}{_img(_thumb(overlay, 160), 'overlay', 120)}"
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _methods_side_by_side(run_dir: Path, cams_dir: Path, n_images: int = 4) -> str:
+    """When several CAM outputs exist (RUN/cams*, e.g. `camkit cam --method gradcam --out
+    RUN/cams-gradcam`), the same images under each method, in one row each."""
+    by_method: dict[str, dict[str, tuple[Path, dict]]] = {}
+    for folder in sorted({cams_dir, *run_dir.glob("cams*")}):
+        jsonl = folder / "cams.jsonl"
+        if folder.is_dir() and jsonl.exists():
+            for line in jsonl.read_text().splitlines():
+                r = json.loads(line)
+                by_method.setdefault(r["method"], {})[r["image"]] = (folder, r)
+    if len(by_method) < 2:
+        return ""
+    common = sorted(set.intersection(*(set(v) for v in by_method.values())))[:n_images]
+    if not common:
+        return ""
+    methods = sorted(by_method)
+    rows = []
+    for image in common:
+        cells = [_img(_thumb(image, 120), "original", 100)]
+        for m in methods:
+            folder, r = by_method[m][image]
+            if r.get("overlay") and (folder / r["overlay"]).exists():
+                cells.append(_img(_thumb(folder / r["overlay"], 120), m, 100))
+        rows.append(f"<div class='strip'><b>{html.escape(Path(image).name)}</b> " + "".join(cells) + "</div>")
+    return ("<h3 id='methods'>Methods side by side</h3><p>original, " + ", ".join(map(html.escape, methods))
+            + "</p>" + "".join(rows))
 
 
 def _crawl_manifest(valid: list[dict]) -> list[dict]:

@@ -34,6 +34,16 @@ def test_report_is_self_contained(report_path):
     assert "Incomplete run" not in page
 
 
+def test_methods_appear_side_by_side_when_several_were_run(report_path):
+    run = report_path.parent
+    valid = json.loads((run / "valid.json").read_text())[:3]
+    explain(run, [v["file"] for v in valid], method="gradcam++", out=run / "cams-gradcampp")
+    page = build(run).read_text()
+    assert "Methods side by side" in page and "gradcam++" in page
+    row = page[page.index("id='methods'"):]
+    assert row.count("alt='cam'") == 3 and row.count("alt='gradcam++'") == 3
+
+
 def test_summary_numbers_come_from_the_run(tiny_run):
     info = summarize(tiny_run)
     meta = json.loads((tiny_run / "model.json").read_text())
