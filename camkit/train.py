@@ -152,10 +152,11 @@ def build_model(arch: str, n_classes: int, head: str = "cam", pretrained: bool |
         from fastai.vision.learner import TimmBody
 
         body = TimmBody(backbone, pretrained=loaded)
+        n_features = backbone.num_features
     else:
         body = create_body(backbone, 3, loaded, cut)
+        n_features = num_features_model(body)
     _set_output_stride(body, stride, arch)
-    n_features = num_features_model(body)
     custom = cam_head(n_features, n_classes) if head == "cam" else None
     model = add_head(body, n_features, n_classes, head=custom)
     return model, loaded, splitter

@@ -133,3 +133,11 @@ def test_bf16_training_on_cpu_learns(canvas_dir, tmp_path):
               stride=8, precision="bf16", quiet=True)
     assert r.precision == "bf16" and r.history[-1]["train_loss"] < r.history[0]["train_loss"]
     assert load(tmp_path / "r").model[1][2].weight.dtype == torch.float32  # saved weights stay fp32
+
+
+def test_timm_names_work_when_timm_is_installed(canvas_dir, tmp_path):
+    pytest.importorskip("timm")
+    r = train(canvas_dir, arch="resnet10t", epochs=1, size=32, bs=16, out=tmp_path / "t", pretrained=False,
+              quiet=True)
+    assert r.arch == "resnet10t"
+    assert load(tmp_path / "t").model[0].__class__.__name__ == "TimmBody"
