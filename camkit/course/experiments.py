@@ -192,7 +192,9 @@ def make_loader(kind: str, *args, **kwargs):
 def small_batch_threads(loader: str, bs: int, image_shape, device: torch.device):
     """One intra-op thread for tiny CPU batches in the fast loop: at batch 4 every op is a few
     microseconds of work, and waking a second OpenMP thread per op costs more than it saves
-    (measured 4x to 10x more steps/s on 2 cores). The course loader keeps torch's default."""
+    (1.78 -> 1.35 ms per tutorial-net step on a quiet 2-core machine, 4x-10x under CPU
+    contention). The course loader keeps torch's default. (oneDNN off would save another 10%
+    but changes the convolution's rounding enough to break loss equality with the course.)"""
     tiny = loader == "tensor" and device.type == "cpu" and bs * int(np.prod(image_shape)) < 65536
     before = torch.get_num_threads()
     if tiny:
