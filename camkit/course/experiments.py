@@ -189,13 +189,14 @@ def make_loader(kind: str, *args, **kwargs):
 # ---------------------------------------------------------------- training
 
 @contextlib.contextmanager
-def small_batch_threads(loader: str, bs: int, image_shape, device: torch.device):
+def small_batch_threads(enabled: bool, bs: int, image_shape, device: torch.device):
     """One intra-op thread for tiny CPU batches in the fast loop: at batch 4 every op is a few
     microseconds of work, and waking a second OpenMP thread per op costs more than it saves
     (1.78 -> 1.35 ms per tutorial-net step on a quiet 2-core machine, 4x-10x under CPU
-    contention). The course loader keeps torch's default. (oneDNN off would save another 10%
-    but changes the convolution's rounding enough to break loss equality with the course.)"""
-    tiny = loader == "tensor" and device.type == "cpu" and bs * int(np.prod(image_shape)) < 65536
+    contention). Applied whichever loader runs, so both loaders still give equal losses (the
+    thread count changes float reduction order). oneDNN off would save another 10% but changes
+    the convolution's rounding too."""
+    tiny = enabled and device.type == "cpu" and bs * int(np.prod(image_shape)) < 65536
     before = torch.get_num_threads()
     if tiny:
         torch.set_num_threads(1)
@@ -256,8 +257,10 @@ class MnistResult:
 
 def run_mnist(dataset: str = "mnist", data_dir=None, epochs: int = 19, bs: int = 32, lr: float = 0.001,
               seed: int = 0, loader: str = "tensor", limit: int | None = None, test_limit: int | None = None,
-              out: str | Path | None = None, log: Callable[[str], None] = print) -> MnistResult:
-    """The homework: MnistNet, NLL loss, SGD(lr), `fit` per epoch for training and validation."""
+              out: str | Path | None = None, log: Callable[[str], None] = print,
+              tune_threads: bool = True) -> MnistResult:
+    """The homework: MnistNet, NLL loss, SGD(lr), `fit` per epoch for training and validation.
+    `tune_threads=False` keeps torch's thread count for tiny batches (as the course runs)."""
     if epochs < 1 or bs < 1:
         raise CamkitError("--epochs and --bs must be at least 1")
     data = load_course_data(dataset, data_dir, limit=limit, test_limit=test_limit, seed=seed)
@@ -273,7 +276,7 @@ def run_mnist(dataset: str = "mnist", data_dir=None, epochs: int = 19, bs: int =
     valid_dl = make_loader(loader, data.test_x, data.test_y, bs, False, MNIST_STATS, device=device)
     rows = []
     start = time.perf_counter()
-    with small_batch_threads(loader, bs, data.train_x.shape[1:], device):
+    with small_batch_threads(tune_threads, bs, data.train_x.shape[1:], device):
         for epoch in range(epochs):
             row = [epoch]
             for phase, dl in (("training", train_dl), ("validation", valid_dl)):
@@ -378,9 +381,10 @@ class CifarResult:
 def run_cifar(variant: int = 0, dataset: str = "cifar10", data_dir=None, epochs: int = 5, bs: int = 4,
               lr: float = 0.001, seed: int = 0, loader: str = "tensor", limit: int | None = None,
               test_limit: int | None = None, log_every: int = 1000, log: Callable[[str], None] = print,
-              data: CourseData | None = None) -> CifarResult:
+              data: CourseData | None = None, tune_threads: bool = True) -> CifarResult:
     """The tutorial loop (printing the running loss every `log_every` mini-batches), then the
-    test accuracy overall and per class, for the baseline or a variant."""
+    test accuracy overall and per class, for the baseline or a variant. `tune_threads=False`
+    keeps torch's thread count for tiny batches (as the course runs)."""
     if epochs < 1 or bs < 1:
         raise CamkitError("--epochs and --bs must be at least 1")
     data = data or load_course_data(dataset, data_dir, cifar_shape=True, limit=limit, test_limit=test_limit,
@@ -397,7 +401,7 @@ def run_cifar(variant: int = 0, dataset: str = "cifar10", data_dir=None, epochs:
                           CIFAR_STATS, device=device)
     losses: list[float] = []
     start = time.perf_counter()
-    with small_batch_threads(loader, bs, data.train_x.shape[1:], device):
+    with small_batch_threads(tune_threads, bs, data.train_x.shape[1:], device):
         for epoch in range(epochs):
             _, _, step = fit(model, train_dl, loss_fn, optimizer, "training", log_every, epoch, log, device)
             losses += step
