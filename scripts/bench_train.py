@@ -1,6 +1,6 @@
 """camkit train vs the vanilla fastai recipe, same folder, epochs, size and batch, one run.
 
-    python scripts/bench_train.py [--n 200] [--size 96] [--epochs 2] [--bs 32] [--arch resnet34]
+    python scripts/bench_train.py [--n 200] [--size 96] [--epochs 4] [--bs 32] [--arch resnet34]
 
 Vanilla: ImageDataLoaders.from_folder(item_tfms=Resize, batch_tfms=aug_transforms) +
 vision_learner(arch, pretrained=False) + fine_tune(epochs - 1) (fine_tune adds a frozen epoch,
@@ -55,7 +55,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=200, help="images per class")
     p.add_argument("--size", type=int, default=96)
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--bs", type=int, default=32)
     p.add_argument("--arch", default="resnet34")
     p.add_argument("--seed", type=int, default=0)
