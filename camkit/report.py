@@ -119,7 +119,8 @@ def build(run_dir: str | Path, cams_dir: str | Path | None = None, out: str | Pa
     if s:
         parts.append(f"<p>arch <b>{html.escape(str(s.get('arch')))}</b>, head {html.escape(str(s.get('head')))}, "
                      f"output stride {s.get('stride')}, pretrained weights: {'yes' if s.get('pretrained') else 'no'}, "
-                     f"device {html.escape(str(s.get('device')))}; {s.get('epochs')} epochs in "
+                     f"device {html.escape(str(s.get('device')))} ({html.escape(str(s.get('precision', 'fp32')))}); "
+                     f"{s.get('epochs')} epochs in "
                      f"{s.get('train_seconds')} s ({s.get('images_per_sec')} images/s).</p>")
     if (run_dir / "loss.png").exists():
         parts.append(_img(run_dir / "loss.png", "loss curves"))
