@@ -135,9 +135,8 @@ class BaseCAM:
             if self._handle is None:
                 self._register(x)
             self.acts, self._capture = None, True
-            with torch.no_grad():
+            with torch.no_grad():  # the hook switches recording on from the target layer up
                 logits = self.model(x)
-            torch.set_grad_enabled(grad_mode)
             acts = self.acts
             if acts is None:
                 raise CamkitError(f"layer '{self.layer_name}' was not run by the model's forward pass")

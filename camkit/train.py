@@ -377,6 +377,8 @@ def train(data_dir: str | Path, arch: str = "resnet34", epochs: int = 4, size: i
     valid_dl = TensorBatches(data.images[valid_idx], data.labels[valid_idx], bs, shuffle=False, stats=stats,
                              channels_last=channels_last)
     dls = DataLoaders(train_dl, valid_dl, path=out, device=dev)
+    # vision_learner over the model built above (body as the "arch", identity cut, our head):
+    # fastai's Learner, splitter, freezing and fine_tune, with camkit's CAM head and stride
     learn = vision_learner(dls, lambda pretrained=False: model[0], n_out=len(data.classes), pretrained=False,
                            normalize=False, custom_head=model[1], splitter=splitter,
                            loss_func=CrossEntropyLossFlat(), metrics=[accuracy], cut=lambda m: m,
