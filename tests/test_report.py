@@ -92,3 +92,16 @@ def test_report_renders_in_headless_chromium(report_path, tmp_path):
 
     img = Image.open(shot).convert("L")
     assert img.size == (1200, 1600) and len(set(img.getdata())) > 50  # a real page, not blank
+
+
+def test_crawl_manifest_rejects_are_summarised(tiny_run, canvas_dir, tmp_path):
+    manifest = canvas_dir / "manifest.jsonl"
+    lines = [{"keyword": "bag", "status": "ok"}, {"keyword": "bag", "status": "duplicate"},
+             {"keyword": "bag", "status": "duplicate"}, {"keyword": "trouser", "status": "truncated"}]
+    manifest.write_text("".join(json.dumps(x) + "\n" for x in lines) + "{cut by a kill")
+    try:
+        page = build(tiny_run, out=tmp_path / "r.html").read_text()
+    finally:
+        manifest.unlink()
+    crawl = page[page.index("<h3>Crawl</h3>"):page.index("id='training'")]
+    assert "<td>bag</td><td>duplicate</td><td>2</td>" in crawl and "<td>trouser</td><td>truncated</td><td>1</td>" in crawl
