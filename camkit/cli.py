@@ -440,7 +440,7 @@ def main() -> None:
         print("error: interrupted", file=sys.stderr)
         code = 130
     except Exception as e:  # click's UsageError family: bad or missing options and arguments
-        message = getattr(e, "format_message", lambda: str(e))()
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
         print(f"error: {message}", file=sys.stderr)
         code = getattr(e, "exit_code", 2)
     sys.exit(code if isinstance(code, int) else 0)

@@ -20,7 +20,6 @@ import socket
 import sys
 import threading
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -28,10 +27,10 @@ from urllib.parse import quote_plus, urljoin, urlsplit
 
 import numpy as np
 from icrawler import Crawler, Feeder, ImageDownloader, Parser
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from camkit.errors import CamkitError
-from camkit.images import IMAGE_SUFFIXES, to_rgb
+from camkit.images import IMAGE_SUFFIXES, ImageRejected, decode, to_rgb
 
 MANIFEST = "manifest.jsonl"
 REJECTED = "_rejected"
@@ -115,21 +114,10 @@ def verify_bytes(data: bytes, min_size: int = 64, max_side: int | None = 512,
                  max_pixels: int = MAX_PIXELS) -> Verified:
     """Full decode and checks; raises Rejected('reason') for anything not a clean image."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            fmt = (img.format or "").upper()
-            if img.width * img.height > max_pixels:
-                raise Rejected("too_many_pixels")
-            img.load()
-    except Rejected:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise Rejected("too_many_pixels") from None
-    except UnidentifiedImageError:
-        raise Rejected("not_an_image") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise Rejected("truncated" if "truncated" in str(e).lower() else "corrupt") from None
+        img = decode(data, max_pixels)
+    except ImageRejected as e:
+        raise Rejected(e.reason) from None
+    fmt = (img.format or "").upper()
     if min(img.size) < min_size:
         raise Rejected("too_small")
     img = to_rgb(ImageOps.exif_transpose(img))

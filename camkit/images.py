@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -15,30 +16,55 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".ti
 MAX_PIXELS = 300_000_000
 
 
+class ImageRejected(CamkitError):
+    """Bytes that are not a complete image; `reason` is a short code for logs and manifests:
+    too_many_pixels, not_an_image, truncated or corrupt."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Fully decode image bytes (no EXIF rotation, original mode), refusing pixel counts over
+    `max_pixels` before decoding and turning Pillow's decompression-bomb checks into a refusal."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            if img.width * img.height > max_pixels:
+                raise ImageRejected("too_many_pixels", f"{img.width}x{img.height} pixels is too large")
+            img.load()
+            return img
+    except ImageRejected:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageRejected("too_many_pixels", str(e)) from None
+    except UnidentifiedImageError as e:
+        raise ImageRejected("not_an_image", f"not a readable image ({type(e).__name__}: {e})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        reason = "truncated" if "truncated" in str(e).lower() else "corrupt"
+        raise ImageRejected(reason, f"not a readable image ({type(e).__name__}: {e})") from None
+
+
 def open_rgb(path: str | Path) -> Image.Image:
     """Open an image as RGB: EXIF orientation applied, alpha composited on white,
     palette expanded and 16-bit greyscale scaled (not clipped) to 8 bits.
 
     Raises CamkitError for anything that is not a complete, decodable image."""
     path = Path(path)
+    if path.is_dir():
+        raise CamkitError(f"'{path}' is a folder, not an image")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                if img.width * img.height > MAX_PIXELS:
-                    raise CamkitError(f"{path}: {img.width}x{img.height} pixels is too large")
-                img.load()
-                img = ImageOps.exif_transpose(img)
-    except CamkitError:
-        raise
+        data = path.read_bytes()
     except FileNotFoundError:
         raise CamkitError(f"image '{path}' does not exist") from None
-    except IsADirectoryError:
-        raise CamkitError(f"'{path}' is a folder, not an image") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
-            Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise CamkitError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
-    return to_rgb(img)
+    except OSError as e:
+        raise CamkitError(f"{path}: cannot be read ({e.strerror or e})") from None
+    try:
+        return to_rgb(ImageOps.exif_transpose(decode(data)))
+    except ImageRejected as e:
+        raise CamkitError(f"{path}: {e}") from None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
