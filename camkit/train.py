@@ -361,10 +361,10 @@ def train(data_dir: str | Path, arch: str = "resnet34", epochs: int = 4, size: i
     data_dir = Path(data_dir)
     out = Path(out) if out else Path("runs") / (data_dir.resolve().name or "run")
     data = data or load_folder(data_dir, size)
+    torch.manual_seed(seed)  # before the model is built: the random init is part of the run
     model, loaded, splitter = build_model(arch, len(data.classes), head, pretrained, weights, stride)
     _prepare_out(out, overwrite)
 
-    torch.manual_seed(seed)
     train_idx, valid_idx = data.split(valid_pct, seed)
     if len(train_idx) == 0:
         raise CamkitError(f"no training images left after a {valid_pct:.0%} validation split")
