@@ -54,6 +54,11 @@ def _table(rows: list[dict]) -> str:
 
 def summarize(run_dir: str | Path) -> dict:
     """The numbers behind the report (what `camkit report --json` prints)."""
+    return _read_run(run_dir)[0]
+
+
+def _read_run(run_dir: str | Path) -> tuple[dict, list[dict]]:
+    """(summary, validation predictions) from one read of the run folder."""
     import csv
 
     run_dir = Path(run_dir)
@@ -63,7 +68,7 @@ def summarize(run_dir: str | Path) -> dict:
     if not meta_path.exists() and not history_path.exists():
         raise CamkitError(f"'{run_dir}' has no model.json and no history.csv: not a camkit run")
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    history = list(csv.DictReader(open(history_path))) if history_path.exists() else []
+    history = list(csv.DictReader(history_path.read_text().splitlines())) if history_path.exists() else []
     valid = json.loads((run_dir / "valid.json").read_text()) if (run_dir / "valid.json").exists() else []
     classes = meta.get("classes", sorted({v["label"] for v in valid}))
     cm = meta.get("confusion")
@@ -80,7 +85,7 @@ def summarize(run_dir: str | Path) -> dict:
                                     ("valid.json", run_dir / "valid.json")) if not p.exists()]
     return {"run": str(run_dir), "complete": bool(meta.get("complete")) and not missing, "missing": missing,
             "summary": meta.get("summary", {}), "classes": classes, "per_class": per_class,
-            "confusion": cm, "history": history}
+            "confusion": cm, "history": history}, valid
 
 
 def build(run_dir: str | Path, cams_dir: str | Path | None = None, out: str | Path | None = None) -> Path:
@@ -88,7 +93,7 @@ def build(run_dir: str | Path, cams_dir: str | Path | None = None, out: str | Pa
     from camkit.cam import explain
 
     run_dir = Path(run_dir)
-    info = summarize(run_dir)
+    info, valid = _read_run(run_dir)
     s = info["summary"]
     parts = [f"<h1>camkit report — {html.escape(run_dir.name)}</h1>"]
     if not info["complete"]:
@@ -97,7 +102,6 @@ def build(run_dir: str | Path, cams_dir: str | Path | None = None, out: str | Pa
                      "This report shows what exists.</p>")
 
     # dataset
-    valid = json.loads((run_dir / "valid.json").read_text()) if (run_dir / "valid.json").exists() else []
     parts.append("<section id='dataset'><h2>Dataset</h2>")
     if s:
         parts.append(f"<p>{s.get('n_train', '?')} training and {s.get('n_valid', '?')} validation images, "
