@@ -264,6 +264,6 @@ class TensorBatches:
             idx = order[start:start + self.bs]
             x = self.normalise(self.images[idx])
             if self.augment:
-                flip = torch.rand(len(idx), generator=self.generator) < 0.5
-                x[flip.to(self.device)] = x[flip.to(self.device)].flip(-1)
+                flip = (torch.rand(len(idx), generator=self.generator) < 0.5).to(self.device)
+                x[flip] = x[flip].flip(-1)
             yield x, self.labels[idx]
