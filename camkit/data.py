@@ -44,7 +44,7 @@ def read_idx(path: str | Path) -> np.ndarray:
             if zero != 0 or dtype_code != 0x08:
                 raise CamkitError(f"{path}: not an unsigned-byte IDX file")
             shape = struct.unpack(">" + "I" * ndim, f.read(4 * ndim))
-            data = np.frombuffer(f.read(), dtype=np.uint8)
+            data = np.frombuffer(bytearray(f.read()), dtype=np.uint8)  # writable: torch.from_numpy warns on read-only
     except (OSError, struct.error, EOFError) as e:
         raise CamkitError(f"{path}: unreadable IDX file ({e})") from None
     if data.size != int(np.prod(shape)):
