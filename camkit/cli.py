@@ -362,6 +362,10 @@ def course_mnist(
     data_dir: Optional[Path] = typer.Option(None, help="where the dataset files are (or go when downloading)"),
     epochs: int = typer.Option(19), bs: int = typer.Option(32), lr: float = typer.Option(0.001),
     seed: int = typer.Option(0), loader: str = typer.Option("tensor", help="tensor (fast) or torchvision (course)"),
+    fast: bool = typer.Option(True, "--fast-step/--course-step",
+                              help="camkit's step (one flat optimizer call, one thread for tiny CPU "
+                              "batches) or the course's own, to time against it"),
+    workers: int = typer.Option(0, help="DataLoader worker processes for --loader torchvision"),
     limit: Optional[int] = typer.Option(None, help="use only the first N training images"),
     test_limit: Optional[int] = typer.Option(None, help="use only the first N test images"),
     out: Path = typer.Option(Path("course-mnist"), help="where the figures go"),
@@ -371,7 +375,7 @@ def course_mnist(
     from camkit.course.experiments import run_mnist
 
     result = run(run_mnist, dataset, data_dir, epochs, bs, lr, seed, loader, limit, test_limit, out,
-                 log=(lambda s: None) if as_json else print)
+                 log=(lambda s: None) if as_json else print, fast=fast, workers=workers)
     if as_json:
         emit(asdict(result))
     else:
@@ -384,6 +388,10 @@ def course_cifar(
     data_dir: Optional[Path] = typer.Option(None),
     epochs: int = typer.Option(5), bs: int = typer.Option(4), lr: float = typer.Option(0.001),
     seed: int = typer.Option(0), loader: str = typer.Option("tensor", help="tensor (fast) or torchvision (course)"),
+    fast: bool = typer.Option(True, "--fast-step/--course-step",
+                              help="camkit's step (one flat optimizer call, one thread for tiny CPU "
+                              "batches) or the course's own, to time against it"),
+    workers: int = typer.Option(2, help="DataLoader worker processes for --loader torchvision (the tutorial's 2)"),
     limit: Optional[int] = typer.Option(None), test_limit: Optional[int] = typer.Option(None),
     log_every: int = typer.Option(1000, help="print the running loss every N mini-batches"),
     out: Path = typer.Option(Path("course-cifar"), help="where the figures go"),
@@ -399,7 +407,7 @@ def course_cifar(
     out.mkdir(parents=True, exist_ok=True)
     grid = plot_samples(data.train_x[:8], data.train_y[:8], data.classes, CIFAR_STATS, out / "cifar_samples.png")
     result = run(run_cifar, 0, epochs=epochs, bs=bs, lr=lr, seed=seed, loader=loader, log_every=log_every,
-                 log=quiet, data=data)
+                 log=quiet, data=data, fast=fast, workers=workers)
     if as_json:
         emit({**result_dict(result), "figures": [str(grid)]})
     else:
@@ -411,8 +419,12 @@ def course_variants(
     only: Optional[str] = typer.Option(None, help="comma-separated subset of 1-9 (default: all)"),
     dataset: str = typer.Option("cifar10"), data_dir: Optional[Path] = typer.Option(None),
     epochs: int = typer.Option(5), bs: int = typer.Option(4), seed: int = typer.Option(0),
-    loader: str = typer.Option("tensor"), limit: Optional[int] = typer.Option(None),
-    test_limit: Optional[int] = typer.Option(None),
+    loader: str = typer.Option("tensor", help="tensor (fast) or torchvision (course)"),
+    fast: bool = typer.Option(True, "--fast-step/--course-step",
+                              help="camkit's step (one flat optimizer call, one thread for tiny CPU "
+                              "batches) or the course's own, to time against it"),
+    workers: int = typer.Option(2, help="DataLoader worker processes for --loader torchvision (the tutorial's 2)"),
+    limit: Optional[int] = typer.Option(None), test_limit: Optional[int] = typer.Option(None),
     out: Path = typer.Option(Path("course-variants"), help="variants.md/.csv and the figures go here"),
     as_json: bool = typer.Option(False, "--json"),
 ):
@@ -425,7 +437,7 @@ def course_variants(
         print(f"error: --only must be comma-separated numbers 1-9, not '{only}'", file=sys.stderr)
         raise typer.Exit(2) from None
     results = run(run_variants, chosen, dataset, data_dir, epochs, bs, seed, loader, limit, test_limit, out,
-                  log=(lambda s: None) if as_json else print)
+                  log=(lambda s: None) if as_json else print, fast=fast, workers=workers)
     if as_json:
         emit([result_dict(r) for r in results])
     else:

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from camkit.course import experiments as ex
+from camkit.course import loop
 from camkit.course.nets import CifarNet, MnistNet, n_parameters, variant1, variant2
 from camkit.data import find_fashion_mnist
 from camkit.errors import CamkitError
@@ -36,11 +37,40 @@ def test_stand_in_becomes_cifar_shaped(digits):
 
 @pytest.mark.parametrize("variant", [0, 2])
 def test_tensor_loader_reproduces_the_course_loader(digits, variant):
-    """Same seed and batch order: the fast loop's losses equal the torchvision DataLoader's."""
+    """Same seed and batch order: the fast loop's losses equal the torchvision DataLoader's
+    (run with the tutorial's two worker processes)."""
     a = ex.run_cifar(variant, data=digits, epochs=2, loader="torchvision", log=lambda s: None)
     b = ex.run_cifar(variant, data=digits, epochs=2, loader="tensor", log=lambda s: None)
     assert len(a.step_losses) == len(b.step_losses) == 200
     assert max(abs(x - y) for x, y in zip(a.step_losses, b.step_losses)) < 1e-5
+
+
+@pytest.mark.parametrize("variant", [0, 3, 5, 9])  # SGD+momentum, Adam, BatchNorm, weight decay
+def test_fast_step_follows_the_course_step(digits, variant):
+    """One flat optimizer call per step gives the losses of stepping each tensor (last-bit
+    rounding aside), and the course step is really the course's (a plain torch optimizer)."""
+    course = ex.run_cifar(variant, data=digits, epochs=2, fast=False, log=lambda s: None)
+    fast = ex.run_cifar(variant, data=digits, epochs=2, fast=True, log=lambda s: None)
+    assert len(fast.step_losses) == len(course.step_losses) == 200
+    assert max(abs(x - y) for x, y in zip(fast.step_losses, course.step_losses)) < 1e-5
+
+
+def test_flat_optimizer_keeps_weights_and_gradients_in_one_buffer():
+    torch.manual_seed(0)
+    model = CifarNet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flat = loop.FlatOptimizer(model, lambda ps: torch.optim.SGD(ps, lr=0.1))
+    assert flat.param.numel() == n_parameters(model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # same weights, now views
+    torch.nn.functional.cross_entropy(model(torch.randn(2, 3, 32, 32)), torch.tensor([1, 2])).backward()
+    grads = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    assert torch.equal(grads, flat.param.grad) and grads.abs().sum() > 0
+    flat.step()
+    assert torch.allclose(model.fc3.bias, before["fc3.bias"] - 0.1 * model.fc3.bias.grad)
+    flat.zero_grad()
+    assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
+    with pytest.raises(CamkitError, match="no trainable"):
+        loop.FlatOptimizer(torch.nn.ReLU(), torch.optim.SGD)
 
 
 def test_mnist_net_loaders_agree_with_dropout():
@@ -50,9 +80,9 @@ def test_mnist_net_loaders_agree_with_dropout():
         torch.manual_seed(0)
         model = MnistNet()
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
-        dl = ex.make_loader(loader, data.train_x, data.train_y, 32, True, ex.MNIST_STATS,
+        dl = loop.make_loader(loader, data.train_x, data.train_y, 32, True, ex.MNIST_STATS,
                             torch.Generator().manual_seed(0))
-        runs.append(ex.fit(model, dl, torch.nn.functional.nll_loss, opt)[2])
+        runs.append(loop.fit(model, dl, torch.nn.functional.nll_loss, opt)[2])
     assert runs[0] == pytest.approx(runs[1], abs=1e-6)
 
 
@@ -86,6 +116,18 @@ def test_cifar_tutorial_output(cli, tmp_path):
     assert (tmp_path / "cifar_samples.png").exists()
 
 
+def test_course_loop_verbatim_from_the_cli(cli, tmp_path):
+    """--loader torchvision --course-step is the course's loop as written; it prints the same."""
+    code, out, err = cli("course", "cifar", "--dataset", "digits", "--epochs", "1", "--limit", "200",
+                         "--test-limit", "50", "--log-every", "25", "--loader", "torchvision", "--course-step",
+                         "--out", tmp_path)
+    assert code == 0, err
+    assert out.count("[1, ") == 2 and "Accuracy of the network on the 50 test images" in out
+    code, out, err = cli("course", "cifar", "--dataset", "digits", "--loader", "torchvision", "--workers", "-1",
+                         "--out", tmp_path)
+    assert code == 2 and "--workers must be 0 or more" in err and err.count("\n") == 1
+
+
 def test_mnist_homework_on_digits(tmp_path):
     lines = []
     r = ex.run_mnist("digits", epochs=2, limit=512, test_limit=128, lr=0.05, out=tmp_path, log=lines.append)
@@ -110,7 +152,7 @@ def test_unnormalise_inverts_normalise():
 
 def test_augmentation_crops_and_flips_within_the_padding():
     x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6) + 1
-    out = ex.augment_batch(x, torch.Generator().manual_seed(3), pad=2)
+    out = loop.augment_batch(x, torch.Generator().manual_seed(3), pad=2)
     assert out.shape == x.shape
     for o, src in zip(out, x):
         values = set(o.flatten().tolist()) - {0.0}

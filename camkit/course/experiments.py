@@ -1,26 +1,21 @@
-"""The course's training experiments: the MNIST homework, the CIFAR-10 tutorial and its variants.
-
-Two loaders with the same batch order for a given seed:
-- `torchvision`: the course's own — a Dataset of PIL images, per-sample ToTensor + Normalize,
-  a DataLoader (kept so results can be checked against the course);
-- `tensor` (default): the dataset decoded once as a uint8 tensor (on the GPU when there is one),
-  normalised and augmented per batch, batches taken by indexing. Same numbers, far less Python.
-"""
+"""The course's training experiments: the MNIST homework, the CIFAR-10 tutorial and its variants,
+on the real data sets or offline stand-ins. The loop itself (loaders, step, `fit`) is in
+`camkit.course.loop`."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from camkit.course.loop import fit, make_loader, make_stepper, small_batch_threads
 from camkit.course.nets import CifarNet, MnistNet, n_parameters, variant1, variant2
 from camkit.device import default_device
 from camkit.errors import CamkitError
@@ -99,145 +94,6 @@ def load_course_data(dataset: str, data_dir: str | Path | None = None, cifar_sha
     return CourseData(dataset, description, tx.contiguous(), ty.long(), vx.contiguous(), vy.long(), classes)
 
 
-class TensorLoader:
-    """Batches straight from a uint8 tensor: index, scale, normalise (and augment) per batch.
-
-    Shuffling consumes the generator exactly as torch's DataLoader + RandomSampler do (the
-    iterator's base-seed draw, `randperm(n)`, and the sampler's trailing empty `randperm`), so
-    with the same seed the batch order equals the course's DataLoader."""
-
-    def __init__(self, x: Tensor, y: Tensor, bs: int, shuffle: bool, stats, generator: torch.Generator | None = None,
-                 augment: bool = False, device: str | torch.device = "cpu"):
-        self.device = torch.device(device)
-        self.x, self.y = x.to(self.device), y.to(self.device)
-        self.bs, self.shuffle, self.augment = bs, shuffle, augment
-        self.generator = generator or torch.Generator()
-        c = x.shape[1]
-        self.mean = torch.tensor(stats[0][:c], device=self.device).view(1, c, 1, 1)
-        self.std = torch.tensor(stats[1][:c], device=self.device).view(1, c, 1, 1)
-        self.dataset = x  # len(loader.dataset), as the course prints
-
-    def __len__(self) -> int:
-        return (len(self.y) + self.bs - 1) // self.bs
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        n = len(self.y)
-        if self.shuffle:
-            torch.empty((), dtype=torch.int64).random_(generator=self.generator)  # DataLoader's _base_seed
-            order = torch.randperm(n, generator=self.generator)
-            torch.randperm(n, generator=self.generator)  # RandomSampler's trailing draw
-        else:
-            order = torch.arange(n)
-        # normalise whole chunks at once: fewer, larger ops than one normalisation per batch
-        chunk = self.bs * 256
-        for start in range(0, n, chunk):
-            idx = order[start:start + chunk].to(self.device)
-            xs = (self.x[idx].float().div_(255).sub_(self.mean)).div_(self.std)
-            ys = self.y[idx]
-            if self.augment:
-                xs = augment_batch(xs, self.generator)
-            for i in range(0, len(idx), self.bs):
-                yield xs[i:i + self.bs], ys[i:i + self.bs]
-
-
-def augment_batch(x: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
-    """Random crop with zero padding + horizontal flip, per image, vectorised."""
-    b, c, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
-    ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
-    rows = (oy[:, None] + torch.arange(h, device=x.device))[:, :, None]
-    cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, :]
-    out = padded[torch.arange(b, device=x.device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
-    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
-    return torch.where(flip[:, None, None, None], out.flip(-1), out).contiguous()
-
-
-def torchvision_loader(x: Tensor, y: Tensor, bs: int, shuffle: bool, stats, generator: torch.Generator | None = None,
-                       augment: bool = False):
-    """The course's pipeline: PIL images, per-sample transforms, torch DataLoader."""
-    import torchvision.transforms as T
-    from PIL import Image
-
-    steps = [T.RandomCrop(x.shape[-1], padding=4), T.RandomHorizontalFlip()] if augment else []
-    c = x.shape[1]
-    transform = T.Compose(steps + [T.ToTensor(), T.Normalize(stats[0][:c], stats[1][:c])])
-    arrays = x.permute(0, 2, 3, 1).numpy()
-    labels = y.tolist()
-
-    class PILDataset(torch.utils.data.Dataset):
-        def __len__(self):
-            return len(labels)
-
-        def __getitem__(self, i):
-            a = arrays[i]
-            img = Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
-            return transform(img), labels[i]
-
-    return torch.utils.data.DataLoader(PILDataset(), batch_size=bs, shuffle=shuffle, generator=generator)
-
-
-def make_loader(kind: str, *args, **kwargs):
-    if kind == "tensor":
-        return TensorLoader(*args, **kwargs)
-    if kind == "torchvision":
-        kwargs.pop("device", None)
-        return torchvision_loader(*args, **kwargs)
-    raise CamkitError(f"--loader must be tensor or torchvision, not '{kind}'")
-
-
-# ---------------------------------------------------------------- training
-
-@contextlib.contextmanager
-def small_batch_threads(enabled: bool, bs: int, image_shape, device: torch.device):
-    """One intra-op thread for tiny CPU batches in the fast loop: at batch 4 every op is a few
-    microseconds of work, and waking a second OpenMP thread per op costs more than it saves
-    (1.78 -> 1.35 ms per tutorial-net step on a quiet 2-core machine, 4x-10x under CPU
-    contention). Applied whichever loader runs, so both loaders still give equal losses (the
-    thread count changes float reduction order). oneDNN off would save another 10% but changes
-    the convolution's rounding too."""
-    tiny = enabled and device.type == "cpu" and bs * int(np.prod(image_shape)) < 65536
-    before = torch.get_num_threads()
-    if tiny:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def fit(model: nn.Module, loader, loss_fn: Callable, optimizer: torch.optim.Optimizer | None = None,
-        phase: str = "training", log_every: int = 0, epoch: int = 0, log: Callable[[str], None] = print,
-        device: torch.device | str = "cpu") -> tuple[float, float, list[float]]:
-    """One pass over `loader` as the course writes it: training (optimizer steps) or validation
-    (no gradients). Returns (mean loss, accuracy, per-step losses)."""
-    training = phase == "training"
-    model.train(training)
-    total_loss, correct, seen, running = 0.0, 0, 0, 0.0
-    step_losses = []
-    with torch.set_grad_enabled(training):
-        for i, (x, y) in enumerate(loader):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            out = model(x)
-            loss = loss_fn(out, y)
-            if training:
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            value = loss.detach()
-            step_losses.append(value)
-            total_loss += value * len(y)
-            correct += (out.detach().argmax(1) == y).sum()
-            seen += len(y)
-            if log_every:
-                running += float(value)
-                if (i + 1) % log_every == 0:
-                    log(f"[{epoch + 1}, {i + 1:5d}] loss: {running / log_every:.3f}")
-                    running = 0.0
-    losses = torch.stack(step_losses).float().tolist() if step_losses else []
-    return float(total_loss) / max(1, seen), float(correct) / max(1, seen), losses
-
-
 @dataclass
 class EpochRow:
     epoch: int
@@ -258,9 +114,10 @@ class MnistResult:
 def run_mnist(dataset: str = "mnist", data_dir=None, epochs: int = 19, bs: int = 32, lr: float = 0.001,
               seed: int = 0, loader: str = "tensor", limit: int | None = None, test_limit: int | None = None,
               out: str | Path | None = None, log: Callable[[str], None] = print,
-              tune_threads: bool = True) -> MnistResult:
+              fast: bool = True, workers: int = 0) -> MnistResult:
     """The homework: MnistNet, NLL loss, SGD(lr), `fit` per epoch for training and validation.
-    `tune_threads=False` keeps torch's thread count for tiny batches (as the course runs)."""
+    `fast=False` takes the course's own step (see `camkit.course.loop`); `workers` are the
+    DataLoader processes of the torchvision loader."""
     if epochs < 1 or bs < 1:
         raise CamkitError("--epochs and --bs must be at least 1")
     data = load_course_data(dataset, data_dir, limit=limit, test_limit=test_limit, seed=seed)
@@ -270,13 +127,13 @@ def run_mnist(dataset: str = "mnist", data_dir=None, epochs: int = 19, bs: int =
     log(f"data: {data.description}; {len(data.train_y)} train / {len(data.test_y)} test images")
     torch.manual_seed(seed)
     model = MnistNet().to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    optimizer = make_stepper(model, lambda params: torch.optim.SGD(params, lr=lr), fast)
     g = torch.Generator().manual_seed(seed)
-    train_dl = make_loader(loader, data.train_x, data.train_y, bs, True, MNIST_STATS, g, device=device)
-    valid_dl = make_loader(loader, data.test_x, data.test_y, bs, False, MNIST_STATS, device=device)
+    train_dl = make_loader(loader, data.train_x, data.train_y, bs, True, MNIST_STATS, g, device=device, workers=workers)
+    valid_dl = make_loader(loader, data.test_x, data.test_y, bs, False, MNIST_STATS, device=device, workers=workers)
     rows = []
     start = time.perf_counter()
-    with small_batch_threads(tune_threads, bs, data.train_x.shape[1:], device):
+    with small_batch_threads(fast, bs, data.train_x.shape[1:], device):
         for epoch in range(epochs):
             row = [epoch]
             for phase, dl in (("training", train_dl), ("validation", valid_dl)):
@@ -381,10 +238,11 @@ class CifarResult:
 def run_cifar(variant: int = 0, dataset: str = "cifar10", data_dir=None, epochs: int = 5, bs: int = 4,
               lr: float = 0.001, seed: int = 0, loader: str = "tensor", limit: int | None = None,
               test_limit: int | None = None, log_every: int = 1000, log: Callable[[str], None] = print,
-              data: CourseData | None = None, tune_threads: bool = True) -> CifarResult:
+              data: CourseData | None = None, fast: bool = True, workers: int = 2) -> CifarResult:
     """The tutorial loop (printing the running loss every `log_every` mini-batches), then the
-    test accuracy overall and per class, for the baseline or a variant. `tune_threads=False`
-    keeps torch's thread count for tiny batches (as the course runs)."""
+    test accuracy overall and per class, for the baseline or a variant. `fast=False` takes the
+    course's own step (see `camkit.course.loop`); `workers` are the DataLoader processes of the
+    torchvision loader (the tutorial's 2)."""
     if epochs < 1 or bs < 1:
         raise CamkitError("--epochs and --bs must be at least 1")
     data = data or load_course_data(dataset, data_dir, cifar_shape=True, limit=limit, test_limit=test_limit,
@@ -393,15 +251,15 @@ def run_cifar(variant: int = 0, dataset: str = "cifar10", data_dir=None, epochs:
     torch.manual_seed(seed)
     model, make_opt, loss_fn, augment = build_variant(variant, len(data.classes), lr)
     model = model.to(device)
-    optimizer = make_opt(model.parameters())
+    optimizer = make_stepper(model, make_opt, fast)
     g = torch.Generator().manual_seed(seed)
     train_dl = make_loader(loader, data.train_x, data.train_y, bs, True, CIFAR_STATS, g, augment=augment,
-                           device=device)
+                           device=device, workers=workers)
     test_dl = make_loader(loader, data.test_x, data.test_y, 256 if loader == "tensor" else bs, False,
-                          CIFAR_STATS, device=device)
+                          CIFAR_STATS, device=device, workers=workers)
     losses: list[float] = []
     start = time.perf_counter()
-    with small_batch_threads(tune_threads, bs, data.train_x.shape[1:], device):
+    with small_batch_threads(fast, bs, data.train_x.shape[1:], device):
         for epoch in range(epochs):
             _, _, step = fit(model, train_dl, loss_fn, optimizer, "training", log_every, epoch, log, device)
             losses += step
@@ -432,7 +290,7 @@ def run_cifar(variant: int = 0, dataset: str = "cifar10", data_dir=None, epochs:
 def run_variants(only: list[int] | None = None, dataset: str = "cifar10", data_dir=None, epochs: int = 5,
                  bs: int = 4, seed: int = 0, loader: str = "tensor", limit: int | None = None,
                  test_limit: int | None = None, out: str | Path = "variants",
-                 log: Callable[[str], None] = print) -> list[CifarResult]:
+                 log: Callable[[str], None] = print, fast: bool = True, workers: int = 2) -> list[CifarResult]:
     """The baseline and each chosen variant with the same data, seed and epochs; writes the
     comparison as variants.md / variants.csv, a bar chart and overlaid loss curves."""
     chosen = sorted(set(only or range(1, 10)))
@@ -446,7 +304,7 @@ def run_variants(only: list[int] | None = None, dataset: str = "cifar10", data_d
     for v in [0] + chosen:
         log(f"--- {VARIANT_NAMES[v]}")
         results.append(run_cifar(v, epochs=epochs, bs=bs, seed=seed, loader=loader, data=data,
-                                 log=lambda s: None))
+                                 log=lambda s: None, fast=fast, workers=workers))
         log(f"accuracy {results[-1].accuracy:.2f} %, final loss {results[-1].final_train_loss:.4f}, "
             f"{results[-1].train_seconds:.1f} s")
     write_comparison(results, Path(out), time.perf_counter() - grid_start)
