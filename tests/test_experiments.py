@@ -39,9 +39,9 @@ def test_stand_in_becomes_cifar_shaped(digits):
 def test_tensor_loader_reproduces_the_course_loader(digits, variant):
     """Same seed and batch order: the fast loop's losses equal the torchvision DataLoader's
     (run with the tutorial's two worker processes)."""
-    a = ex.run_cifar(variant, data=digits, epochs=2, loader="torchvision", log=lambda s: None)
-    b = ex.run_cifar(variant, data=digits, epochs=2, loader="tensor", log=lambda s: None)
-    assert len(a.step_losses) == len(b.step_losses) == 200
+    a = ex.run_cifar(variant, data=digits, epochs=3, loader="torchvision", log=lambda s: None)
+    b = ex.run_cifar(variant, data=digits, epochs=3, loader="tensor", log=lambda s: None)
+    assert len(a.step_losses) == len(b.step_losses) == 300
     assert max(abs(x - y) for x, y in zip(a.step_losses, b.step_losses)) < 1e-5
 
 
