@@ -239,6 +239,11 @@ def report(
 
 calc_app = typer.Typer(no_args_is_help=True, help="The course's calculators: formula, numbers, result.")
 course_app = typer.Typer(no_args_is_help=True, help="Course companions reproduced exactly.")
+STEP_OPTION = typer.Option(True, "--fast-step/--course-step",
+                           help="camkit's step (one flat optimizer call, one thread for tiny CPU batches) "
+                           "or the course's own, to time against it")
+TUTORIAL_WORKERS_OPTION = typer.Option(2, help="DataLoader worker processes for --loader torchvision "
+                                       "(the tutorial's 2)")
 app.add_typer(calc_app, name="calc")
 app.add_typer(course_app, name="course")
 
@@ -362,9 +367,7 @@ def course_mnist(
     data_dir: Optional[Path] = typer.Option(None, help="where the dataset files are (or go when downloading)"),
     epochs: int = typer.Option(19), bs: int = typer.Option(32), lr: float = typer.Option(0.001),
     seed: int = typer.Option(0), loader: str = typer.Option("tensor", help="tensor (fast) or torchvision (course)"),
-    fast: bool = typer.Option(True, "--fast-step/--course-step",
-                              help="camkit's step (one flat optimizer call, one thread for tiny CPU "
-                              "batches) or the course's own, to time against it"),
+    fast: bool = STEP_OPTION,
     workers: int = typer.Option(0, help="DataLoader worker processes for --loader torchvision"),
     limit: Optional[int] = typer.Option(None, help="use only the first N training images"),
     test_limit: Optional[int] = typer.Option(None, help="use only the first N test images"),
@@ -388,10 +391,8 @@ def course_cifar(
     data_dir: Optional[Path] = typer.Option(None),
     epochs: int = typer.Option(5), bs: int = typer.Option(4), lr: float = typer.Option(0.001),
     seed: int = typer.Option(0), loader: str = typer.Option("tensor", help="tensor (fast) or torchvision (course)"),
-    fast: bool = typer.Option(True, "--fast-step/--course-step",
-                              help="camkit's step (one flat optimizer call, one thread for tiny CPU "
-                              "batches) or the course's own, to time against it"),
-    workers: int = typer.Option(2, help="DataLoader worker processes for --loader torchvision (the tutorial's 2)"),
+    fast: bool = STEP_OPTION,
+    workers: int = TUTORIAL_WORKERS_OPTION,
     limit: Optional[int] = typer.Option(None), test_limit: Optional[int] = typer.Option(None),
     log_every: int = typer.Option(1000, help="print the running loss every N mini-batches"),
     out: Path = typer.Option(Path("course-cifar"), help="where the figures go"),
@@ -420,10 +421,8 @@ def course_variants(
     dataset: str = typer.Option("cifar10"), data_dir: Optional[Path] = typer.Option(None),
     epochs: int = typer.Option(5), bs: int = typer.Option(4), seed: int = typer.Option(0),
     loader: str = typer.Option("tensor", help="tensor (fast) or torchvision (course)"),
-    fast: bool = typer.Option(True, "--fast-step/--course-step",
-                              help="camkit's step (one flat optimizer call, one thread for tiny CPU "
-                              "batches) or the course's own, to time against it"),
-    workers: int = typer.Option(2, help="DataLoader worker processes for --loader torchvision (the tutorial's 2)"),
+    fast: bool = STEP_OPTION,
+    workers: int = TUTORIAL_WORKERS_OPTION,
     limit: Optional[int] = typer.Option(None), test_limit: Optional[int] = typer.Option(None),
     out: Path = typer.Option(Path("course-variants"), help="variants.md/.csv and the figures go here"),
     as_json: bool = typer.Option(False, "--json"),
