@@ -159,18 +159,13 @@ class FlatOptimizer:
         self.optimizer.step()
 
 
-def small_batch(bs: int, image_shape, device: torch.device) -> bool:
-    """A batch so small on a CPU that every op is a few microseconds of work."""
-    return device.type == "cpu" and bs * int(np.prod(image_shape)) < 65536
-
-
 @contextlib.contextmanager
 def small_batch_threads(enabled: bool, bs: int, image_shape, device: torch.device):
     """One intra-op thread for tiny CPU batches: at batch 4 waking a second OpenMP thread per op
     costs more than it saves (1.78 -> 1.35 ms per tutorial-net step on a quiet 2-core machine,
     4x-10x under CPU contention). Thread counts change float reduction order, so give both
     loaders the same policy when comparing their losses."""
-    tiny = enabled and small_batch(bs, image_shape, device)
+    tiny = enabled and device.type == "cpu" and bs * int(np.prod(image_shape)) < 65536
     before = torch.get_num_threads()
     if tiny:
         torch.set_num_threads(1)
