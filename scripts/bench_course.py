@@ -26,11 +26,14 @@ import torch
 
 warnings.filterwarnings("ignore")
 
+COURSE, NO_WORKERS, CAMKIT_LOADER, CAMKIT = ("course loop (tutorial: 2 DataLoader workers)",
+                                             "course loop without workers", "camkit loader, course step",
+                                             "camkit loop")
 LOOPS = {  # name: (loader, camkit step, torchvision workers)
-    "course loop (tutorial: 2 DataLoader workers)": ("torchvision", False, 2),
-    "course loop without workers": ("torchvision", False, 0),
-    "camkit loader, course step": ("tensor", False, 0),
-    "camkit loop": ("tensor", True, 0),
+    COURSE: ("torchvision", False, 2),
+    NO_WORKERS: ("torchvision", False, 0),
+    CAMKIT_LOADER: ("tensor", False, 0),
+    CAMKIT: ("tensor", True, 0),
 }
 
 
@@ -43,12 +46,12 @@ def run_loop(name: str, variant: int, data, bs: int):
 
 
 def best_of(repeat: int, names, variant: int, data, bs: int):
-    """{name: (fastest samples/s, its result)} over `repeat` interleaved runs of each loop."""
+    """{name: (fastest steps/s, its result)} over `repeat` interleaved runs of each loop."""
     best = {}
     for _ in range(repeat):
         for name in names:
             r = run_loop(name, variant, data, bs)
-            speed = len(r.step_losses) * bs / r.train_seconds
+            speed = len(r.step_losses) / r.train_seconds
             if name not in best or speed > best[name][0]:
                 best[name] = (speed, r)
     return best
@@ -130,7 +133,7 @@ def main() -> None:
     print(f"data: {data.description}, {len(data.train_y)} training images; {device}, {platform.machine()}")
     print(f"{'tutorial net, batch 4, 1 epoch':<46} {'steps/s':>8} {'acc %':>6}")
     best = best_of(a.repeat, LOOPS, 0, data, 4)
-    speed = {name: v / 4 for name, (v, _) in best.items()}
+    speed = {name: v for name, (v, _) in best.items()}
     runs = {name: r for name, (_, r) in best.items()}
     for name in LOOPS:
         print(f"{name:<46} {speed[name]:>8.1f} {runs[name].accuracy:>6.1f}")
@@ -142,24 +145,23 @@ def main() -> None:
         ms = conv_pool_kernels_ms()
         print(f"{'conv + pool kernels alone, 1 thread':<46} {1e3 / ms:>8.1f}        ({ms:.3f} ms per step: "
               f"no loop can pass this)")
-    course_name = "course loop (tutorial: 2 DataLoader workers)"
-    course, no_workers, ours = (speed[n] for n in (course_name, "course loop without workers", "camkit loop"))
+    course, no_workers, ours = speed[COURSE], speed[NO_WORKERS], speed[CAMKIT]
     print(f"ratio camkit / course: {ours / course:.2f}x (goal >= 5); against the course loop without workers "
           f"{ours / no_workers:.2f}x")
-    loaders = max(abs(x - y) for x, y in zip(runs[course_name].step_losses,
-                                             runs["camkit loader, course step"].step_losses))
-    apart = [abs(x - y) > 1e-5 for x, y in zip(runs[course_name].step_losses, runs["camkit loop"].step_losses)]
+    loaders = max(abs(x - y) for x, y in zip(runs[COURSE].step_losses, runs[CAMKIT_LOADER].step_losses))
+    apart = [abs(x - y) > 1e-5 for x, y in zip(runs[COURSE].step_losses, runs[CAMKIT].step_losses)]
+    steps = (f"within 1e-5 for the first {apart.index(True)} steps, then apart by float rounding" if any(apart)
+             else f"within 1e-5 over all {len(apart)} steps")
     print(f"losses, course loader vs camkit loader under the course step: max difference {loaders:.1e} over "
-          f"{len(apart)} steps; course step vs camkit step: within 1e-5 for the first "
-          f"{apart.index(True) if any(apart) else len(apart)} steps, then apart by float rounding")
+          f"{len(apart)} steps; course step vs camkit step: {steps}")
 
     deep = ex.load_course_data(dataset, cifar_shape=True, limit=min(a.limit, 6000), test_limit=1000)
-    deep_best = best_of(a.repeat, (course_name, "camkit loop"), 2, deep, 128)
-    c2, o2 = deep_best[course_name][0], deep_best["camkit loop"][0]
+    deep_best = best_of(a.repeat, (COURSE, CAMKIT), 2, deep, 128)
+    c2, o2 = deep_best[COURSE][0] * 128, deep_best[CAMKIT][0] * 128
     print(f"variant 2 net, batch 128: course {c2:.0f} img/s, camkit {o2:.0f} img/s, ratio {o2 / c2:.2f}x")
 
     grid = ex.load_course_data(dataset, cifar_shape=True, limit=a.grid_limit, test_limit=500)
-    for name in (course_name, "camkit loop"):
+    for name in (COURSE, CAMKIT):
         start = time.perf_counter()
         for v in range(10):
             run_loop(name, v, grid, 4)
