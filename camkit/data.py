@@ -169,15 +169,32 @@ class FolderData:
         return torch.cat(train).sort().values, torch.cat(valid).sort().values
 
 
+CAMKIT_OUTPUT_MARKERS = ("model.json", "cams.jsonl", "report.html")
+
+
+def is_camkit_output(folder: Path) -> bool:
+    """A run, CAM or report folder camkit wrote (directly or one level down, as runs/NAME/)."""
+    return any((folder / m).is_file() or any(folder.glob(f"*/{m}")) for m in CAMKIT_OUTPUT_MARKERS)
+
+
 def scan_class_folders(root: str | Path) -> tuple[list[str], list[list[Path]]]:
     """Class names (sorted sub-folder names) and their image files; errors on fewer than two
-    classes or an empty class."""
+    classes or an empty class. Folders that are not classes are skipped with a warning naming
+    them: hidden or `_`-prefixed ones (`_rejected/`), and camkit's own outputs (a run or CAM
+    folder written inside the dataset)."""
     root = Path(root)
     if not root.exists():
         raise CamkitError(f"data folder '{root}' does not exist")
     if not root.is_dir():
         raise CamkitError(f"data folder '{root}' is not a folder")
-    dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith((".", "_")))
+    dirs = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        if d.name.startswith((".", "_")):
+            warnings.warn(f"skipping folder '{d.name}' (names starting with '.' or '_' are not classes)", stacklevel=3)
+        elif is_camkit_output(d):
+            warnings.warn(f"skipping folder '{d.name}': it holds camkit output, not a class", stacklevel=3)
+        else:
+            dirs.append(d)
     files = [sorted(f for f in d.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
                     and "_rejected" not in f.parts) for d in dirs]
     if len(dirs) < 2:
@@ -216,6 +233,30 @@ def load_folder(root: str | Path, size: int, workers: int | None = None) -> Fold
     return FolderData(images, labels, classes, [f for (f, _), _ in kept], skipped)
 
 
+class Normalizer:
+    """uint8 images -> (x / 255 - mean) / std per channel: torchvision's ToTensor + Normalize,
+    written once for every loader, `preprocess` and the course's plots. `invert` undoes it
+    (x * std + mean, clamped to [0, 1])."""
+
+    def __init__(self, stats: tuple[list[float], list[float]], channels: int = 3,
+                 device: torch.device | str = "cpu"):
+        self.stats = (list(stats[0][:channels]), list(stats[1][:channels]))
+        self.mean = torch.tensor(self.stats[0], device=device).view(1, channels, 1, 1)
+        self.std = torch.tensor(self.stats[1], device=device).view(1, channels, 1, 1)
+
+    def to(self, device: torch.device | str) -> "Normalizer":
+        self.mean, self.std = self.mean.to(device), self.std.to(device)
+        return self
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        # in place on a fresh float copy (never on the caller's tensor): one allocation per batch
+        return x.to(torch.float32, copy=True).div_(255).sub_(self.mean).div_(self.std)
+
+    def invert(self, x: torch.Tensor) -> torch.Tensor:
+        mean, std = (t.view(-1, 1, 1) for t in (self.mean, self.std)) if x.dim() == 3 else (self.mean, self.std)
+        return (x * std + mean).clamp(0, 1)
+
+
 class TensorBatches:
     """A fastai-compatible DataLoader over uint8 image tensors: batches are normalised,
     optionally flipped, and converted to channels_last on the target device in one go."""
@@ -225,8 +266,7 @@ class TensorBatches:
                  seed: int = 0, device: torch.device | str = "cpu", channels_last: bool = False):
         self.images, self.labels = images, labels
         self.bs, self.shuffle, self.augment = bs, shuffle, augment
-        self.mean = torch.tensor(stats[0]).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(stats[1]).view(1, 3, 1, 1) * 255
+        self.normalizer = Normalizer(stats)
         self.generator = torch.Generator().manual_seed(seed)
         self.channels_last = channels_last
         self.device = torch.device("cpu")
@@ -247,11 +287,11 @@ class TensorBatches:
     def to(self, device: torch.device | str) -> "TensorBatches":
         self.device = torch.device(device)
         self.images, self.labels = self.images.to(self.device), self.labels.to(self.device)
-        self.mean, self.std = self.mean.to(self.device), self.std.to(self.device)
+        self.normalizer.to(self.device)
         return self
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x.float() - self.mean) / self.std
+        x = self.normalizer(x)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def __iter__(self):

@@ -42,7 +42,7 @@ def run_loop(name: str, variant: int, data, bs: int):
 
     loader, fast, workers = LOOPS[name]
     return ex.run_cifar(variant, data=data, epochs=1, bs=bs, loader=loader, fast=fast, workers=workers,
-                        log=lambda s: None)
+                        quiet=True)
 
 
 def best_of(repeat: int, names, variant: int, data, bs: int):

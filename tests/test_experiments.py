@@ -39,8 +39,8 @@ def test_stand_in_becomes_cifar_shaped(digits):
 def test_tensor_loader_reproduces_the_course_loader(digits, variant):
     """Same seed and batch order: the fast loop's losses equal the torchvision DataLoader's
     (run with the tutorial's two worker processes)."""
-    a = ex.run_cifar(variant, data=digits, epochs=3, loader="torchvision", log=lambda s: None)
-    b = ex.run_cifar(variant, data=digits, epochs=3, loader="tensor", log=lambda s: None)
+    a = ex.run_cifar(variant, data=digits, epochs=3, loader="torchvision", quiet=True)
+    b = ex.run_cifar(variant, data=digits, epochs=3, loader="tensor", quiet=True)
     assert len(a.step_losses) == len(b.step_losses) == 300
     assert max(abs(x - y) for x, y in zip(a.step_losses, b.step_losses)) < 1e-5
 
@@ -49,8 +49,8 @@ def test_tensor_loader_reproduces_the_course_loader(digits, variant):
 def test_fast_step_follows_the_course_step(digits, variant):
     """One flat optimizer call per step gives the losses of stepping each tensor (last-bit
     rounding aside), and the course step is really the course's (a plain torch optimizer)."""
-    course = ex.run_cifar(variant, data=digits, epochs=2, fast=False, log=lambda s: None)
-    fast = ex.run_cifar(variant, data=digits, epochs=2, fast=True, log=lambda s: None)
+    course = ex.run_cifar(variant, data=digits, epochs=2, fast=False, quiet=True)
+    fast = ex.run_cifar(variant, data=digits, epochs=2, fast=True, quiet=True)
     assert len(fast.step_losses) == len(course.step_losses) == 200
     assert max(abs(x - y) for x, y in zip(fast.step_losses, course.step_losses)) < 1e-5
 
@@ -87,11 +87,11 @@ def test_mnist_net_loaders_agree_with_dropout():
 
 
 def test_variants_differ_from_the_baseline_where_they_should(digits):
-    base = ex.run_cifar(0, data=digits, epochs=1, log=lambda s: None)
+    base = ex.run_cifar(0, data=digits, epochs=1, quiet=True)
     for v in (3, 4, 5, 6, 7, 9):
-        other = ex.run_cifar(v, data=digits, epochs=1, log=lambda s: None)
+        other = ex.run_cifar(v, data=digits, epochs=1, quiet=True)
         assert other.step_losses != base.step_losses, v
-    nll = ex.run_cifar(8, data=digits, epochs=1, log=lambda s: None)
+    nll = ex.run_cifar(8, data=digits, epochs=1, quiet=True)
     assert max(abs(x - y) for x, y in zip(nll.step_losses, base.step_losses)) < 1e-6
 
 
@@ -128,9 +128,9 @@ def test_course_loop_verbatim_from_the_cli(cli, tmp_path):
     assert code == 2 and "--workers must be 0 or more" in err and err.count("\n") == 1
 
 
-def test_mnist_homework_on_digits(tmp_path):
-    lines = []
-    r = ex.run_mnist("digits", epochs=2, limit=512, test_limit=128, lr=0.05, out=tmp_path, log=lines.append)
+def test_mnist_homework_on_digits(tmp_path, capsys):
+    r = ex.run_mnist("digits", epochs=2, limit=512, test_limit=128, lr=0.05, out=tmp_path)
+    lines = capsys.readouterr().out.splitlines()
     assert "digits" in lines[0]
     assert sum("training loss is" in s for s in lines) == 2 and sum("validation loss is" in s for s in lines) == 2
     assert r.epochs[-1].train_loss < r.epochs[0].train_loss
@@ -139,7 +139,7 @@ def test_mnist_homework_on_digits(tmp_path):
 
 @pytest.mark.skipif(find_fashion_mnist() is None, reason="Debian package dataset-fashion-mnist not installed")
 def test_fashion_mnist_stand_in_learns():
-    r = ex.run_mnist("fashion-mnist", epochs=2, limit=2000, test_limit=500, lr=0.1, log=lambda s: None)
+    r = ex.run_mnist("fashion-mnist", epochs=2, limit=2000, test_limit=500, lr=0.1, quiet=True)
     assert "fashion-mnist" in r.data and r.epochs[-1].valid_accuracy > 0.6  # chance is 0.1
 
 

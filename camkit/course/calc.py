@@ -214,8 +214,9 @@ def params(*expressions: str) -> Answer:
             kwargs = {**kwargs, "device": "meta"}  # shapes only, no memory
         try:
             layer = cls(*args, **kwargs)
-        except (TypeError, ValueError, RuntimeError) as e:
-            raise CamkitError(f"'{expr}': {str(e).splitlines()[0]}") from None
+        except Exception as e:  # noqa: BLE001  any constructor failure means the arguments are invalid
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CamkitError(f"'{expr}': invalid arguments ({reason})") from None
         shapes = [tuple(p.shape) for p in layer.parameters() if p.requires_grad]
         counts[expr] = sum(math.prod(s) for s in shapes)
         parts.append(f"{expr}: " + (" + ".join("*".join(map(str, s)) or "1" for s in shapes) or "0")

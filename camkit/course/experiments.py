@@ -18,7 +18,9 @@ from torch import Tensor
 from camkit.course.loop import fit, make_loader, make_stepper, small_batch_threads
 from camkit.course.nets import CifarNet, MnistNet, n_parameters, variant1, variant2
 from camkit.device import default_device
+from camkit.data import Normalizer
 from camkit.errors import CamkitError
+from camkit.files import ensure_writable_dir
 
 DATASETS = ("mnist", "cifar10", "fashion-mnist", "digits")
 CIFAR_CLASSES = ["plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -113,11 +115,12 @@ class MnistResult:
 
 def run_mnist(dataset: str = "mnist", data_dir=None, epochs: int = 19, bs: int = 32, lr: float = 0.001,
               seed: int = 0, loader: str = "tensor", limit: int | None = None, test_limit: int | None = None,
-              out: str | Path | None = None, log: Callable[[str], None] = print,
+              out: str | Path | None = None, quiet: bool = False,
               fast: bool = True, workers: int = 0) -> MnistResult:
     """The homework: MnistNet, NLL loss, SGD(lr), `fit` per epoch for training and validation.
     `fast=False` takes the course's own step (see `camkit.course.loop`); `workers` are the
     DataLoader processes of the torchvision loader."""
+    log = printer(quiet)
     if epochs < 1 or bs < 1:
         raise CamkitError("--epochs and --bs must be at least 1")
     data = load_course_data(dataset, data_dir, limit=limit, test_limit=test_limit, seed=seed)
@@ -146,7 +149,7 @@ def run_mnist(dataset: str = "mnist", data_dir=None, epochs: int = 19, bs: int =
     result = MnistResult(data.description, rows, round(seconds, 2))
     if out:
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+        ensure_writable_dir(out)
         result.figures = [str(p) for p in (plot_curves(rows, out / "mnist_curves.png"),
                                            plot_samples(data.train_x[:8], data.train_y[:8], data.classes,
                                                         MNIST_STATS, out / "mnist_samples.png"))]
@@ -172,10 +175,7 @@ def plot_curves(rows: list[EpochRow], path: Path) -> Path:
 def unnormalise(x: Tensor, stats) -> Tensor:
     """image * std + mean — the inverse of Normalize. (The course's plot_img computes
     mean * image + std, which is wrong.)"""
-    c = x.shape[-3]
-    mean = torch.tensor(stats[0][:c]).view(c, 1, 1)
-    std = torch.tensor(stats[1][:c]).view(c, 1, 1)
-    return (x * std + mean).clamp(0, 1)
+    return Normalizer(stats, x.shape[-3]).invert(x)
 
 
 def plot_samples(images: Tensor, labels: Tensor, classes: list[str], stats, path: Path) -> Path:
@@ -183,9 +183,7 @@ def plot_samples(images: Tensor, labels: Tensor, classes: list[str], stats, path
     from camkit.plots import _save, plt
 
     c = images.shape[1]
-    mean = torch.tensor(stats[0][:c]).view(1, c, 1, 1)
-    std = torch.tensor(stats[1][:c]).view(1, c, 1, 1)
-    normalised = (images.float() / 255 - mean) / std
+    normalised = Normalizer(stats, c)(images)
     fig, axes = plt.subplots(1, len(images), figsize=(1.6 * len(images), 2))
     for ax, img, lab in zip(np.atleast_1d(axes), normalised, labels):
         shown = unnormalise(img, stats).permute(1, 2, 0).numpy()
@@ -237,12 +235,13 @@ class CifarResult:
 
 def run_cifar(variant: int = 0, dataset: str = "cifar10", data_dir=None, epochs: int = 5, bs: int = 4,
               lr: float = 0.001, seed: int = 0, loader: str = "tensor", limit: int | None = None,
-              test_limit: int | None = None, log_every: int = 1000, log: Callable[[str], None] = print,
+              test_limit: int | None = None, log_every: int = 1000, quiet: bool = False,
               data: CourseData | None = None, fast: bool = True, workers: int = 2) -> CifarResult:
     """The tutorial loop (printing the running loss every `log_every` mini-batches), then the
     test accuracy overall and per class, for the baseline or a variant. `fast=False` takes the
     course's own step (see `camkit.course.loop`); `workers` are the DataLoader processes of the
     torchvision loader (the tutorial's 2)."""
+    log = printer(quiet)
     if epochs < 1 or bs < 1:
         raise CamkitError("--epochs and --bs must be at least 1")
     data = data or load_course_data(dataset, data_dir, cifar_shape=True, limit=limit, test_limit=test_limit,
@@ -290,9 +289,10 @@ def run_cifar(variant: int = 0, dataset: str = "cifar10", data_dir=None, epochs:
 def run_variants(only: list[int] | None = None, dataset: str = "cifar10", data_dir=None, epochs: int = 5,
                  bs: int = 4, seed: int = 0, loader: str = "tensor", limit: int | None = None,
                  test_limit: int | None = None, out: str | Path = "variants",
-                 log: Callable[[str], None] = print, fast: bool = True, workers: int = 2) -> list[CifarResult]:
+                 quiet: bool = False, fast: bool = True, workers: int = 2) -> list[CifarResult]:
     """The baseline and each chosen variant with the same data, seed and epochs; writes the
     comparison as variants.md / variants.csv, a bar chart and overlaid loss curves."""
+    log = printer(quiet)
     chosen = sorted(set(only or range(1, 10)))
     bad = [v for v in chosen if v not in range(1, 10)]
     if bad:
@@ -304,17 +304,38 @@ def run_variants(only: list[int] | None = None, dataset: str = "cifar10", data_d
     for v in [0] + chosen:
         log(f"--- {VARIANT_NAMES[v]}")
         results.append(run_cifar(v, epochs=epochs, bs=bs, seed=seed, loader=loader, data=data,
-                                 log=lambda s: None, fast=fast, workers=workers))
+                                 quiet=True, fast=fast, workers=workers))
         log(f"accuracy {results[-1].accuracy:.2f} %, final loss {results[-1].final_train_loss:.4f}, "
             f"{results[-1].train_seconds:.1f} s")
     write_comparison(results, Path(out), time.perf_counter() - grid_start)
     return results
 
 
+def cifar_tutorial(dataset: str = "cifar10", data_dir=None, epochs: int = 5, bs: int = 4, lr: float = 0.001,
+                   seed: int = 0, loader: str = "tensor", limit: int | None = None, test_limit: int | None = None,
+                   log_every: int = 1000, out: str | Path = "course-cifar", quiet: bool = False, fast: bool = True,
+                   workers: int = 2) -> tuple[CifarResult, Path]:
+    """What `camkit course cifar` runs: the tutorial's sample images (written to `out`), then
+    its training loop and test accuracy. Returns (result, the sample figure)."""
+    data = load_course_data(dataset, data_dir, True, limit, test_limit, seed)
+    printer(quiet)(f"data: {data.description}")
+    out = Path(out)
+    ensure_writable_dir(out)
+    grid = plot_samples(data.train_x[:8], data.train_y[:8], data.classes, CIFAR_STATS, out / "cifar_samples.png")
+    result = run_cifar(0, epochs=epochs, bs=bs, lr=lr, seed=seed, loader=loader, log_every=log_every, quiet=quiet,
+                       data=data, fast=fast, workers=workers)
+    return result, grid
+
+
+def printer(quiet: bool) -> Callable[[str], None]:
+    """The course's prints (its results, on stdout), or nothing when `quiet`."""
+    return (lambda s: None) if quiet else print
+
+
 def write_comparison(results: list[CifarResult], out: Path, grid_seconds: float) -> None:
     from camkit.plots import _save, plt
 
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(out)
     classes = list(results[0].per_class)
     header = ["variant", "name", "accuracy", "final_train_loss", "parameters", "train_seconds"] + classes
     rows = [[r.variant, r.name, r.accuracy, r.final_train_loss, r.parameters, r.train_seconds]

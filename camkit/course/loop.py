@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from camkit.data import Normalizer
 from camkit.errors import CamkitError
 
 # ---------------------------------------------------------------- loaders
@@ -41,9 +42,7 @@ class TensorLoader:
         self.x, self.y = x.to(self.device), y.to(self.device)
         self.bs, self.shuffle, self.augment = bs, shuffle, augment
         self.generator = generator or torch.Generator()
-        c = x.shape[1]
-        self.mean = torch.tensor(stats[0][:c], device=self.device).view(1, c, 1, 1)
-        self.std = torch.tensor(stats[1][:c], device=self.device).view(1, c, 1, 1)
+        self.normalizer = Normalizer(stats, x.shape[1], self.device)
         self.dataset = x  # len(loader.dataset), as the course prints
 
     def __len__(self) -> int:
@@ -61,7 +60,7 @@ class TensorLoader:
         chunk = self.bs * 256
         for start in range(0, n, chunk):
             idx = order[start:start + chunk].to(self.device)
-            xs = (self.x[idx].float().div_(255).sub_(self.mean)).div_(self.std)
+            xs = self.normalizer(self.x[idx])
             ys = self.y[idx]
             if self.augment:
                 xs = augment_batch(xs, self.generator)

@@ -7,6 +7,9 @@ Defaults reproduce the printed reference bit for bit on CPU: first gradient
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -55,6 +58,17 @@ def parse_schedule(schedule: str) -> list[tuple[str, float, int]]:
             raise CamkitError(f"schedule phase '{part}': LR must be positive and STEPS not negative")
         phases.append((bits[0].lower(), lr, steps))
     return phases
+
+
+def parse_pair(text: str, what: str) -> tuple[float, float]:
+    """'-5.0,10.0' -> (-5.0, 10.0): two finite numbers."""
+    try:
+        a, b = (float(v) for v in text.split(","))
+    except ValueError:
+        raise CamkitError(f"{what} must be two numbers like -5.0,10.0, not '{text}'") from None
+    if not all(math.isfinite(v) for v in (a, b)):
+        raise CamkitError(f"{what} must be two finite numbers, not '{text}'")
+    return a, b
 
 
 def trace(seed: int = 7676, n: int = 100, intercept: float = 2.5, slope: float = 4.0, noise: float = 0.5,
@@ -128,8 +142,10 @@ def render(t: Trace) -> str:
 def plot(t: Trace, path, show_steps: tuple[int, ...] = ()) -> None:
     """Data with the fitted line after chosen steps (default: first, end of each phase), and the
     loss and gradient norm per step."""
+    from camkit.files import ensure_writable_dir
     from camkit.plots import plt, _save
 
+    ensure_writable_dir(Path(path).parent, "folder for --plot")
     show = show_steps or tuple(sorted({1, len(t.steps)} | {i + 1 for i, (a, b) in
                                        enumerate(zip(t.steps, t.steps[1:])) if a.optimizer != b.optimizer}))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))

@@ -1,0 +1,60 @@
+"""The named choices of camkit's options, as `str` Enums: the CLI lists them in `--help` and
+rejects a typo at parse time, and the library accepts either the Enum or its string.
+
+Kept free of heavy imports (no torch), so that building the CLI stays fast; tests check that
+each Enum matches the registry it names (CAM methods, crawl engines, course datasets).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Precision(str, Enum):
+    """`auto` picks bf16 where the hardware has it natively (CUDA, or a CPU with AVX512-BF16 /
+    AMX), fp16 on older GPUs, fp32 otherwise."""
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Head(str, Enum):
+    cam = "cam"         # GAP -> Flatten -> Linear(bias=False): exact CAM
+    fastai = "fastai"   # fastai's create_head (pooling concat, BN, dropout, two Linear)
+
+
+class Method(str, Enum):
+    """CAM methods (camkit.cam.METHODS)."""
+    cam = "cam"
+    gradcam = "gradcam"
+    gradcampp = "gradcam++"
+    xgradcam = "xgradcam"
+    layercam = "layercam"
+    scorecam = "scorecam"
+
+
+class Engine(str, Enum):
+    """Image search engines (camkit.crawl.ENGINES); auto tries them in order."""
+    auto = "auto"
+    bing = "bing"
+    baidu = "baidu"
+    flickr = "flickr"
+    google = "google"
+
+
+class Loader(str, Enum):
+    tensor = "tensor"            # camkit's: batches sliced from one uint8 tensor
+    torchvision = "torchvision"  # the course's Dataset + DataLoader
+
+
+class CourseDataset(str, Enum):
+    mnist = "mnist"
+    fashion_mnist = "fashion-mnist"
+    digits = "digits"
+    cifar10 = "cifar10"
+
+
+def value(choice: str | Enum | None) -> str | None:
+    """The plain string of a choice given as an Enum or a string."""
+    return getattr(choice, "value", choice)

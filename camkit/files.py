@@ -1,0 +1,109 @@
+"""Files camkit writes and reads: atomic writes, paths confined to their folder, moves that
+never overwrite.
+
+Three promises every command keeps rest on this module:
+- nothing half-written looks complete: `atomic_write` writes a temp file beside the target and
+  renames it over the target only when the write succeeded (a rename is atomic on POSIX and
+  Windows for files in the same folder);
+- a path read from a file someone else may have written (a manifest, valid.json, cams.jsonl,
+  model.json) never leaves its folder: `confined` refuses absolute paths, `..` parts and
+  symlinks that resolve outside;
+- nothing a user owns is deleted or overwritten: `move_aside` picks a free name instead of
+  replacing an existing file.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Callable
+
+from camkit.errors import CamkitError
+
+TMP_PREFIX = ".camkit-tmp-"
+
+
+def temp_path(path: Path) -> Path:
+    """A unique hidden name beside `path` (same folder, so the final rename is atomic)."""
+    return path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{path.name}")
+
+
+def atomic_write(path: str | Path, content: bytes | str | Callable[[Path], object]) -> Path:
+    """Write `content` (bytes, text, or a function that writes the file it is given) to a temp
+    file beside `path`, then rename it into place. On any failure the temp file is removed and
+    `path` is untouched (an older version stays whole)."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        if isinstance(content, bytes):
+            tmp.write_bytes(content)
+        elif isinstance(content, str):
+            tmp.write_text(content, encoding="utf-8")
+        else:
+            content(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # our own temp file, never a user's
+        raise
+    return path
+
+
+def confined(root: str | Path, relative: object, what: str = "path") -> Path:
+    """`root / relative`, refused with a CamkitError unless it stays inside `root`.
+
+    `relative` comes from a file that may have been written by someone else, so it must be a
+    non-empty relative string with no `..` part, and it must still be inside `root` once
+    symlinks are resolved."""
+    root = Path(root)
+    if not isinstance(relative, str) or not relative or "\x00" in relative:
+        raise CamkitError(f"{what} {relative!r} is not a relative file name")
+    rel = Path(relative)
+    if rel.is_absolute() or rel.drive or ".." in rel.parts or relative.startswith(("/", "\\")):
+        raise CamkitError(f"{what} '{relative}' leaves its folder '{root}' (absolute or '..')")
+    candidate = root / rel
+    if not candidate.resolve().is_relative_to(root.resolve()):
+        raise CamkitError(f"{what} '{relative}' leaves its folder '{root}' through a symlink")
+    return candidate
+
+
+def free_name(path: Path) -> Path:
+    """`path` if nothing is there, else `stem-1.ext`, `stem-2.ext`, ... (first free one)."""
+    if not path.exists() and not path.is_symlink():
+        return path
+    for i in range(1, 1_000_000):
+        candidate = path.with_name(f"{path.stem}-{i}{path.suffix}")
+        if not candidate.exists() and not candidate.is_symlink():
+            return candidate
+    raise CamkitError(f"no free file name near '{path}'")
+
+
+def move_aside(src: Path, dest: Path) -> Path:
+    """Move `src` to `dest`, or to a free name beside it when `dest` exists: an earlier file
+    there is never overwritten. Returns where the file went."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    target = free_name(dest)
+    os.replace(src, target)
+    return target
+
+
+def ensure_writable_dir(folder: Path, what: str = "output folder") -> bool:
+    """Create `folder` if needed and check that camkit can write into it. Returns whether the
+    folder was created by this call (so a failed command can remove the empty folder it made)."""
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = temp_path(folder / "probe")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise CamkitError(f"cannot write to {what} '{folder}' ({e.strerror or e})") from None
+    return created
+
+
+def remove_if_empty(folder: Path) -> None:
+    """Remove a folder this command created when it is still empty (never anything inside)."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
