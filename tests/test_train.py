@@ -7,12 +7,14 @@ import torch
 from PIL import Image
 
 from camkit.errors import CamkitError
-from camkit.train import build_model, load, train
+from camkit.models import build_model
+from camkit.run import load, read_valid
+from camkit.train import train
 
 
-def test_run_folder_is_complete_and_safe(tiny_run):
+def test_run_folder_is_complete_and_safe(tiny_run, canvas_dir):
     meta = json.loads((tiny_run / "model.json").read_text())
-    assert meta["format"] == "camkit-model/1"
+    assert meta["format"] == "camkit-model/2" and meta["data_root"] == str(canvas_dir.resolve())
     assert meta["arch"] == "resnet18" and meta["head"] == "cam" and meta["stride"] == 8
     assert meta["classes"] == ["bag", "trouser"] and meta["size"] == 32 and meta["complete"] is True
     state = torch.load(tiny_run / "model.pth", weights_only=True)
@@ -27,12 +29,12 @@ def test_run_folder_is_complete_and_safe(tiny_run):
 
 def test_loaded_model_reproduces_saved_validation_predictions(tiny_run):
     loaded = load(tiny_run)
-    valid = json.loads((tiny_run / "valid.json").read_text())
-    x = loaded.preprocess([v["file"] for v in valid])
+    valid = read_valid(tiny_run)
+    x = loaded.preprocess([v.file for v in valid])
     with torch.no_grad():
         probs = loaded.model(x).softmax(1)
-    assert [loaded.classes[i] for i in probs.argmax(1)] == [v["pred"] for v in valid]
-    assert probs.max(1).values.tolist() == pytest.approx([v["prob"] for v in valid], abs=1e-4)
+    assert [loaded.classes[i] for i in probs.argmax(1)] == [v.pred for v in valid]
+    assert probs.max(1).values.tolist() == pytest.approx([v.prob for v in valid], abs=1e-4)
 
 
 def test_cam_head_is_gap_linear_without_bias():
@@ -93,9 +95,9 @@ def _folder(tmp_path, spec):
     (lambda p: _folder(p, {"a": 3, "b": 0}), [], "has no images"),
     (lambda p: _folder(p, {"a": 3, "b": 3}), ["--arch", "nosuchnet"], "unknown arch 'nosuchnet'"),
     (lambda p: _folder(p, {"a": 3, "b": 3}), ["--valid-pct", "1.5"], "--valid-pct must be between 0 and 1"),
-    (lambda p: _folder(p, {"a": 3, "b": 3}), ["--head", "mlp"], "--head must be one of"),
+    (lambda p: _folder(p, {"a": 3, "b": 3}), ["--head", "mlp"], "Invalid value for '--head'"),
     (lambda p: _folder(p, {"a": 3, "b": 3}), ["--precision", "fp16"], "fp16 needs a GPU"),
-    (lambda p: _folder(p, {"a": 3, "b": 3}), ["--precision", "fp8"], "--precision must be one of"),
+    (lambda p: _folder(p, {"a": 3, "b": 3}), ["--precision", "fp8"], "'fp8' is not one of 'auto', 'fp32', 'bf16', 'fp16'"),
     (lambda p: _folder(p, {"a": 3, "b": 3}), ["--out", "/proc/camkit-run"], "cannot write to output folder"),
 ])
 def test_bad_train_input_is_one_line_error(tmp_path, cli, setup, args, message):
@@ -119,7 +121,7 @@ def test_corrupt_image_is_skipped_with_warning(tmp_path, cli):
 
 
 def test_precision_auto_follows_the_hardware(monkeypatch):
-    import camkit.train as t
+    import camkit.device as t
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(t, "cpu_supports_bf16", lambda: True)

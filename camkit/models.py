@@ -1,0 +1,158 @@
+"""The model, built once: a torchvision or timm backbone cut to its body, an optional lower
+output stride, and a head — camkit's CAM head (GAP -> Linear without bias, for which the class
+activation map is exact: map_c = sum_k w_ck A_k) or fastai's default head.
+
+Layered as fastai's `vision/learner.py` is: backbone -> `create_body` -> head, with fastai's
+per-architecture table (`model_meta`) for where to cut and how to split parameter groups.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import torch
+from torch import nn
+
+from camkit.choices import Head
+from camkit.errors import CamkitError
+
+
+def cam_head(n_features: int, n_classes: int) -> nn.Sequential:
+    """GAP -> Flatten -> Linear(bias=False): the head for which CAM is exact."""
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(n_features, n_classes, bias=False))
+
+
+def _torchvision_constructor(arch: str) -> Callable[..., nn.Module] | None:
+    import torchvision.models as tvm
+
+    fn = getattr(tvm, arch, None)
+    return fn if callable(fn) and arch in tvm.list_models(module=tvm) else None
+
+
+def _timm_available(arch: str) -> bool:
+    try:
+        import timm
+    except ImportError:
+        return False
+    return arch in timm.list_models()
+
+
+def _set_output_stride(body: nn.Module, stride: int, arch: str) -> None:
+    """Lower a ResNet body's output stride (32 -> 16 -> 8) by giving the first block of the
+    last one or two stages stride 1. The weights keep their shapes (pretrained ones still fit);
+    the maps CAM reads get 2x or 4x finer."""
+    if stride == 32:
+        return
+    if stride not in (16, 8):
+        raise CamkitError(f"--stride must be 32, 16 or 8, not {stride}")
+    stages = [m for m in body.children() if isinstance(m, nn.Sequential)]
+    if not arch.startswith(("resnet", "resnext", "wide_resnet")) or len(stages) < 4:
+        raise CamkitError(f"--stride {stride} is supported for ResNet-family archs, not '{arch}'")
+    for stage in stages[-(2 if stride == 8 else 1):]:
+        for m in stage[0].modules():
+            if isinstance(m, nn.Conv2d) and m.stride == (2, 2):
+                m.stride = (1, 1)
+
+
+def _make_backbone(arch: str, pretrained: bool | None, weights: str | Path | None
+                   ) -> tuple[nn.Module, bool, Callable | None, int | None]:
+    """Build the torchvision/timm model; returns (model, weights_loaded, fastai splitter, cut).
+
+    pretrained None: try ImageNet weights, warn and start from scratch when they cannot be
+    fetched; True: insist (error offline); False: random init."""
+    from fastai.vision.learner import model_meta
+
+    fn = _torchvision_constructor(arch)
+    if fn is None and not _timm_available(arch):
+        raise CamkitError(f"unknown arch '{arch}'; use a torchvision name such as resnet18, resnet34, "
+                          "resnet50 (timm names work when timm is installed)")
+    if fn is None:
+        import timm
+
+        model = timm.create_model(arch, pretrained=False, num_classes=0, global_pool="")
+        loaded = False
+        if weights is None and pretrained is not False:
+            try:
+                model = timm.create_model(arch, pretrained=True, num_classes=0, global_pool="")
+                loaded = True
+            except Exception as e:  # offline, hub error: same handling as torchvision below
+                _no_weights(arch, pretrained, e)
+        splitter, cut = None, None
+    else:
+        model = fn(weights=None)
+        loaded = False
+        if weights is None and pretrained is not False:
+            try:
+                model = fn(weights="DEFAULT")
+                loaded = True
+            except Exception as e:
+                _no_weights(arch, pretrained, e)
+        meta = model_meta.get(fn, {})
+        splitter, cut = meta.get("split"), meta.get("cut")
+    if weights is not None:
+        _load_state_dict_file(model, weights)
+        loaded = True
+    return model, loaded, splitter, cut
+
+
+def _no_weights(arch: str, pretrained: bool | None, error: Exception) -> None:
+    reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+    if pretrained:
+        raise CamkitError(f"pretrained weights for '{arch}' could not be loaded ({reason}); "
+                          "pass --weights FILE or --no-pretrained")
+    warnings.warn(f"pretrained weights for '{arch}' could not be loaded ({reason}); training from scratch",
+                  stacklevel=3)
+
+
+def _load_state_dict_file(model: nn.Module, path: str | Path) -> None:
+    path = Path(path)
+    if not path.is_file():
+        raise CamkitError(f"weights file '{path}' does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CamkitError(f"weights file '{path}' is not a plain tensor state_dict ({type(e).__name__})") from None
+    if not isinstance(state, dict):
+        raise CamkitError(f"weights file '{path}' does not hold a state_dict")
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if k in own and not k.startswith(("fc.", "classifier.", "head."))}
+    missing = [k for k in own if k not in state and not k.startswith(("fc.", "classifier.", "head."))]
+    if missing or any(state[k].shape != own[k].shape for k in state):
+        raise CamkitError(f"weights file '{path}' does not fit this arch "
+                          f"({len(missing)} missing tensors, e.g. {missing[:1]})")
+    model.load_state_dict(state, strict=False)
+
+
+class BuiltModel(NamedTuple):
+    """The model and what fastai's Learner needs beside it."""
+    model: nn.Sequential
+    pretrained: bool                   # pretrained weights were loaded (ImageNet or --weights)
+    splitter: Callable                 # parameter groups for freeze / discriminative lr
+
+
+def build_model(arch: str, n_classes: int, head: str | Head = "cam", pretrained: bool | None = None,
+                weights: str | Path | None = None, stride: int = 32) -> BuiltModel:
+    """nn.Sequential(body, head), built once, as fastai's `create_cnn_model` lays it out
+    (`create_body` -> head), with camkit's CAM head and output stride; the splitter is the
+    arch's own from fastai's `model_meta` (fastai's `default_split` otherwise)."""
+    from fastai.vision.learner import add_head, create_body, default_split, num_features_model
+
+    try:
+        head = Head(head)
+    except ValueError:
+        raise CamkitError(f"--head must be one of {', '.join(h.value for h in Head)}, not '{head}'") from None
+    backbone, loaded, splitter, cut = _make_backbone(arch, pretrained, weights)
+    if _torchvision_constructor(arch) is None:
+        from fastai.vision.learner import TimmBody
+
+        body = TimmBody(backbone, pretrained=loaded)
+        n_features = backbone.num_features
+    else:
+        body = create_body(backbone, 3, loaded, cut)
+        n_features = num_features_model(body)
+    _set_output_stride(body, stride, arch)
+    custom = cam_head(n_features, n_classes) if head is Head.cam else None
+    model = add_head(body, n_features, n_classes, head=custom)
+    return BuiltModel(model, loaded, splitter or default_split)

@@ -1,0 +1,338 @@
+"""The run folder `camkit train` writes: its format, its one reader and its one writer.
+
+    RUN/model.pth      weights as plain tensors (loaded with weights_only=True: nothing unpickled)
+    RUN/model.json     arch, head, stride, classes, size, normalisation, data root, confusion,
+                       summary; written last: a run without it is incomplete
+    RUN/history.csv    one row per epoch (frozen and unfrozen epochs of fine_tune alike)
+    RUN/valid.json     per held-out image: file (relative to the data root), label, pred, prob, loss
+    RUN/loss.png, RUN/confusion.png
+    RUN/cam_eval.json  faithfulness per CAM method (`camkit cam-eval`), merged per method
+
+Everything read from these files is validated here, so a malformed or hostile run folder is a
+one-line CamkitError, and every path read from them stays inside its folder. A new run is
+written into a staging folder inside RUN and swapped in only once complete, so a retrain that
+fails leaves the previous run whole, and camkit never writes into a folder it did not create
+a run in.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from camkit.data import Normalizer
+from camkit.device import resolve_device
+from camkit.errors import CamkitError
+from camkit.files import TMP_PREFIX, atomic_write, confined, ensure_writable_dir, remove_if_empty
+from camkit.images import open_rgb, resize_square
+
+MODEL_FORMAT = "camkit-model/2"
+READABLE_FORMATS = ("camkit-model/1", MODEL_FORMAT)   # /1: paths in valid.json relative to the cwd
+META, WEIGHTS, HISTORY, VALID, CAM_EVAL = "model.json", "model.pth", "history.csv", "valid.json", "cam_eval.json"
+STAGING = ".camkit-staging"
+
+
+# ---------------------------------------------------------------- model.json
+
+@dataclass(frozen=True)
+class RunInfo:
+    """model.json, validated: what is needed to rebuild, feed and describe the model."""
+    arch: str
+    head: str
+    stride: int
+    classes: list[str]
+    size: int
+    stats: tuple[list[float], list[float]]
+    pretrained: bool = False
+    complete: bool = False
+    epochs_planned: int = 0
+    confusion: list[list[int]] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+    data_root: str | None = None
+    format: str = MODEL_FORMAT
+
+    def to_json(self) -> dict:
+        return {"format": self.format, **{k: v for k, v in asdict(self).items() if k != "format"}}
+
+    @classmethod
+    def from_json(cls, meta: Any, where: Path) -> "RunInfo":
+        """Check every field's type; a file camkit did not write is refused in one sentence."""
+        if not isinstance(meta, dict) or meta.get("format") not in READABLE_FORMATS:
+            raise CamkitError(f"'{where}' is not a camkit model description (format {MODEL_FORMAT})")
+
+        def need(key: str, check: Callable[[Any], bool], what: str, default: Any = ...) -> Any:
+            if key not in meta and default is not ...:
+                return default
+            value = meta.get(key)
+            if not check(value):
+                raise CamkitError(f"'{where}': field '{key}' must be {what}")
+            return value
+
+        classes = need("classes", lambda v: isinstance(v, list) and len(v) >= 2 and all(isinstance(c, str) for c in v)
+                       and len(set(v)) == len(v), "a list of at least two distinct class names")
+        stats = need("stats", lambda v: isinstance(v, list) and len(v) == 2 and all(
+            isinstance(s, list) and len(s) == 3 and all(_finite(x) and x != 0 for x in s) for s in v),
+            "[[3 means], [3 non-zero stds]]")
+        return cls(
+            arch=need("arch", lambda v: isinstance(v, str) and v != "", "an architecture name"),
+            head=need("head", lambda v: v in ("cam", "fastai"), "'cam' or 'fastai'"),
+            stride=need("stride", lambda v: v in (8, 16, 32), "8, 16 or 32", 32),
+            classes=list(classes), size=need("size", lambda v: isinstance(v, int) and 8 <= v <= 4096,
+                                             "an image side between 8 and 4096"),
+            stats=(list(stats[0]), list(stats[1])),
+            pretrained=bool(meta.get("pretrained", False)), complete=meta.get("complete") is True,
+            epochs_planned=need("epochs_planned", lambda v: isinstance(v, int), "an integer", 0),
+            confusion=need("confusion", lambda v: _matrix(v, len(classes)), "a square matrix of counts", []),
+            summary=need("summary", lambda v: isinstance(v, dict), "an object", {}),
+            data_root=need("data_root", lambda v: v is None or isinstance(v, str), "a folder path", None),
+            format=meta["format"])
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _matrix(v: Any, n: int) -> bool:
+    return v == [] or (isinstance(v, list) and len(v) == n and all(
+        isinstance(r, list) and len(r) == n and all(isinstance(c, int) and c >= 0 for c in r) for r in v))
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CamkitError(f"'{path}' does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CamkitError(f"'{path}' is not valid JSON ({what})") from None
+    except OSError as e:
+        raise CamkitError(f"'{path}' cannot be read ({e.strerror or e})") from None
+
+
+def check_run_dir(run_dir: str | Path) -> Path:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CamkitError(f"run folder '{run_dir}' does not exist")
+    return run_dir
+
+
+def read_info(run_dir: str | Path) -> RunInfo:
+    """model.json of a run, validated."""
+    run_dir = check_run_dir(run_dir)
+    if not (run_dir / META).is_file():
+        raise CamkitError(f"'{run_dir}' is not a camkit run (no {META})")
+    return RunInfo.from_json(_read_json(run_dir / META, "a camkit model description"), run_dir / META)
+
+
+# ---------------------------------------------------------------- the model
+
+@dataclass
+class LoadedModel:
+    """An eval-mode model with what is needed to feed it and name its outputs."""
+    model: nn.Sequential
+    info: RunInfo
+    path: Path
+
+    @property
+    def classes(self) -> list[str]:
+        return self.info.classes
+
+    @property
+    def size(self) -> int:
+        return self.info.size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def preprocess(self, images: list) -> torch.Tensor:
+        """PIL images (any mode) or paths -> normalised (B, 3, S, S) batch on the model's device."""
+        arrays = [resize_square(open_rgb(im) if isinstance(im, (str, Path)) else im.convert("RGB"), self.size)
+                  for im in images]
+        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(self.device)
+        return Normalizer(self.info.stats, device=self.device)(x)
+
+
+def load(run_dir: str | Path, device: str | torch.device | None = None) -> LoadedModel:
+    """Load a run saved by `train` (model.json + model.pth), tensors only — no unpickling."""
+    from camkit.models import build_model
+
+    info = read_info(run_dir)
+    run_dir = Path(run_dir)
+    weights = run_dir / WEIGHTS
+    if not weights.is_file():
+        raise CamkitError(f"'{run_dir}' is not a camkit run (no {WEIGHTS})")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CamkitError(f"'{weights}' is not a plain tensor state_dict ({type(e).__name__})") from None
+    model = build_model(info.arch, len(info.classes), info.head, pretrained=False, stride=info.stride).model
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError, ValueError) as e:
+        raise CamkitError(f"'{weights}' does not match {info.arch} ({str(e).splitlines()[0][:120]})") from None
+    if not info.complete:
+        warnings.warn(f"'{run_dir}' holds an incomplete run (training was interrupted)", stacklevel=2)
+    return LoadedModel(model.to(resolve_device(device)).eval(), info, run_dir)
+
+
+# ---------------------------------------------------------------- history, validation, evaluation
+
+def read_history(run_dir: str | Path) -> list[dict]:
+    """history.csv as rows of numbers ([] when absent); a malformed file is an error."""
+    path = Path(run_dir) / HISTORY
+    if not path.is_file():
+        return []
+    try:
+        rows = list(csv.DictReader(path.read_text(encoding="utf-8").splitlines()))
+        return [{k: int(v) if k == "epoch" else (v if k == "phase" else float(v)) for k, v in r.items()}
+                for r in rows]
+    except (ValueError, TypeError, UnicodeDecodeError, csv.Error):
+        raise CamkitError(f"'{path}' is not a camkit history (one row of numbers per epoch)") from None
+
+
+@dataclass(frozen=True)
+class ValidRecord:
+    """One held-out image: where it is now, its label and the saved model's prediction."""
+    file: Path
+    label: str
+    pred: str
+    prob: float
+    loss: float
+
+
+def data_root(run_dir: str | Path, info: RunInfo | None = None, override: str | Path | None = None) -> Path:
+    """The dataset the run was trained on: `override`, else the one recorded in model.json
+    (runs of format /1 stored paths relative to the working directory)."""
+    if override is not None:
+        return Path(override)
+    info = info or read_info(run_dir)
+    return Path(info.data_root) if info.data_root else Path.cwd()
+
+
+def read_valid(run_dir: str | Path, info: RunInfo | None = None,
+               root: str | Path | None = None) -> list[ValidRecord]:
+    """valid.json with every file confined to the data root ([] when absent)."""
+    run_dir = check_run_dir(run_dir)
+    path = run_dir / VALID
+    if not path.is_file():
+        return []
+    info = info or read_info(run_dir)
+    root = data_root(run_dir, info, root)
+    records = _read_json(path, "validation predictions")
+    if not isinstance(records, list):
+        raise CamkitError(f"'{path}' must be a list of records")
+    out = []
+    for r in records:
+        if not (isinstance(r, dict) and r.get("label") in info.classes and r.get("pred") in info.classes
+                and _finite(r.get("prob")) and _finite(r.get("loss"))):
+            raise CamkitError(f"'{path}' has a malformed record: {str(r)[:80]}")
+        out.append(ValidRecord(confined(root, r.get("file"), f"'{path}' entry"), r["label"], r["pred"],
+                               float(r["prob"]), float(r["loss"])))
+    return out
+
+
+def read_cam_eval(run_dir: str | Path) -> dict[str, dict]:
+    path = Path(run_dir) / CAM_EVAL
+    if not path.is_file():
+        return {}
+    data = _read_json(path, "CAM evaluation")
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise CamkitError(f"'{path}' must map method names to results")
+    return data
+
+
+def save_cam_eval(run_dir: str | Path, results: dict[str, dict]) -> list[str]:
+    """Merge `results` into RUN/cam_eval.json per method. A method's saved result is replaced
+    only by one over at least as many images (a quick `--limit` check never overwrites a full
+    evaluation). Returns the methods kept from before instead of replaced."""
+    saved = read_cam_eval(run_dir)
+    kept = [m for m, r in results.items() if saved.get(m, {}).get("images", 0) > r.get("images", 0)]
+    merged = {**saved, **{m: r for m, r in results.items() if m not in kept}}
+    atomic_write(Path(run_dir) / CAM_EVAL, json.dumps(merged, indent=1))
+    return kept
+
+
+# ---------------------------------------------------------------- writing a run
+
+@dataclass
+class RunContents:
+    """Everything a finished (or interrupted) training puts in a run folder."""
+    info: RunInfo
+    state: dict[str, torch.Tensor]
+    history: list[dict]
+    valid: list[dict]        # {file (relative to the data root), label, pred, prob, loss}
+
+
+def _own_entries(folder: Path) -> bool:
+    """Whether every entry of `folder` is camkit's own temp or staging file."""
+    return all(p.name.startswith((TMP_PREFIX, STAGING)) for p in folder.iterdir())
+
+
+def check_out(out: Path, overwrite: bool) -> bool:
+    """Refuse an output folder before any work: one that holds a run (unless `overwrite`), or
+    one that holds anything camkit did not write there (always). Returns whether the folder
+    was created now."""
+    if out.exists() and not out.is_dir():
+        raise CamkitError(f"--out '{out}' is a file, not a folder")
+    if out.is_dir():
+        if (out / META).exists():
+            if not overwrite:
+                raise CamkitError(f"'{out}' already holds a run; pass --overwrite or choose another --out")
+        elif not _own_entries(out):
+            raise CamkitError(f"'{out}' is not empty and holds no camkit run; camkit does not write over "
+                              "files it did not write: choose another --out")
+    return ensure_writable_dir(out)
+
+
+def save_run(out: Path, contents: RunContents, overwrite: bool) -> None:
+    """Write the run into a staging folder inside `out`, then swap its files in with model.json
+    last. A previous run in `out` stays whole until the new one is complete."""
+    check_out(out, overwrite)
+    staging = out / f"{STAGING}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)  # camkit's own leftover from a killed process
+    staging.mkdir()
+    try:
+        names = _write_files(staging, contents)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    (out / META).unlink(missing_ok=True)  # the old run stops looking complete before the swap
+    for name in names:
+        os.replace(staging / name, out / name)
+    os.replace(staging / META, out / META)
+    staging.rmdir()
+
+
+def _write_files(folder: Path, c: RunContents) -> list[str]:
+    """The run's files into `folder`, model.json last; returns the names written before it."""
+    from camkit.plots import plot_confusion, plot_losses
+
+    torch.save({k: v.detach().cpu().contiguous() for k, v in c.state.items()}, folder / WEIGHTS)
+    with open(folder / HISTORY, "w", newline="", encoding="utf-8") as f:
+        if c.history:
+            writer = csv.DictWriter(f, fieldnames=list(c.history[0]))
+            writer.writeheader()
+            writer.writerows(c.history)
+    (folder / VALID).write_text(json.dumps(c.valid, indent=1), encoding="utf-8")
+    plot_losses(c.history, folder / "loss.png")
+    plot_confusion(np.array(c.info.confusion), c.info.classes, folder / "confusion.png")
+    (folder / META).write_text(json.dumps(c.info.to_json(), indent=1), encoding="utf-8")
+    return [WEIGHTS, HISTORY, VALID, "loss.png", "confusion.png"]
+
+
+def discard_out(out: Path, created: bool) -> None:
+    """After a failed command: remove the output folder only if this command created it and
+    it is still empty."""
+    if created:
+        remove_if_empty(out)
