@@ -8,7 +8,6 @@ held-out images are explained with exact CAM and scored by the pointing game.
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +36,11 @@ def demo(out: str | Path = "demo", classes: tuple[str, ...] = DEMO_CLASSES, n_pe
          canvas: int = 64, arch: str = "resnet18", stride: int = 8, epochs: int = 5, bs: int = 32,
          seed: int = 0, quiet: bool = False) -> DemoResult:
     """Build the dataset, train, explain the held-out images, score the maps, write a report."""
-    from camkit.cam import explain
     from camkit.data import make_canvas_folder
+    from camkit.explain import cam
     from camkit.metrics import pointing_game
+    from camkit.report import report
+    from camkit.run import read_valid
     from camkit.train import train
 
     out = Path(out)
@@ -47,25 +48,17 @@ def demo(out: str | Path = "demo", classes: tuple[str, ...] = DEMO_CLASSES, n_pe
     if images.exists():
         if not (images / "boxes.json").exists():
             raise CamkitError(f"'{images}' exists and is not a camkit demo dataset; choose another --out")
-        shutil.rmtree(images)
+        shutil.rmtree(images)  # the demo's own generated canvases (boxes.json marks them)
     boxes = make_canvas_folder(images, list(classes), n_per_class, canvas=canvas,
                                item_range=(canvas * 5 // 16, canvas * 15 // 32), seed=seed)
     result = train(images, arch=arch, epochs=epochs, size=canvas, bs=bs, seed=seed, out=out / "run",
                    pretrained=False, stride=stride, overwrite=True, quiet=quiet)
-    valid = json.loads((out / "run" / "valid.json").read_text())
     cams_dir = out / "cams"
-    if cams_dir.exists():
-        shutil.rmtree(cams_dir)
-    explanations = explain(out / "run", [v["file"] for v in valid], out=cams_dir)
-    hits = pointing_game([(e.peak_xy, boxes[str(Path(e.image).relative_to(images))]) for e in explanations])
-    report_path = None
-    try:
-        from camkit.report import build
-
-        report_path = str(build(out / "run", cams_dir=cams_dir))
-    except ImportError:
-        pass
-    res = DemoResult(images=str(images), run=str(out / "run"), cams=str(cams_dir), report=report_path,
+    explanations = cam([v.file for v in read_valid(out / "run")], model=out / "run", out=cams_dir, quiet=quiet)
+    hits = pointing_game([(e.peak_xy, boxes[Path(e.image).relative_to(images.resolve()).as_posix()])
+                          for e in explanations])
+    report_path = report(out / "run", cams=cams_dir)
+    res = DemoResult(images=str(images), run=str(out / "run"), cams=str(cams_dir), report=str(report_path),
                      valid_accuracy=result.valid_accuracy, pointing_game=round(hits, 4),
                      train_seconds=result.train_seconds)
     if result.valid_accuracy < MIN_ACCURACY:

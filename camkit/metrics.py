@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from camkit.errors import CamkitError
+from camkit.files import confined
+
+DEFAULT_METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam")
 
 
 def point_in_box(xy: Sequence[int], box: Sequence[float]) -> bool:
@@ -59,66 +66,68 @@ def deletion_insertion(model: nn.Module, x: Tensor, maps: Tensor, target: Tensor
     return _auc(deletion_curve), _auc(insertion_curve), deletion_curve, insertion_curve
 
 
-def evaluate(model_dir, boxes_json, methods: Sequence[str] = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam"),
-             image_root=None, steps: int = 16, bs: int = 32, limit: int | None = None,
-             valid_only: bool = False) -> dict[str, dict]:
+def read_boxes(boxes_json: str | Path) -> dict[str, list[float]]:
+    """{relative image path: [x0, y0, x1, y1]} from a boxes file, validated."""
+    boxes_json = Path(boxes_json)
+    try:
+        boxes = json.loads(boxes_json.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CamkitError(f"boxes file '{boxes_json}' does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError):
+        raise CamkitError(f"boxes file '{boxes_json}' is not valid JSON") from None
+    if not isinstance(boxes, dict) or not all(
+            isinstance(v, list) and len(v) == 4 and all(isinstance(c, (int, float)) for c in v) for v in boxes.values()):
+        raise CamkitError(f"boxes file '{boxes_json}' must map image paths to [x0, y0, x1, y1]")
+    return boxes
+
+
+def evaluate(model_dir, boxes_json, methods: Sequence[str] = DEFAULT_METHODS, image_root=None, steps: int = 16,
+             bs: int = 32, limit: int | None = None, valid_only: bool = False) -> dict[str, dict]:
     """Score each CAM method on images with known boxes: pointing game, deletion and insertion
     AUC (mean over images). `boxes_json` maps image paths relative to `image_root` (default:
     the JSON's folder) to [x0, y0, x1, y1] in original-image pixels. The target is the true class
     when the image's folder names one, else the prediction. `valid_only` keeps the images the
     run held out for validation (valid.json), so training images do not flatter the scores."""
-    import json
-    from pathlib import Path
+    from camkit.cam import make_cam
+    from camkit.run import load, read_valid
 
-    from camkit.cam import make_cam, peak_xy
-    from camkit.errors import CamkitError
-    from camkit.images import open_rgb
-    from camkit.train import load
-
-    boxes_json = Path(boxes_json)
-    try:
-        boxes = json.loads(boxes_json.read_text())
-    except FileNotFoundError:
-        raise CamkitError(f"boxes file '{boxes_json}' does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CamkitError(f"boxes file '{boxes_json}' is not valid JSON") from None
-    if not isinstance(boxes, dict) or not all(isinstance(v, list) and len(v) == 4 for v in boxes.values()):
-        raise CamkitError(f"boxes file '{boxes_json}' must map image paths to [x0, y0, x1, y1]")
-    root = Path(image_root) if image_root else boxes_json.parent
-    items = sorted(boxes.items())
+    methods = [getattr(m, "value", m) for m in methods]
+    if not methods:
+        raise CamkitError("no CAM method to evaluate; e.g. --methods cam,gradcam")
+    if steps < 1 or bs < 1:
+        raise CamkitError(f"--steps and --bs must be at least 1, not {steps} and {bs}")
+    root = Path(image_root) if image_root else Path(boxes_json).parent
+    items = sorted(read_boxes(boxes_json).items())
+    files = [confined(root, rel, "boxes file entry") for rel, _ in items]
     if valid_only:
-        valid_json = Path(model_dir) / "valid.json"
-        if not valid_json.exists():
+        held_out = {str(v.file.resolve()) for v in read_valid(model_dir)}
+        if not held_out:
             raise CamkitError(f"'{model_dir}' has no valid.json to take the held-out images from")
-        held_out = {str(Path(v["file"]).resolve()) for v in json.loads(valid_json.read_text())}
-        items = [(rel, box) for rel, box in items if str((root / rel).resolve()) in held_out]
-    items = items[:limit]
+        kept = [(it, f) for it, f in zip(items, files) if str(f.resolve()) in held_out]
+        items, files = [it for it, _ in kept], [f for _, f in kept]
+    items, files = items[:limit], files[:limit]
     if not items:
         raise CamkitError("no images to evaluate")
     loaded = load(model_dir)
-    results: dict[str, dict] = {}
-    for method in methods:
-        extractor = make_cam(method, loaded.model)
-        hits, dels, ins, correct = [], [], [], 0
-        with extractor:
-            for start in range(0, len(items), bs):
-                chunk = items[start:start + bs]
-                images = [open_rgb(root / rel) for rel, _ in chunk]
-                x = loaded.preprocess(images)
-                labels = [Path(rel).parts[0] if len(Path(rel).parts) > 1 else None for rel, _ in chunk]
-                with torch.no_grad():
-                    pred = loaded.model(x).argmax(1)
-                target = torch.tensor([loaded.classes.index(lab) if lab in loaded.classes else int(p)
-                                       for lab, p in zip(labels, pred)], device=x.device)
-                correct += int((pred == target).sum())
-                maps = extractor(x, target)
-                for m, img, (_, box) in zip(maps, images, chunk):
-                    hits.append(point_in_box(peak_xy(m, loaded.size, *img.size), box))
-                d, i, _, _ = deletion_insertion(loaded.model, x, maps, target, steps=steps)
-                dels += d.tolist()
-                ins += i.tolist()
-        results[method] = {"images": len(hits), "accuracy": round(correct / max(1, len(hits)), 4),
-                           "pointing_game": round(sum(hits) / max(1, len(hits)), 4),
-                           "deletion_auc": round(sum(dels) / max(1, len(dels)), 4),
-                           "insertion_auc": round(sum(ins) / max(1, len(ins)), 4)}
-    return results
+    labels = [Path(rel).parts[0] if len(Path(rel).parts) > 1 else None for rel, _ in items]
+    targets = [loaded.classes.index(lab) if lab in loaded.classes else None for lab in labels]
+    boxes = {str(f): box for f, (_, box) in zip(files, items)}
+    return {m: _score(loaded, make_cam(m, loaded.model), files, targets, boxes, steps, bs) for m in methods}
+
+
+def _score(loaded, extractor, files: list[Path], targets: list[int | None], boxes: dict[str, list[float]],
+           steps: int, bs: int) -> dict:
+    """One method's mean pointing game, deletion and insertion AUC over `files`."""
+    from camkit.explain import iter_explain
+
+    hits, dels, ins, correct = [], [], [], 0
+    for batch in iter_explain(loaded, files, extractor, targets, bs, named={str(f) for f in files}):
+        for r in batch.results:
+            hits.append(point_in_box(r.peak_xy, boxes[str(r.image)]))
+            correct += int(r.probs.argmax()) == r.target
+        d, i, _, _ = deletion_insertion(loaded.model, batch.x, batch.maps, batch.targets, steps=steps)
+        dels += d.tolist()
+        ins += i.tolist()
+    n = max(1, len(hits))
+    return {"images": len(hits), "accuracy": round(correct / n, 4), "pointing_game": round(sum(hits) / n, 4),
+            "deletion_auc": round(sum(dels) / n, 4), "insertion_auc": round(sum(ins) / n, 4)}

@@ -11,13 +11,18 @@ import base64
 import html
 import io
 import json
-import tempfile
 from pathlib import Path
 
 from camkit.errors import CamkitError
+from camkit.explain import read_cams
+from camkit.files import atomic_write
+from camkit.run import (HISTORY, META, VALID, RunInfo, ValidRecord, check_run_dir, read_cam_eval, read_history,
+                        read_info, read_valid)
+from camkit.run import data_root as data_root_of
 
 TOP_LOSSES = 8
 GALLERY = 12
+TOP_LOSSES_DIR = "top_losses"
 
 
 def _uri(image) -> str:
@@ -54,162 +59,219 @@ def _table(rows: list[dict]) -> str:
 
 def summarize(run_dir: str | Path) -> dict:
     """The numbers behind the report (what `camkit report --json` prints)."""
-    return _read_run(run_dir)[0]
+    return RunView.read(run_dir).numbers()
 
 
-def _read_run(run_dir: str | Path) -> tuple[dict, list[dict]]:
-    """(summary, validation predictions) from one read of the run folder."""
-    import csv
+class RunView:
+    """Everything the page shows, read once through the run module (nothing is computed here)."""
 
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CamkitError(f"run folder '{run_dir}' does not exist")
-    meta_path, history_path = run_dir / "model.json", run_dir / "history.csv"
-    if not meta_path.exists() and not history_path.exists():
-        raise CamkitError(f"'{run_dir}' has no model.json and no history.csv: not a camkit run")
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    history = list(csv.DictReader(history_path.read_text().splitlines())) if history_path.exists() else []
-    valid = json.loads((run_dir / "valid.json").read_text()) if (run_dir / "valid.json").exists() else []
-    classes = meta.get("classes", sorted({v["label"] for v in valid}))
-    cm = meta.get("confusion")
-    per_class = []
-    if cm:
-        for i, name in enumerate(classes):
-            tp = cm[i][i]
-            predicted = sum(row[i] for row in cm)
-            actual = sum(cm[i])
-            per_class.append({"class": name, "valid images": actual,
-                              "precision": round(tp / predicted, 4) if predicted else None,
-                              "recall": round(tp / actual, 4) if actual else None})
-    missing = [name for name, p in (("model.json", meta_path), ("history.csv", history_path),
-                                    ("valid.json", run_dir / "valid.json")) if not p.exists()]
-    return {"run": str(run_dir), "complete": bool(meta.get("complete")) and not missing, "missing": missing,
-            "summary": meta.get("summary", {}), "classes": classes, "per_class": per_class,
-            "confusion": cm, "history": history}, valid
+    def __init__(self, run_dir: Path, info: RunInfo | None, history: list[dict], valid: list[ValidRecord],
+                 missing: list[str], notes: list[str]):
+        self.run_dir, self.info, self.history, self.valid = run_dir, info, history, valid
+        self.missing, self.notes = missing, notes
+
+    @classmethod
+    def read(cls, run_dir: str | Path, data_root: str | Path | None = None) -> "RunView":
+        run_dir = check_run_dir(run_dir)
+        missing = [n for n in (META, HISTORY, VALID) if not (run_dir / n).is_file()]
+        if META in missing and HISTORY in missing:
+            raise CamkitError(f"'{run_dir}' has no model.json and no history.csv: not a camkit run")
+        info = None if META in missing else read_info(run_dir)
+        valid, notes = [], []
+        if info is not None:
+            valid = read_valid(run_dir, info, data_root)
+            gone = sum(not v.file.exists() for v in valid)
+            if gone:
+                notes.append(f"{gone} of {len(valid)} held-out images are no longer under "
+                             f"'{data_root_of(run_dir, info, data_root)}' (moved? pass --data)")
+        return cls(run_dir, info, read_history(run_dir), valid, missing, notes)
+
+    @property
+    def summary(self) -> dict:
+        return self.info.summary if self.info else {}
+
+    @property
+    def classes(self) -> list[str]:
+        return self.info.classes if self.info else sorted({v.label for v in self.valid})
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.info and self.info.complete) and not self.missing
+
+    def per_class(self) -> list[dict]:
+        cm = self.info.confusion if self.info else []
+        rows = []
+        for i, name in enumerate(self.classes if cm else []):
+            tp, predicted, actual = cm[i][i], sum(row[i] for row in cm), sum(cm[i])
+            rows.append({"class": name, "valid images": actual,
+                         "precision": round(tp / predicted, 4) if predicted else None,
+                         "recall": round(tp / actual, 4) if actual else None})
+        return rows
+
+    def top_losses(self, n: int = TOP_LOSSES) -> list[ValidRecord]:
+        return sorted((v for v in self.valid if v.file.exists()), key=lambda v: -v.loss)[:n]
+
+    def numbers(self) -> dict:
+        return {"run": str(self.run_dir), "complete": self.complete, "missing": self.missing,
+                "summary": self.summary, "classes": self.classes, "per_class": self.per_class(),
+                "confusion": self.info.confusion if self.info else None, "history": self.history}
 
 
-def build(run_dir: str | Path, cams_dir: str | Path | None = None, out: str | Path | None = None) -> Path:
-    """Write `run_dir/report.html` (or `out`) from whatever the run folder holds."""
-    from camkit.cam import explain
+def report(run_dir: str | Path, cams: str | Path | None = None, out: str | Path | None = None,
+           data_root: str | Path | None = None) -> Path:
+    """What `camkit report` runs: explain the top losses once (saved in RUN/top_losses, redone
+    only when the model is newer), then write the page."""
+    view = RunView.read(run_dir, data_root)
+    top = view.top_losses()
+    folder = view.run_dir / TOP_LOSSES_DIR
+    if top and (view.run_dir / "model.pth").is_file() and view.info is not None and _stale(folder, view.run_dir):
+        from camkit.explain import cam
 
-    run_dir = Path(run_dir)
-    info, valid = _read_run(run_dir)
-    s = info["summary"]
-    parts = [f"<h1>camkit report — {html.escape(run_dir.name)}</h1>"]
-    if not info["complete"]:
+        cam([v.file for v in top], model=view.run_dir, out=folder, quiet=True)
+    return build(view.run_dir, cams, out, data_root)
+
+
+def _stale(cams_dir: Path, run_dir: Path) -> bool:
+    saved = cams_dir / "cams.jsonl"
+    return not saved.is_file() or saved.stat().st_mtime < (run_dir / "model.pth").stat().st_mtime
+
+
+def build(run_dir: str | Path, cams_dir: str | Path | None = None, out: str | Path | None = None,
+          data_root: str | Path | None = None) -> Path:
+    """Write `run_dir/report.html` (or `out`) from whatever the run folder holds; runs no model."""
+    view = RunView.read(run_dir, data_root)
+    cams_dir = Path(cams_dir) if cams_dir else view.run_dir / "cams"
+    body = (_header(view) + _dataset(view) + _training(view) + _evaluation(view)
+            + _gallery(view, cams_dir) + _methods_side_by_side(view.run_dir, cams_dir) + _faithfulness(view.run_dir))
+    target = Path(out) if out else view.run_dir / "report.html"
+    try:
+        atomic_write(target, PAGE.format(body=body))
+    except OSError as e:
+        raise CamkitError(f"cannot write the report to '{target}' ({e.strerror or e})") from None
+    return target
+
+
+def _header(view: RunView) -> str:
+    parts = [f"<h1>camkit report — {html.escape(view.run_dir.name)}</h1>"]
+    if not view.complete:
         parts.append("<p class='warn' id='incomplete'>Incomplete run: training was interrupted or files are "
-                     f"missing ({html.escape(', '.join(info['missing']) or 'model.json says so')}). "
+                     f"missing ({html.escape(', '.join(view.missing) or 'model.json says so')}). "
                      "This report shows what exists.</p>")
+    parts += [f"<p class='warn'>{html.escape(n)}</p>" for n in view.notes]
+    return "".join(parts)
 
-    # dataset
-    parts.append("<section id='dataset'><h2>Dataset</h2>")
+
+def _dataset(view: RunView) -> str:
+    s = view.summary
+    parts = ["<section id='dataset'><h2>Dataset</h2>"]
     if s:
         parts.append(f"<p>{s.get('n_train', '?')} training and {s.get('n_valid', '?')} validation images, "
-                     f"classes: {html.escape(', '.join(info['classes']))}.</p>")
+                     f"classes: {html.escape(', '.join(view.classes))}.</p>")
         if s.get("skipped"):
             parts.append(f"<p>Skipped unreadable files: {len(s['skipped'])}</p>")
-    manifest = _crawl_manifest(valid)
-    if manifest:
-        parts.append("<h3>Crawl</h3>" + _table(manifest))
-    for cls in info["classes"]:
-        files = [v["file"] for v in valid if v["label"] == cls and Path(v["file"]).exists()][:8]
+    if view.info and view.info.data_root:
+        manifest = _crawl_manifest(Path(view.info.data_root))
+        if manifest:
+            parts.append("<h3>Crawl</h3>" + _table(manifest))
+    for cls in view.classes:
+        files = [v.file for v in view.valid if v.label == cls and v.file.exists()][:8]
         if files:
             parts.append(f"<div class='strip'><b>{html.escape(cls)}</b> "
                          + "".join(_img(_thumb(f), cls, 72) for f in files) + "</div>")
-    parts.append("</section>")
+    return "".join(parts) + "</section>"
 
-    # training
-    parts.append("<section id='training'><h2>Training</h2>")
+
+def _training(view: RunView) -> str:
+    s = view.summary
+    parts = ["<section id='training'><h2>Training</h2>"]
     if s:
         parts.append(f"<p>arch <b>{html.escape(str(s.get('arch')))}</b>, head {html.escape(str(s.get('head')))}, "
                      f"output stride {s.get('stride')}, pretrained weights: {'yes' if s.get('pretrained') else 'no'}, "
                      f"device {html.escape(str(s.get('device')))} ({html.escape(str(s.get('precision', 'fp32')))}); "
                      f"{s.get('epochs')} epochs in "
                      f"{s.get('train_seconds')} s ({s.get('images_per_sec')} images/s).</p>")
-    if (run_dir / "loss.png").exists():
-        parts.append(_img(run_dir / "loss.png", "loss curves"))
-    parts.append(_table(info["history"]) + "</section>")
+    if (view.run_dir / "loss.png").exists():
+        parts.append(_img(view.run_dir / "loss.png", "loss curves"))
+    return "".join(parts) + _table(view.history) + "</section>"
 
-    # evaluation
-    parts.append("<section id='evaluation'><h2>Evaluation</h2>")
+
+def _evaluation(view: RunView) -> str:
+    s = view.summary
+    parts = ["<section id='evaluation'><h2>Evaluation</h2>"]
     if s:
         parts.append(f"<p>Validation accuracy <b>{s.get('valid_accuracy', 0):.2%}</b>, "
                      f"loss {s.get('valid_loss')}.</p>")
-    if (run_dir / "confusion.png").exists():
-        parts.append(_img(run_dir / "confusion.png", "confusion matrix"))
-    parts.append(_table(info["per_class"]))
-    top = sorted((v for v in valid if Path(v["file"]).exists()), key=lambda v: -v["loss"])[:TOP_LOSSES]
-    if top and (run_dir / "model.pth").exists() and info["summary"]:
+    if (view.run_dir / "confusion.png").exists():
+        parts.append(_img(view.run_dir / "confusion.png", "confusion matrix"))
+    parts.append(_table(view.per_class()))
+    explained = {Path(e.image).resolve(): e for e in read_cams(view.run_dir / TOP_LOSSES_DIR)}
+    top = [(v, explained.get(v.file.resolve())) for v in view.top_losses()]
+    if top:
         parts.append("<h3>Top losses (look at these to clean the data)</h3><div class='grid'>")
-        with tempfile.TemporaryDirectory() as tmp:
-            for v, e in zip(top, explain(run_dir, [v["file"] for v in top], out=tmp)):
-                parts.append(_figure(v["file"], Path(tmp) / e.overlay,
-                                     f"actual {v['label']}, predicted {v['pred']} ({v['prob']:.1%}), "
-                                     f"loss {v['loss']:.3f}; {e.method} map"))
+        for v, e in top:
+            overlay = view.run_dir / TOP_LOSSES_DIR / e.overlay if e and e.overlay else None
+            parts.append(_figure(v.file, overlay, f"actual {v.label}, predicted {v.pred} ({v.prob:.1%}), "
+                                                  f"loss {v.loss:.3f}" + (f"; {e.method} map" if e else "")))
         parts.append("</div>")
-    parts.append("</section>")
+    return "".join(parts) + "</section>"
 
-    # CAM gallery
-    parts.append("<section id='cams'><h2>CAM gallery</h2>")
-    cams_dir = Path(cams_dir) if cams_dir else run_dir / "cams"
-    records = []
-    if (cams_dir / "cams.jsonl").exists():
-        records = [json.loads(line) for line in (cams_dir / "cams.jsonl").read_text().splitlines() if line]
-    truth = {v["file"]: v["label"] for v in valid}
-    wrong = [r for r in records if truth.get(r["image"], r["pred"]) != r["pred"]]
-    right = [r for r in records if truth.get(r["image"], r["pred"]) == r["pred"]]
+
+def _gallery(view: RunView, cams_dir: Path) -> str:
+    parts = ["<section id='cams'><h2>CAM gallery</h2>"]
+    records = read_cams(cams_dir)
+    truth = {str(v.file.resolve()): v.label for v in view.valid}
+    known = [(r, truth.get(str(Path(r.image).resolve()))) for r in records]
+    wrong = [(r, t) for r, t in known if t is not None and t != r.pred]
+    right = [(r, t) for r, t in known if t is None or t == r.pred]
     sample = wrong[:GALLERY // 2] + right[:GALLERY - len(wrong[:GALLERY // 2])]
     if sample:
         parts.append(f"<p>{len(records)} images explained; {len(wrong)} predicted wrongly. Original | overlay.</p>"
                      "<div class='grid'>")
-        for r in sample:
-            if Path(r["image"]).exists() and r.get("overlay") and (cams_dir / r["overlay"]).exists():
-                label = f" (actual {truth[r['image']]})" if r["image"] in truth else ""
-                parts.append(_figure(r["image"], cams_dir / r["overlay"],
-                                     f"{Path(r['image']).name}: {r['pred']} ({r['prob']:.1%}){label}, {r['method']}"))
+        for r, t in sample:
+            if Path(r.image).exists() and r.overlay and (cams_dir / r.overlay).exists():
+                label = f" (actual {t})" if t is not None else ""
+                parts.append(_figure(r.image, cams_dir / r.overlay,
+                                     f"{Path(r.image).name}: {r.pred} ({r.prob:.1%}){label}, {r.method}"))
         parts.append("</div>")
     else:
         parts.append("<p>No CAM run found (run <code>camkit cam ... --out RUN/cams</code>).</p>")
-    parts.append(_methods_side_by_side(run_dir, cams_dir))
-    if (run_dir / "cam_eval.json").exists():
-        evaluation = json.loads((run_dir / "cam_eval.json").read_text())
-        parts.append("<h3>Faithfulness</h3>" + _table([{"method": k, **v} for k, v in evaluation.items()]))
-    parts.append("</section>")
-
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>camkit report</title><style>"
-            "body{font-family:sans-serif;margin:2em;max-width:1100px;color:#222}"
-            "table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}"
-            ".warn{background:#fee;border:1px solid #c66;padding:.6em}.strip img{margin:2px;vertical-align:middle}"
-            "figure{display:inline-block;margin:.4em;border:1px solid #ddd;padding:.3em}"
-            "figcaption{font-size:12px;max-width:260px}img{image-rendering:auto}</style></head>"
-            "<body>" + "".join(parts) +
-            "<script>window.addEventListener('load',function(){var b=0;document.querySelectorAll('img')"
-            ".forEach(function(i){if(!i.complete||i.naturalWidth===0)b++});"
-            "document.body.setAttribute('data-broken-images',b);"
-            "document.body.setAttribute('data-images',document.images.length)});</script></body></html>")
-    target = Path(out) if out else run_dir / "report.html"
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(page)
-    tmp.replace(target)
-    return target
+    return "".join(parts)
 
 
-def _figure(original: str | Path, overlay: str | Path, caption: str) -> str:
-    """Original | overlay side by side, with a caption."""
-    return (f"<figure>{_img(_thumb(original, 160), 'original', 120)}{_img(_thumb(overlay, 160), 'overlay', 120)}"
+def _faithfulness(run_dir: Path) -> str:
+    evaluation = read_cam_eval(run_dir)
+    table = "<h3>Faithfulness</h3>" + _table([{"method": k, **v} for k, v in evaluation.items()]) if evaluation else ""
+    return table + "</section>"
+
+
+PAGE = ("<!doctype html><html><head><meta charset='utf-8'><meta name='generator' content='camkit'>"
+        "<title>camkit report</title><style>"
+        "body{{font-family:sans-serif;margin:2em;max-width:1100px;color:#222}}"
+        "table{{border-collapse:collapse;margin:.6em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}"
+        ".warn{{background:#fee;border:1px solid #c66;padding:.6em}}.strip img{{margin:2px;vertical-align:middle}}"
+        "figure{{display:inline-block;margin:.4em;border:1px solid #ddd;padding:.3em}}"
+        "figcaption{{font-size:12px;max-width:260px}}img{{image-rendering:auto}}</style></head>"
+        "<body>{body}"
+        "<script>window.addEventListener('load',function(){{var b=0;document.querySelectorAll('img')"
+        ".forEach(function(i){{if(!i.complete||i.naturalWidth===0)b++}});"
+        "document.body.setAttribute('data-broken-images',b);"
+        "document.body.setAttribute('data-images',document.images.length)}});</script></body></html>")
+
+
+def _figure(original: str | Path, overlay: Path | None, caption: str) -> str:
+    """Original | overlay side by side (the original alone when no overlay was saved)."""
+    shown = _img(_thumb(overlay, 160), "overlay", 120) if overlay is not None and overlay.exists() else ""
+    return (f"<figure>{_img(_thumb(original, 160), 'original', 120)}{shown}"
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
 def _methods_side_by_side(run_dir: Path, cams_dir: Path, n_images: int = 4) -> str:
     """When several CAM outputs exist (RUN/cams*, e.g. `camkit cam --method gradcam --out
     RUN/cams-gradcam`), the same images under each method, in one row each."""
-    by_method: dict[str, dict[str, tuple[Path, dict]]] = {}
+    by_method: dict[str, dict[str, tuple[Path, object]]] = {}
     for folder in sorted({cams_dir, *run_dir.glob("cams*")}):
-        jsonl = folder / "cams.jsonl"
-        if folder.is_dir() and jsonl.exists():
-            for line in jsonl.read_text().splitlines():
-                r = json.loads(line)
-                by_method.setdefault(r["method"], {})[r["image"]] = (folder, r)
+        for r in read_cams(folder) if folder.is_dir() else []:
+            by_method.setdefault(r.method, {})[r.image] = (folder, r)
     if len(by_method) < 2:
         return ""
     common = sorted(set.intersection(*(set(v) for v in by_method.values())))[:n_images]
@@ -221,23 +283,20 @@ def _methods_side_by_side(run_dir: Path, cams_dir: Path, n_images: int = 4) -> s
         cells = [_img(_thumb(image, 120), "original", 100)]
         for m in methods:
             folder, r = by_method[m][image]
-            if r.get("overlay") and (folder / r["overlay"]).exists():
-                cells.append(_img(_thumb(folder / r["overlay"], 120), m, 100))
+            if r.overlay and (folder / r.overlay).exists():
+                cells.append(_img(_thumb(folder / r.overlay, 120), m, 100))
         rows.append(f"<div class='strip'><b>{html.escape(Path(image).name)}</b> " + "".join(cells) + "</div>")
     return ("<h3 id='methods'>Methods side by side</h3><p>original, " + ", ".join(map(html.escape, methods))
             + "</p>" + "".join(rows))
 
 
-def _crawl_manifest(valid: list[dict]) -> list[dict]:
-    """Accepted / rejected counts by reason from a crawl's manifest.jsonl above the images."""
-    if not valid:
-        return []
-    root = Path(valid[0]["file"]).parent.parent
+def _crawl_manifest(root: Path) -> list[dict]:
+    """Accepted / rejected counts by reason from a crawl's manifest.jsonl in the data root."""
     manifest = root / "manifest.jsonl"
     if not manifest.exists():
         return []
     counts: dict[tuple[str, str], int] = {}
-    for line in manifest.read_text().splitlines():
+    for line in manifest.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:

@@ -46,7 +46,7 @@ def main() -> None:
     a = p.parse_args()
 
     from camkit.cam import CAM, GradCAM
-    from camkit.train import build_model
+    from camkit.models import build_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)

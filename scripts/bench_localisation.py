@@ -12,7 +12,6 @@ forward per channel).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 import warnings
@@ -35,6 +34,7 @@ def main() -> None:
 
     from camkit.data import make_canvas_folder
     from camkit.metrics import evaluate
+    from camkit.run import save_cam_eval
     from camkit.train import train
 
     root = Path(a.out or tempfile.mkdtemp(prefix="camkit-loc-"))
@@ -54,7 +54,7 @@ def main() -> None:
         res = evaluate(run, images / "boxes.json", ["cam", "gradcam", "gradcam++", "xgradcam", "layercam"],
                        valid_only=True)
         res.update(evaluate(run, images / "boxes.json", ["scorecam"], valid_only=True, limit=a.scorecam_limit))
-        (run / "cam_eval.json").write_text(json.dumps(res, indent=1))
+        save_cam_eval(run, res)
         print(f"{'method':<11} {'images':>6} {'pointing':>9} {'deletion':>9} {'insertion':>10}")
         for name, m in res.items():
             print(f"{name:<11} {m['images']:>6} {m['pointing_game']:>9.3f} {m['deletion_auc']:>9.3f} "

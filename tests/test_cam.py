@@ -8,9 +8,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from camkit.cam import CAM, METHODS, GradCAM, explain, make_cam, normalise
+from camkit.cam import CAM, METHODS, GradCAM, make_cam, normalise
 from camkit.errors import CamkitError
-from camkit.train import load
+from camkit.explain import cam, explain
+from camkit.run import load
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +132,17 @@ def test_default_method_follows_the_head(loaded, tiny_fastai_run):
 
 
 def test_unknown_layer_lists_candidates(loaded, batch):
-    with pytest.raises(CamkitError, match="unknown layer 'nope'; candidates: .*0.7"):
+    with pytest.raises(CamkitError, match="unknown layer 'nope'; candidates: .*0.7") as e:
         GradCAM(loaded.model, layer="nope")(batch)
+    offered = str(e.value).split("candidates: ")[1].split(" (")[0].split(", ")
+    assert "0.7" in offered and not any(name.startswith("1") for name in offered)  # never the head
+
+
+@pytest.mark.parametrize("layer", ["1", "1.2", "1.1"])
+def test_non_spatial_layer_is_a_user_error(loaded, batch, layer):
+    """The head's pooling, flatten and linear layers give no (B, K, h, w) map to explain."""
+    with pytest.raises(CamkitError, match=f"layer '{layer}' outputs shape .* not a spatial map"):
+        GradCAM(loaded.model, layer=layer)(batch)
 
 
 def _odd_images(folder):
@@ -156,7 +166,7 @@ def test_explain_handles_every_image_mode_and_maps_back_to_original_size(tiny_ru
     images = _odd_images(tmp_path / "imgs")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        results = explain(tiny_run, [images], out=tmp_path / "cams", bs=3)
+        results = cam([images], model=tiny_run, out=tmp_path / "cams", bs=3, quiet=True)
     assert any("broken.png" in str(w.message) for w in caught)
     sizes = {"rgb": (60, 40), "gray": (60, 40), "rgba": (60, 40), "palette": (60, 40), "deep16": (60, 40),
              "rotated": (40, 60), "huge": (2000, 1500)}
@@ -176,7 +186,7 @@ def test_peak_is_reported_in_original_pixel_coordinates(tiny_run, canvas_dir, tm
     """The same image at 4x its size must give a 4x peak (within one model pixel)."""
     src = sorted(canvas_dir.glob("bag/*.png"))[0]
     Image.open(src).resize((128, 128), Image.NEAREST).save(tmp_path / "big.png")
-    small, big = explain(tiny_run, [src, tmp_path / "big.png"], out=None)
+    small, big = explain(tiny_run, [src, tmp_path / "big.png"])
     assert abs(big.peak_xy[0] - 4 * small.peak_xy[0]) <= 4 and abs(big.peak_xy[1] - 4 * small.peak_xy[1]) <= 4
 
 
@@ -191,7 +201,7 @@ def test_cam_cli_json_and_errors(tiny_run, canvas_dir, tmp_path, cli):
         ((img, "--model", canvas_dir), "is not a camkit run"),
         ((img, "--model", tiny_run, "--target", "cat"), "unknown class 'cat'; classes: bag, trouser"),
         ((img, "--model", tiny_run, "--layer", "nope"), "unknown layer 'nope'"),
-        ((img, "--model", tiny_run, "--method", "magic"), "unknown method 'magic'"),
+        ((img, "--model", tiny_run, "--method", "magic"), "Invalid value for '--method': 'magic' is not one of 'cam'"),
         ((tmp_path / "missing.png", "--model", tiny_run), "does not exist"),
     ]:
         code, out, err = cli("cam", *args, "--out", tmp_path / "c2")

@@ -5,9 +5,10 @@ import subprocess
 
 import pytest
 
-from camkit.cam import explain
+from camkit.explain import cam
 from camkit.errors import CamkitError
-from camkit.report import build, summarize
+from camkit.run import read_valid
+from camkit.report import build, report, summarize
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -19,9 +20,8 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 def report_path(tiny_run, tmp_path_factory):
     run = tmp_path_factory.mktemp("rep") / "run"
     shutil.copytree(tiny_run, run)
-    valid = json.loads((run / "valid.json").read_text())
-    explain(run, [v["file"] for v in valid], out=run / "cams")
-    return build(run)
+    cam([v.file for v in read_valid(run)], model=run, out=run / "cams", quiet=True)
+    return report(run)
 
 
 def test_report_is_self_contained(report_path):
@@ -36,8 +36,8 @@ def test_report_is_self_contained(report_path):
 
 def test_methods_appear_side_by_side_when_several_were_run(report_path):
     run = report_path.parent
-    valid = json.loads((run / "valid.json").read_text())[:3]
-    explain(run, [v["file"] for v in valid], method="gradcam++", out=run / "cams-gradcampp")
+    valid = read_valid(run)[:3]
+    cam([v.file for v in valid], model=run, method="gradcam++", out=run / "cams-gradcampp", quiet=True)
     page = build(run).read_text()
     assert "Methods side by side" in page and "gradcam++" in page
     row = page[page.index("id='methods'"):]

@@ -1,0 +1,289 @@
+"""Explain image files with a trained run: compute results that carry their maps, save them
+as a separate call, read a saved CAM folder back.
+
+    results = explain("runs/pets", ["photo.jpg"], method="gradcam")   # computes, writes nothing
+    results[0].map, results[0].pred, results[0].peak_xy
+    results.save("cams")                                               # overlays, .npy, cams.jsonl, index.html
+    cam(["photos/"], model="runs/pets", out="cams")                    # what `camkit cam` runs: the same,
+                                                                       # saved batch by batch (one decode per image)
+
+A CAM folder: per image `NNNNN_NAME_heatmap.png`, `NNNNN_NAME_overlay.png`, `NNNNN_NAME.npy` (the
+map at the layer's resolution), one line per image in `cams.jsonl` and `index.html`, written
+last. camkit writes only into an empty folder or one it wrote before (`.camkit-cams` marker).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from camkit.cam import BaseCAM, get_layer, make_cam
+from camkit.device import autocast, resolve_precision
+from camkit.errors import CamkitError
+from camkit.files import atomic_write, confined, ensure_writable_dir, remove_if_empty
+from camkit.images import list_images, open_rgb
+from camkit.render import Style, fit_for_drawing, gallery_html, overlay, peak_xy, to_numpy
+from camkit.run import LoadedModel, load
+
+CAMS_JSONL, GALLERY, MARKER = "cams.jsonl", "index.html", ".camkit-cams"
+
+
+@dataclass
+class Explanation:
+    """One line of cams.jsonl: the image, the prediction, the map's target and peak, and the
+    files saved for it (relative to the CAM folder; None until saved)."""
+    image: str
+    pred: str
+    prob: float
+    target: str
+    method: str
+    peak_xy: list[int]
+    heatmap: str | None = None
+    overlay: str | None = None
+    map: str | None = None
+
+
+@dataclass
+class CamResult:
+    """One explained image: the normalised map (h, w) at the layer's resolution, the class
+    probabilities, and the original size; `picture` is a drawing-sized copy of the image,
+    kept only while a batch is being saved."""
+    index: int
+    image: Path
+    size: tuple[int, int]
+    map: Tensor
+    probs: Tensor
+    target: int
+    classes: list[str]
+    method: str
+    model_size: int
+    picture: object = field(default=None, repr=False)
+
+    @property
+    def pred(self) -> str:
+        return self.classes[int(self.probs.argmax())]
+
+    @property
+    def prob(self) -> float:
+        return round(float(self.probs.max()), 5)
+
+    @property
+    def peak_xy(self) -> list[int]:
+        return peak_xy(self.map, self.model_size, *self.size)
+
+    def record(self) -> Explanation:
+        return Explanation(image=str(self.image), pred=self.pred, prob=self.prob, target=self.classes[self.target],
+                           method=self.method, peak_xy=self.peak_xy)
+
+
+@dataclass
+class CamBatch:
+    """One model pass: its results and the tensors a metric needs (input, maps, targets)."""
+    results: list[CamResult]
+    x: Tensor
+    maps: Tensor
+    targets: Tensor
+
+
+class Explanations(list):
+    """The results of `explain`, in input order; `.save(out)` writes the CAM folder."""
+
+    def save(self, out: str | Path, style: Style = Style()) -> list[Explanation]:
+        writer = CamWriter(out, [r.image for r in self], style)
+        return writer.write_all([self])
+
+    def records(self) -> list[Explanation]:
+        return [r.record() for r in self]
+
+
+# ---------------------------------------------------------------- computing
+
+def resolve_target(target: str | int | None, classes: list[str]) -> int | None:
+    """'pred' (or None) -> None; a class name or index -> its index."""
+    if target in (None, "pred"):
+        return None
+    if isinstance(target, int) and 0 <= target < len(classes):
+        return target
+    if target in classes:
+        return classes.index(target)
+    raise CamkitError(f"unknown class '{target}'; classes: {', '.join(classes)}")
+
+
+def collect_files(images: Sequence[str | Path] | str | Path) -> tuple[list[Path], set[str]]:
+    """The image files to explain (folders searched recursively) and the files named directly
+    (an unreadable named file is an error; one found in a folder is skipped with a warning)."""
+    inputs = [images] if isinstance(images, (str, Path)) else list(images)
+    files = list_images(inputs)
+    if not files:
+        raise CamkitError("no images found in " + ", ".join(map(str, inputs)))
+    return files, {str(Path(p)) for p in inputs if not Path(p).is_dir()}
+
+
+def iter_explain(loaded: LoadedModel, files: list[Path], extractor: BaseCAM,
+                 targets: Sequence[int | None] | int | None = None, bs: int = 32, precision: str = "fp32",
+                 named: set[str] = frozenset(), max_side: int | None = None) -> Iterator[CamBatch]:
+    """Decode, batch and explain `files` (targets: None = prediction, an index, or one per file).
+    With `max_side`, each result keeps a drawing-sized copy of its image for saving."""
+    with extractor:
+        for start in range(0, len(files), bs):
+            chunk = [(i, f) for i, f in enumerate(files[start:start + bs], start)]
+            decoded = _decode(chunk, named)
+            if not decoded:
+                continue
+            x = loaded.preprocess([img for _, _, img in decoded])
+            wanted = [targets[i] if isinstance(targets, Sequence) else targets for i, _, _ in decoded]
+            with autocast(x.device, precision):
+                maps = extractor(x, wanted if any(t is not None for t in wanted) else None)
+            probs, tgt = extractor.logits.softmax(1).cpu(), extractor.targets
+            results = [CamResult(i, f, img.size, maps[k].detach().float().cpu(), probs[k], int(tgt[k]),
+                                 loaded.classes, extractor.name, loaded.size,
+                                 fit_for_drawing(img, max_side) if max_side else None)
+                       for k, (i, f, img) in enumerate(decoded)]
+            yield CamBatch(results, x, maps, tgt)
+
+
+def _decode(chunk: list[tuple[int, Path]], named: set[str]) -> list[tuple[int, Path, object]]:
+    out = []
+    for i, f in chunk:
+        try:
+            out.append((i, f, open_rgb(f)))
+        except CamkitError as e:
+            if str(f) in named:
+                raise
+            warnings.warn(f"skipping {e}", stacklevel=3)
+    return out
+
+
+def prepare(model: str | Path | LoadedModel, method: str | None, layer: str | None, bs: int,
+            precision: str, device: str | None) -> tuple[LoadedModel, BaseCAM, str]:
+    """Load the run and make the extractor, checking every option before any image is read."""
+    loaded = model if isinstance(model, LoadedModel) else load(model, device=device)
+    precision = resolve_precision(precision, loaded.device)
+    if precision == "fp16":
+        raise CamkitError("--precision fp16 is not supported for CAM; use bf16 or fp32")
+    if bs < 1:
+        raise CamkitError(f"--bs must be at least 1, not {bs}")
+    if layer is not None:
+        get_layer(loaded.model, layer, torch.zeros(1, 3, loaded.size, loaded.size, device=loaded.device))
+    return loaded, make_cam(method, loaded.model, layer), precision
+
+
+def explain(model: str | Path | LoadedModel, images: Sequence[str | Path] | str | Path, method: str | None = None,
+            target: str | int = "pred", layer: str | None = None, bs: int = 32, device: str | None = None,
+            precision: str = "fp32") -> Explanations:
+    """Explain images (files or folders, recursively) with a run saved by `camkit train`:
+    computes and returns the results, writes nothing. `precision` "bf16" (or "auto" where the
+    hardware has native bf16) runs the passes under bf16 autocast, about twice as fast on such
+    CPUs; maps are combined and normalised in fp32 either way."""
+    loaded, extractor, precision = prepare(model, method, layer, bs, precision, device)
+    tgt = resolve_target(target, loaded.classes)
+    files, named = collect_files(images)
+    return Explanations(r for b in iter_explain(loaded, files, extractor, tgt, bs, precision, named) for r in b.results)
+
+
+def cam(images: Sequence[str | Path] | str | Path, model: str | Path | LoadedModel, method: str | None = None,
+        target: str | int = "pred", out: str | Path = "cams", layer: str | None = None, alpha: float = 0.5,
+        colormap: str = "jet", bs: int = 32, device: str | None = None, precision: str = "fp32",
+        quiet: bool = False) -> list[Explanation]:
+    """What `camkit cam` runs: explain and save into `out`, batch by batch (each image decoded
+    once, memory bounded by the batch). Returns the cams.jsonl records. Unless `quiet`, a line
+    per tenth of the work goes to stderr."""
+    style = Style(alpha, colormap)
+    loaded, extractor, precision = prepare(model, method, layer, bs, precision, device)
+    tgt = resolve_target(target, loaded.classes)
+    files, named = collect_files(images)
+    writer = CamWriter(out, files, style)
+    batches = iter_explain(loaded, files, extractor, tgt, bs, precision, named, max_side=style.max_side)
+    return writer.write_all(batches if quiet else _with_progress(batches, len(files), bs))
+
+
+def _with_progress(batches: Iterable[CamBatch], n: int, bs: int) -> Iterator[CamBatch]:
+    """One line per tenth of the work on stderr (never a repainted bar: logs stay small)."""
+    import sys
+
+    total, step, done = (n + bs - 1) // bs, max(1, ((n + bs - 1) // bs) // 10), 0
+    for done, batch in enumerate(batches, 1):
+        if done % step == 0 or done == total:
+            print(f"explained {min(done * bs, n)}/{n} images", file=sys.stderr, flush=True)
+        yield batch
+
+
+# ---------------------------------------------------------------- saving and reading
+
+def stem(path: Path, index: int) -> str:
+    """A safe, unique file stem for the index-th input: letters, digits, - _ . only."""
+    name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in path.stem).lstrip(".")
+    return f"{index:05d}_{name[:60] or 'image'}"
+
+
+class CamWriter:
+    """Writes a CAM folder. Refuses, before any work, a folder holding files of the same names
+    that camkit did not write (no `.camkit-cams` marker): a user's index.html is never replaced."""
+
+    def __init__(self, out: str | Path, files: Sequence[Path], style: Style = Style()):
+        self.out, self.style = Path(out), style
+        if self.out.exists() and not self.out.is_dir():
+            raise CamkitError(f"--out '{self.out}' is a file, not a folder")
+        if self.out.is_dir() and not (self.out / MARKER).exists():
+            planned = [CAMS_JSONL, GALLERY] + [f"{stem(f, i)}{s}" for i, f in enumerate(files)
+                                               for s in ("_heatmap.png", "_overlay.png", ".npy")]
+            clash = next((n for n in planned if (self.out / n).exists()), None)
+            if clash:
+                raise CamkitError(f"'{self.out / clash}' exists and was not written by camkit; "
+                                  "choose another --out")
+        self.created = ensure_writable_dir(self.out, "output folder")
+
+    def write_all(self, batches: Iterable[CamBatch | list[CamResult]]) -> list[Explanation]:
+        records: list[Explanation] = []
+        try:
+            atomic_write(self.out / MARKER, "camkit CAM folder\n")
+            for batch in batches:
+                for r in batch.results if isinstance(batch, CamBatch) else batch:
+                    records.append(self.write(r))
+                    r.picture = None  # drawn: let it go
+            atomic_write(self.out / CAMS_JSONL, "".join(json.dumps(asdict(e)) + "\n" for e in records))
+            atomic_write(self.out / GALLERY, gallery_html(asdict(e) for e in records))
+        except BaseException:
+            if self.created and not records:
+                (self.out / MARKER).unlink(missing_ok=True)
+                remove_if_empty(self.out)
+            raise
+        return records
+
+    def write(self, r: CamResult) -> Explanation:
+        """heatmap, overlay (capped resolution) and the raw map of one result."""
+        picture = r.picture if r.picture is not None else fit_for_drawing(open_rgb(r.image), self.style.max_side)
+        heat, over = overlay(picture, r.map, self.style)
+        name = stem(r.image, r.index)
+        e = r.record()
+        e.heatmap, e.overlay, e.map = f"{name}_heatmap.png", f"{name}_overlay.png", f"{name}.npy"
+        atomic_write(self.out / e.heatmap, lambda p: heat.save(p, format="PNG"))
+        atomic_write(self.out / e.overlay, lambda p: over.save(p, format="PNG"))
+        atomic_write(self.out / e.map, lambda p: np.save(p, to_numpy(r.map)))
+        return e
+
+
+def read_cams(folder: str | Path) -> list[Explanation]:
+    """cams.jsonl of a CAM folder ([] when absent), every saved file confined to the folder."""
+    folder = Path(folder)
+    path = folder / CAMS_JSONL
+    if not path.is_file():
+        return []
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        try:
+            e = Explanation(**json.loads(line))
+        except (json.JSONDecodeError, TypeError):
+            raise CamkitError(f"'{path}' line {n} is not a camkit CAM record") from None
+        for name in (e.heatmap, e.overlay, e.map):
+            if name is not None:
+                confined(folder, name, f"'{path}' line {n}")
+        records.append(e)
+    return records

@@ -1,0 +1,121 @@
+"""Maps in, images out: upsample, peak, colourise, overlay, gallery. Nothing here runs a model.
+
+Memory is bounded by design: heatmaps and overlays are drawn at most `Style.max_side` pixels
+on their longer side (2048 by default), in float32, so a 9400 x 9400 image costs a few tens of
+MB to draw instead of gigabytes. `peak_xy` is still given in the original image's pixels.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from camkit.errors import CamkitError
+
+MAX_SIDE = 2048
+
+
+@dataclass(frozen=True)
+class Style:
+    """How maps are drawn; checked once, when made (bad values fail before any work)."""
+    alpha: float = 0.5          # heatmap opacity in the overlay
+    colormap: str = "jet"       # any matplotlib colormap name
+    max_side: int = MAX_SIDE    # longest side of drawn images, in pixels
+
+    def __post_init__(self) -> None:
+        import matplotlib
+
+        if not 0 <= self.alpha <= 1:
+            raise CamkitError(f"--alpha must be between 0 and 1, not {self.alpha}")
+        if self.colormap not in matplotlib.colormaps:
+            raise CamkitError(f"unknown colormap '{self.colormap}'; e.g. jet, viridis, inferno, turbo")
+        if self.max_side < 16:
+            raise CamkitError(f"the drawing size must be at least 16 pixels, not {self.max_side}")
+
+
+def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """(B, h, w) maps -> (B, H, W), bilinear, float32."""
+    return F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def peak_xy(cam_map: Tensor, model_size: int, width: int, height: int) -> list[int]:
+    """[x, y] of the map's maximum in original-image pixels (the model saw a squished square)."""
+    fine = upsample(cam_map[None], (model_size, model_size))[0]
+    iy, ix = divmod(int(fine.flatten().argmax()), model_size)
+    return [min(width - 1, int((ix + 0.5) * width / model_size)),
+            min(height - 1, int((iy + 0.5) * height / model_size))]
+
+
+def colorize(heat: np.ndarray, colormap: str = "jet") -> np.ndarray:
+    """(H, W) in [0, 1] -> (H, W, 3) uint8 through the colormap's lookup table (no float64 copy)."""
+    import matplotlib
+
+    try:
+        cmap = matplotlib.colormaps[colormap]
+    except KeyError:
+        raise CamkitError(f"unknown colormap '{colormap}'") from None
+    return cmap(np.clip(heat.astype(np.float32, copy=False), 0, 1), bytes=True)[..., :3]
+
+
+def display_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """(w, h) scaled down so the longer side is at most `max_side` (never up)."""
+    scale = min(1.0, max_side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def fit_for_drawing(image, max_side: int = MAX_SIDE):
+    """An RGB copy of a PIL image no larger than `max_side` on its longer side."""
+    from PIL import Image
+
+    size = display_size(*image.size, max_side)
+    image = image.convert("RGB")
+    return image if size == image.size else image.resize(size, Image.BILINEAR)
+
+
+def overlay(image, cam_map: Tensor, style: Style = Style()):
+    """The heatmap laid over the image: returns (heatmap, overlay) PIL images, drawn at the
+    image's resolution capped to `style.max_side`: overlay = (1 - alpha) image + alpha heat."""
+    from PIL import Image
+
+    base = fit_for_drawing(image, style.max_side)
+    w, h = base.size
+    heat = upsample(cam_map[None].detach().cpu(), (h, w))[0].numpy()
+    colored = colorize(heat, style.colormap)
+    blended = np.asarray(base, dtype=np.float32) * (1 - style.alpha) + colored.astype(np.float32) * style.alpha
+    return Image.fromarray(colored), Image.fromarray(blended.round().astype(np.uint8))
+
+
+def gallery_html(rows: Iterable[dict]) -> str:
+    """An offline page of original | heatmap | overlay per image. Each row: image (path of the
+    original), heatmap and overlay (file names relative to the page), pred, prob, target,
+    method. Every text is escaped."""
+    figures = []
+    for r in rows:
+        original = Path(r["image"]).resolve().as_uri()
+        figures.append(
+            f"<figure><div class='row'><img src='{html.escape(original)}' alt='original'>"
+            f"<img src='{html.escape(r.get('heatmap') or '')}' alt='heatmap'>"
+            f"<img src='{html.escape(r.get('overlay') or '')}' alt='overlay'></div>"
+            f"<figcaption>{html.escape(Path(r['image']).name)} — predicted <b>{html.escape(r['pred'])}</b> "
+            f"({r['prob']:.1%}); map for {html.escape(r['target'])} by {html.escape(r['method'])}</figcaption>"
+            "</figure>")
+    return ("<!doctype html><html><head><meta charset='utf-8'><meta name='generator' content='camkit'>"
+            "<title>camkit CAM gallery</title><style>"
+            "body{font-family:sans-serif;margin:1.5em;background:#fafafa}figure{display:inline-block;margin:.6em;"
+            "background:#fff;padding:.5em;border:1px solid #ddd}.row img{height:160px;margin-right:4px;"
+            "image-rendering:auto}figcaption{font-size:13px;max-width:500px}</style></head><body>"
+            f"<h1>CAM gallery</h1><p>{len(figures)} images: original | heatmap | overlay</p>"
+            + "".join(figures) + "</body></html>")
+
+
+def to_numpy(cam_map: Tensor) -> np.ndarray:
+    """A map as a float32 array (what the .npy files hold)."""
+    return cam_map.detach().float().cpu().numpy()
+
