@@ -1,0 +1,5 @@
+"""`python -m camkit.cli`: the same entry point as the `camkit` command."""
+
+from camkit.cli import main
+
+main()
