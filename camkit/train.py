@@ -140,10 +140,10 @@ def train(data_dir: str | Path, arch: str = "resnet34", epochs: int = 4, size: i
         dls = make_loaders(data, train_idx, valid_idx, bs, seed, augment, dev, precision)
         learn = make_learner(dls, built, out, precision)
         log, seconds, complete = fit(learn, built.pretrained, epochs, freeze_epochs, lr, verbose=not quiet)
-        probs, targets = predict(learn, dls.valid)
+        preds = predict(learn, dls.valid)
         result = summarize(out, arch, head, stride, built.pretrained, data, train_idx, valid_idx, dev, precision,
-                           log.rows, seconds, probs, targets)
-        contents = run_contents(result, learn.model, data, data_dir, size, valid_idx, probs, complete,
+                           log.rows, seconds, preds)
+        contents = run_contents(result, learn.model, data, data_dir, size, valid_idx, preds, complete,
                                 epochs + (freeze_epochs if built.pretrained else 0))
         _save(out, contents, overwrite, complete)
     except BaseException:
@@ -234,11 +234,19 @@ def fit(learn: Learner, pretrained: bool, epochs: int, freeze_epochs: int, lr: f
     return log, time.perf_counter() - start, complete
 
 
-def predict(learn: Learner, dl: TensorBatches) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax probabilities and targets over `dl` through the Learner itself (same
-    precision callbacks as the epochs' validation, so the summary equals the last history row)."""
-    probs, targets = learn.get_preds(dl=dl)
-    return probs.float().cpu(), targets.cpu()
+@dataclass
+class Predictions:
+    """Per held-out image: softmax probabilities, target, and the loss fastai computed."""
+    probs: torch.Tensor
+    targets: torch.Tensor
+    losses: torch.Tensor
+
+
+def predict(learn: Learner, dl: TensorBatches) -> Predictions:
+    """Predictions over `dl` through the Learner itself (the same precision callbacks and loss
+    as the epochs' validation, so the summary equals the last history row)."""
+    probs, targets, losses = learn.get_preds(dl=dl, with_loss=True)
+    return Predictions(probs.float().cpu(), targets.cpu(), losses.float().cpu())
 
 
 def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -248,30 +256,29 @@ def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, n_classes: int)
 
 def summarize(out: Path, arch: str, head: str, stride: int, pretrained: bool, data: FolderData,
               train_idx: torch.Tensor, valid_idx: torch.Tensor, device: torch.device, precision: str,
-              history: list[dict], seconds: float, probs: torch.Tensor, targets: torch.Tensor) -> TrainResult:
+              history: list[dict], seconds: float, preds: Predictions) -> TrainResult:
     """The numbers of the run; throughput = images seen in every epoch run / fitting seconds."""
-    valid_loss = float(nn.functional.nll_loss(probs.clamp_min(1e-12).log(), targets))
     n_seen = len(history) * (len(train_idx) + len(valid_idx))
     return TrainResult(
         out=str(out), arch=arch, head=str(getattr(head, "value", head)), stride=stride, pretrained=pretrained,
         classes=data.classes, n_train=len(train_idx), n_valid=len(valid_idx), epochs=len(history),
         device=str(device), precision=precision, train_seconds=round(seconds, 3),
         images_per_sec=round(n_seen / seconds, 2) if seconds else 0.0,
-        valid_accuracy=round(float((probs.argmax(1) == targets).float().mean()), 4),
-        valid_loss=round(valid_loss, 4), skipped=[f"{p}: {why}" for p, why in data.skipped], history=history)
+        valid_accuracy=round(float((preds.probs.argmax(1) == preds.targets).float().mean()), 4),
+        valid_loss=round(float(preds.losses.mean()), 4), skipped=[f"{p}: {why}" for p, why in data.skipped], history=history)
 
 
 def run_contents(result: TrainResult, model: nn.Module, data: FolderData, data_dir: Path, size: int,
-                 valid_idx: torch.Tensor, probs: torch.Tensor, complete: bool, epochs_planned: int) -> RunContents:
+                 valid_idx: torch.Tensor, preds: Predictions, complete: bool, epochs_planned: int) -> RunContents:
     """What the run folder holds: fp32 contiguous weights, history, held-out predictions with
     paths relative to the data root (so reading the run does not depend on the working folder)."""
     root = data_dir.resolve()
     labels = data.labels[valid_idx]
     valid = [{"file": data.files[int(i)].resolve().relative_to(root).as_posix(),
               "label": data.classes[int(y)], "pred": data.classes[int(p.argmax())],
-              "prob": round(float(p.max()), 5), "loss": round(float(-p[int(y)].clamp_min(1e-12).log()), 5)}
-             for i, y, p in zip(valid_idx, labels, probs)]
-    cm = confusion_matrix(probs.argmax(1), labels, len(data.classes))
+              "prob": round(float(p.max()), 5), "loss": round(float(loss), 5)}
+             for i, y, p, loss in zip(valid_idx, labels, preds.probs, preds.losses)]
+    cm = confusion_matrix(preds.probs.argmax(1), labels, len(data.classes))
     info = RunInfo(arch=result.arch, head=result.head, stride=result.stride, classes=data.classes, size=size,
                    stats=(list(IMAGENET_STATS[0]), list(IMAGENET_STATS[1])), pretrained=result.pretrained,
                    complete=complete, epochs_planned=epochs_planned, confusion=cm.tolist(),

@@ -151,12 +151,21 @@ def test_unnormalise_inverts_normalise():
 
 
 def test_augmentation_crops_and_flips_within_the_padding():
-    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6) + 1
-    out = loop.augment_batch(x, torch.Generator().manual_seed(3), pad=2)
+    """Each output is exactly one of the (2*pad+1)^2 crops of the zero-padded image, mirrored or
+    not; over 32 images both mirrored and plain crops occur, and more than one offset."""
+    pad, n = 2, 32
+    x = torch.arange(n * 6 * 6, dtype=torch.float32).view(n, 1, 6, 6) + 1
+    out = loop.augment_batch(x, torch.Generator().manual_seed(3), pad=pad)
     assert out.shape == x.shape
+    seen = []
     for o, src in zip(out, x):
-        values = set(o.flatten().tolist()) - {0.0}
-        assert values <= set(src.flatten().tolist())  # only source pixels or padding
+        padded = torch.nn.functional.pad(src, (pad,) * 4)
+        matches = [(oy, ox, flip) for oy in range(2 * pad + 1) for ox in range(2 * pad + 1) for flip in (False, True)
+                   if torch.equal(o, (lambda c: c.flip(-1) if flip else c)(padded[:, oy:oy + 6, ox:ox + 6]))]
+        assert len(matches) == 1
+        seen.append(matches[0])
+    assert {f for _, _, f in seen} == {False, True}
+    assert len({(oy, ox) for oy, ox, _ in seen}) > 1 and any((oy, ox) != (pad, pad) for oy, ox, _ in seen)
 
 
 def test_unavailable_dataset_names_the_alternatives(monkeypatch, tmp_path):

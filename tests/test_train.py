@@ -1,4 +1,5 @@
 import csv
+from pathlib import Path
 import json
 import urllib.error
 
@@ -143,3 +144,89 @@ def test_timm_names_work_when_timm_is_installed(canvas_dir, tmp_path):
               quiet=True)
     assert r.arch == "resnet10t"
     assert load(tmp_path / "t").model[0].__class__.__name__ == "TimmBody"
+
+
+def test_tensor_batches_flip_some_images_and_keep_the_rest(canvas_dir):
+    """augment=True mirrors images: every batch image equals its source or the source mirrored,
+    and both occur; augment=False returns the sources unchanged."""
+    from camkit.data import Normalizer, TensorBatches, load_folder
+
+    data = load_folder(canvas_dir, 16)
+    norm = Normalizer(([0.5] * 3, [0.25] * 3))
+    flipped = plain = 0
+    for augment in (True, False):
+        dl = TensorBatches(data.images, torch.arange(len(data.labels)), 16, shuffle=True, augment=augment,
+                           stats=norm.stats, seed=1)
+        for x, idx in dl:
+            src = norm(data.images[idx])
+            same = (x == src).flatten(1).all(1)
+            mirrored = (x == src.flip(-1)).flatten(1).all(1)
+            assert (same | mirrored).all()
+            if augment:
+                flipped += int((mirrored & ~same).sum())
+                plain += int((same & ~mirrored).sum())
+            else:
+                assert same.all()
+    assert flipped > 10 and plain > 10
+
+
+@pytest.fixture(scope="module")
+def pretrained_run(canvas_dir, tmp_path_factory):
+    """The path real users take online: a torchvision state_dict (here a local file), fine_tune
+    with one frozen epoch and one unfrozen epoch."""
+    import torchvision
+
+    tmp = tmp_path_factory.mktemp("pre")
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp / "r18.pth")
+    result = train(canvas_dir, arch="resnet18", epochs=1, size=32, bs=16, out=tmp / "run", weights=tmp / "r18.pth",
+                   freeze_epochs=1, quiet=True)
+    return result, tmp / "run"
+
+
+def test_fine_tune_history_has_the_frozen_and_the_unfrozen_epoch(pretrained_run):
+    result, run = pretrained_run
+    meta = json.loads((run / "model.json").read_text())
+    assert result.pretrained and meta["epochs_planned"] == 2 and result.epochs == 2
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    assert [(int(r["epoch"]), r["phase"]) for r in rows] == [(0, "frozen"), (1, "all")]
+    assert [h["phase"] for h in result.history] == ["frozen", "all"]
+
+
+def test_summary_accuracy_and_loss_are_the_last_epochs(pretrained_run, tiny_run):
+    """One number: the summary is computed through the Learner as its validation is."""
+    for result in (pretrained_run[0], json.loads((tiny_run / "model.json").read_text())["summary"]):
+        summary = result if isinstance(result, dict) else result.to_dict()
+        last = summary.get("history") or list(csv.DictReader(open(Path(summary["out"]) / "history.csv")))
+        assert summary["valid_accuracy"] == pytest.approx(float(last[-1]["accuracy"]), abs=1e-4)
+        assert summary["valid_loss"] == pytest.approx(float(last[-1]["valid_loss"]), abs=1e-3)
+
+
+def test_throughput_counts_every_epoch(pretrained_run):
+    r = pretrained_run[0]
+    assert r.images_per_sec == pytest.approx(2 * (r.n_train + r.n_valid) / r.train_seconds, rel=0.01)
+
+
+def test_frozen_epoch_leaves_the_body_unchanged(canvas_dir, tmp_path):
+    """The splitter handed to the Learner is the arch's own: after `freeze` (what fine_tune's
+    frozen epoch runs) an epoch changes the head but none of the body's conv weights."""
+    import torchvision
+
+    from camkit.data import load_folder
+    from camkit.models import build_model
+    from camkit.train import make_learner, make_loaders
+
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
+
+    data = load_folder(canvas_dir, 32)
+    tr, va = data.split(0.2, 0)
+    built = build_model("resnet18", 2, weights=tmp_path / "r18.pth")
+    body_before = [p.detach().clone() for p in built.model[0].parameters()]
+    head_before = built.model[1][2].weight.detach().clone()
+    learn = make_learner(make_loaders(data, tr, va, 16, 0, False, torch.device("cpu"), "fp32"), built, tmp_path, "fp32")
+    learn.freeze()
+    learn.fit_one_cycle(1, 1e-3)
+    convs = [(a, b) for a, b in zip(body_before, built.model[0].parameters()) if a.dim() == 4]
+    assert convs and all(torch.equal(a, b) for a, b in convs)  # BatchNorm stays trainable, as in fastai
+    assert not torch.equal(head_before, built.model[1][2].weight)
