@@ -79,7 +79,7 @@ class CamResult:
         return peak_xy(self.map, self.model_size, *self.size)
 
     def record(self) -> Explanation:
-        return Explanation(image=str(self.image), pred=self.pred, prob=self.prob, target=self.classes[self.target],
+        return Explanation(image=str(self.image.resolve()), pred=self.pred, prob=self.prob, target=self.classes[self.target],
                            method=self.method, peak_xy=self.peak_xy)
 
 
@@ -96,7 +96,7 @@ class Explanations(list):
     """The results of `explain`, in input order; `.save(out)` writes the CAM folder."""
 
     def save(self, out: str | Path, style: Style = Style()) -> list[Explanation]:
-        writer = CamWriter(out, [r.image for r in self], style)
+        writer = CamWriter(out, [stem(r.image, r.index) for r in self], style)
         return writer.write_all([self])
 
     def records(self) -> list[Explanation]:
@@ -199,7 +199,7 @@ def cam(images: Sequence[str | Path] | str | Path, model: str | Path | LoadedMod
     loaded, extractor, precision = prepare(model, method, layer, bs, precision, device)
     tgt = resolve_target(target, loaded.classes)
     files, named = collect_files(images)
-    writer = CamWriter(out, files, style)
+    writer = CamWriter(out, [stem(f, i) for i, f in enumerate(files)], style)
     batches = iter_explain(loaded, files, extractor, tgt, bs, precision, named, max_side=style.max_side)
     return writer.write_all(batches if quiet else _with_progress(batches, len(files), bs))
 
@@ -227,12 +227,12 @@ class CamWriter:
     """Writes a CAM folder. Refuses, before any work, a folder holding files of the same names
     that camkit did not write (no `.camkit-cams` marker): a user's index.html is never replaced."""
 
-    def __init__(self, out: str | Path, files: Sequence[Path], style: Style = Style()):
+    def __init__(self, out: str | Path, stems: Sequence[str], style: Style = Style()):
         self.out, self.style = Path(out), style
         if self.out.exists() and not self.out.is_dir():
             raise CamkitError(f"--out '{self.out}' is a file, not a folder")
         if self.out.is_dir() and not (self.out / MARKER).exists():
-            planned = [CAMS_JSONL, GALLERY] + [f"{stem(f, i)}{s}" for i, f in enumerate(files)
+            planned = [CAMS_JSONL, GALLERY] + [f"{name}{s}" for name in stems
                                                for s in ("_heatmap.png", "_overlay.png", ".npy")]
             clash = next((n for n in planned if (self.out / n).exists()), None)
             if clash:

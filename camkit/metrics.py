@@ -91,9 +91,14 @@ def evaluate(model_dir, boxes_json, methods: Sequence[str] = DEFAULT_METHODS, im
     from camkit.cam import make_cam
     from camkit.run import load, read_valid
 
+    from camkit.cam import METHODS
+
     methods = [getattr(m, "value", m) for m in methods]
     if not methods:
         raise CamkitError("no CAM method to evaluate; e.g. --methods cam,gradcam")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise CamkitError(f"unknown method '{unknown[0]}'; choose from {', '.join(METHODS)}")
     if steps < 1 or bs < 1:
         raise CamkitError(f"--steps and --bs must be at least 1, not {steps} and {bs}")
     root = Path(image_root) if image_root else Path(boxes_json).parent

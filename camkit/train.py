@@ -108,6 +108,10 @@ class EpochLog(Callback):
         if self.verbose:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float))
             print(f"epoch {len(self.rows)}/{self.total} ({row['phase']}): {shown}", file=sys.stderr, flush=True)
+        bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:  # weights went non-finite in the last step: the validation shows it
+            self.diverged = f"{bad[0]} became {row[bad[0]]} in epoch {len(self.rows)}"
+            raise CancelFitException
 
     def _frozen(self) -> bool:
         return len(self.learn.opt.param_groups) > 1 and self.learn.opt.frozen_idx > 0

@@ -174,7 +174,7 @@ def cam_eval(
     from camkit.metrics import DEFAULT_METHODS, evaluate
     from camkit.run import save_cam_eval
 
-    names = [Method(m).value for m in split_list(methods, "--methods")] if methods else list(DEFAULT_METHODS)
+    names = split_list(methods, "--methods") if methods else list(DEFAULT_METHODS)
     with stdout_for(as_json):
         results = evaluate(model, boxes, names, image_root=image_root, steps=steps, limit=limit,
                            valid_only=valid_only)

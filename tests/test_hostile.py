@@ -1,0 +1,376 @@
+"""Hostile and careless input, command by command (the crawler's are in test_crawl_hostile.py).
+
+Every case: one line on stderr, exit 2 (never 1, never a traceback), nothing of the user's
+deleted or overwritten, no half-written result that looks complete, no empty folder left behind.
+"""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from camkit.errors import CamkitError
+
+TRAIN = ("--epochs", "1", "--size", "16", "--bs", "8", "--arch", "resnet18", "--no-pretrained")
+
+
+def one_line(code, err, message):
+    """Exit 2 and one error line, the last on stderr (progress lines may come before it)."""
+    assert code == 2, err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and err.endswith(errors[0] + "\n") and message in errors[0], err
+    assert "Traceback" not in err
+
+
+def snapshot(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def data(tmp_path):
+    root = tmp_path / "data"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (16, 16), (i * 40, 100 if cls == "a" else 0, 0)).save(root / cls / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    return run
+
+
+# ---------------------------------------------------------------- train: never clobber, never half-save
+
+@pytest.mark.parametrize("user_files", [["model.pth"], ["history.csv", "loss.png"], ["notes.txt"],
+                                        ["valid.json", "sub/deep.txt"]])
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_train_refuses_a_folder_that_is_not_a_run(cli, data, tmp_path, user_files, overwrite):
+    out = tmp_path / "mine"
+    for name in user_files:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(f"the user's {name}")
+    before = snapshot(out)
+    code, _, err = cli("train", data, *TRAIN, "--out", out, *overwrite)
+    one_line(code, err, "holds no camkit run")
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("failure", ["crash", "diverge"])
+def test_a_failed_retrain_leaves_the_previous_run_whole(cli, data, tmp_path, monkeypatch, failure):
+    out = tmp_path / "run"
+    code, _, err = cli("train", data, *TRAIN, "--out", out)
+    assert code == 0, err
+    before = snapshot(out)
+    if failure == "crash":
+        import camkit.train as t
+
+        def crash(*a, **k):
+            raise CamkitError("simulated failure after the fit")
+
+        monkeypatch.setattr(t, "predict", crash)
+        args = ()
+    else:
+        args = ("--lr", "1e6")
+    code, _, err = cli("train", data, *TRAIN, "--out", out, "--overwrite", *args)
+    one_line(code, err, "simulated failure" if failure == "crash" else "training diverged")
+    assert snapshot(out) == before
+    assert not [p for p in out.iterdir() if p.name.startswith(".camkit")]
+
+
+def test_a_diverging_run_saves_nothing(cli, data, tmp_path):
+    out = tmp_path / "new"
+    code, _, err = cli("train", data, *TRAIN, "--out", out, "--lr", "1e6")
+    one_line(code, err, "training diverged")
+    assert not out.exists()  # the folder this command created is removed again, being empty
+
+
+@pytest.mark.parametrize("lr", ["nan", "inf", "-1", "0"])
+def test_learning_rate_must_be_a_positive_number(cli, data, tmp_path, lr):
+    code, _, err = cli("train", data, *TRAIN, "--out", tmp_path / "r", "--lr", lr)
+    one_line(code, err, "--lr must be a positive number")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("bs", ["1", "0"])
+def test_batch_of_one_is_a_user_error(cli, data, tmp_path, bs):
+    code, _, err = cli("train", data, "--epochs", "1", "--size", "16", "--no-pretrained", "--bs", bs,
+                       "--out", tmp_path / "r")
+    one_line(code, err, "--bs must be at least 2")
+
+
+def test_training_inside_the_dataset_is_refused_and_outputs_there_are_not_classes(cli, data, tmp_path, monkeypatch):
+    monkeypatch.chdir(data)
+    code, _, err = cli("train", ".", *TRAIN)  # the default --out runs/<name> lands inside the data
+    one_line(code, err, "is inside the data folder")
+    assert not (data / "runs").exists()
+    run = data / "runs" / "old"
+    run.mkdir(parents=True)
+    (run / "model.json").write_text("{}")
+    (data / "_notes").mkdir()
+    (data / "_notes" / "x.png").write_bytes((data / "a" / "0.png").read_bytes())
+    code, out, err = cli("train", ".", *TRAIN, "--out", tmp_path / "r", "--json")
+    assert code == 0, err
+    assert "skipping folder 'runs': it holds camkit output" in err and "skipping folder '_notes'" in err
+    assert json.loads(out)["classes"] == ["a", "b"]
+
+
+def test_json_output_is_only_json_even_when_libraries_print(cli, data, tmp_path, monkeypatch):
+    import camkit.models as models
+
+    real = models._make_backbone
+
+    def noisy(*a, **k):
+        print('Downloading: "https://download.pytorch.org/models/resnet18.pth"')
+        return real(*a, **k)
+
+    monkeypatch.setattr(models, "_make_backbone", noisy)
+    code, out, err = cli("train", data, *TRAIN, "--out", tmp_path / "r", "--json")
+    assert code == 0, err
+    assert json.loads(out)["arch"] == "resnet18" and "Downloading" in err
+
+
+def test_json_has_no_nan_or_infinity():
+    from camkit.cli._options import finite
+
+    assert json.dumps(finite({"a": float("nan"), "b": [1.0, float("inf")], "c": "x"}), allow_nan=False) \
+        == '{"a": null, "b": [1.0, null], "c": "x"}'
+
+
+# ---------------------------------------------------------------- run files someone else wrote
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda m: m.pop("classes"), "field 'classes'"),
+    (lambda m: m.update(classes="bag"), "field 'classes'"),
+    (lambda m: m.update(classes=["bag", "bag"]), "field 'classes'"),
+    (lambda m: m.update(size="32"), "field 'size'"),
+    (lambda m: m.update(size=10 ** 9), "field 'size'"),
+    (lambda m: m.update(stats=[[0.5, 0.5], [1, 1, 1]]), "field 'stats'"),
+    (lambda m: m.update(stats=[[0.5] * 3, [0, 0, 0]]), "field 'stats'"),
+    (lambda m: m.update(arch=""), "field 'arch'"),
+    (lambda m: m.update(head="mlp"), "field 'head'"),
+    (lambda m: m.update(stride=7), "field 'stride'"),
+    (lambda m: m.update(format="camkit-model/9"), "is not a camkit model description"),
+    (lambda m: m.clear(), "is not a camkit model description"),
+])
+def test_malformed_model_json_is_a_user_error(cli, run_copy, canvas_dir, tmp_path, edit, message):
+    meta = json.loads((run_copy / "model.json").read_text())
+    edit(meta)
+    (run_copy / "model.json").write_text(json.dumps(meta))
+    img = sorted(canvas_dir.glob("bag/*.png"))[0]
+    code, _, err = cli("cam", img, "--model", run_copy, "--out", tmp_path / "c")
+    one_line(code, err, message)
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("content", ["not json", "[1, 2]", '"text"'])
+def test_model_json_that_is_not_an_object_is_a_user_error(cli, run_copy, tmp_path, content):
+    (run_copy / "model.json").write_text(content)
+    code, _, err = cli("report", run_copy)
+    one_line(code, err, "model.json")
+
+
+@pytest.mark.parametrize("hostile", ["../outside.png", "/etc/hostname", "a/../../outside.png", "link/x.png", ""])
+def test_valid_json_paths_stay_inside_the_data_root(cli, run_copy, tmp_path, hostile):
+    meta = json.loads((run_copy / "model.json").read_text())
+    root = tmp_path / "root"
+    (root / "a").mkdir(parents=True)
+    (root / "link").symlink_to(tmp_path, target_is_directory=True)
+    meta["data_root"] = str(root)
+    (run_copy / "model.json").write_text(json.dumps(meta))
+    record = {"file": hostile, "label": meta["classes"][0], "pred": meta["classes"][0], "prob": 0.9, "loss": 0.1}
+    (run_copy / "valid.json").write_text(json.dumps([record]))
+    code, _, err = cli("report", run_copy)
+    one_line(code, err, "valid.json' entry")
+    assert "leaves its folder" in err or "is not a relative file name" in err
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("valid.json", "{}", "must be a list"),
+    ("valid.json", '[{"file": "a.png"}]', "malformed record"),
+    ("valid.json", "[oops", "not valid JSON"),
+    ("history.csv", "epoch,train_loss\nx,y\n", "not a camkit history"),
+])
+def test_malformed_run_files_are_user_errors_for_report(cli, run_copy, name, content, message):
+    (run_copy / name).write_text(content)
+    code, _, err = cli("report", run_copy)
+    one_line(code, err, message)
+
+
+@pytest.mark.parametrize("field", ["overlay", "heatmap", "map"])
+@pytest.mark.parametrize("hostile", ["../../secret.png", "/etc/hostname"])
+def test_cams_jsonl_paths_stay_inside_their_folder(cli, run_copy, field, hostile):
+    (run_copy / "cams").mkdir()
+    rec = {"image": "/x.png", "pred": "bag", "prob": 0.5, "target": "bag", "method": "cam", "peak_xy": [0, 0],
+           field: hostile}
+    (run_copy / "cams" / "cams.jsonl").write_text(json.dumps(rec) + "\n")
+    code, _, err = cli("report", run_copy)
+    one_line(code, err, "leaves its folder")
+
+
+def test_report_does_not_depend_on_the_working_folder(tiny_run, tmp_path, monkeypatch):
+    from camkit.report import build
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    page = build(run).read_text()
+    assert page.count("class='strip'") == 2 and "no longer under" not in page
+
+
+def test_report_says_when_the_dataset_moved_and_takes_its_new_place(tiny_run, canvas_dir, tmp_path):
+    from camkit.report import build
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    meta = json.loads((run / "model.json").read_text())
+    meta["data_root"] = str(tmp_path / "moved-away")
+    (run / "model.json").write_text(json.dumps(meta))
+    assert "are no longer under" in build(run).read_text()
+    page = build(run, data_root=canvas_dir).read_text()
+    assert "no longer under" not in page and page.count("class='strip'") == 2
+
+
+@pytest.mark.parametrize("target", ["/proc/camkit-report.html", "/proc/nope/r.html"])
+def test_unwritable_report_target_is_a_user_error(tiny_run, target):
+    from camkit.report import build
+
+    with pytest.raises(CamkitError, match="cannot write the report"):
+        build(tiny_run, out=target)
+
+
+# ---------------------------------------------------------------- cam: the user's files stay theirs
+
+@pytest.mark.parametrize("theirs", ["index.html", "cams.jsonl", "00000_0000_overlay.png"])
+def test_cam_never_replaces_a_users_file(cli, tiny_run, canvas_dir, tmp_path, theirs):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / theirs).write_text("the user's own")
+    img = sorted(canvas_dir.glob("bag/*.png"))[0]
+    code, _, err = cli("cam", img, "--model", tiny_run, "--out", out)
+    one_line(code, err, "was not written by camkit")
+    assert (out / theirs).read_text() == "the user's own" and len(list(out.iterdir())) == 1
+
+
+def test_cam_may_rewrite_its_own_folder_and_write_beside_other_files(cli, tiny_run, canvas_dir, tmp_path):
+    out = tmp_path / "mixed"
+    out.mkdir()
+    (out / "holiday.jpg").write_bytes(b"the user's photo")
+    img = sorted(canvas_dir.glob("bag/*.png"))[0]
+    for _ in range(2):
+        code, _, err = cli("cam", img, "--model", tiny_run, "--out", out)
+        assert code == 0, err
+    assert (out / "holiday.jpg").read_bytes() == b"the user's photo" and (out / "cams.jsonl").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--out", "/proc/camkit-cams"), "cannot write to output folder"),
+    (("--layer", "1.2"), "not a spatial map"),
+    (("--alpha", "1.5"), "--alpha must be between 0 and 1"),
+    (("--colormap", "rainbowz"), "unknown colormap"),
+    (("--bs", "0"), "--bs must be at least 1"),
+])
+def test_cam_bad_options_leave_no_folder(cli, tiny_run, canvas_dir, tmp_path, args, message):
+    img = sorted(canvas_dir.glob("bag/*.png"))[0]
+    out = ["--out", tmp_path / "c"] if "--out" not in args else []
+    code, _, err = cli("cam", img, "--model", tiny_run, *out, *args)
+    one_line(code, err, message)
+    assert not (tmp_path / "c").exists()
+
+
+def test_an_unreadable_named_image_leaves_no_folder(cli, tiny_run, tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG broken")
+    code, _, err = cli("cam", tmp_path / "bad.png", "--model", tiny_run, "--out", tmp_path / "c")
+    one_line(code, err, "not a readable image")
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_huge_image_is_drawn_at_a_capped_size(tiny_run, tmp_path):
+    """9400 x 9400 pixels (a small PNG): the overlay is capped at 2048 px, the peak is still in
+    original pixels, and the map file keeps the layer's resolution."""
+    from camkit.explain import cam
+    from camkit.render import MAX_SIDE
+
+    side = 9400
+    img = np.full((side, side), 90, np.uint8)
+    img[100:1500, 7000:9000] = 255
+    Image.fromarray(img).save(tmp_path / "huge.png")
+    assert (tmp_path / "huge.png").stat().st_size < 1_000_000
+    (rec,) = cam([tmp_path / "huge.png"], model=tiny_run, out=tmp_path / "c", quiet=True)
+    assert Image.open(tmp_path / "c" / rec.overlay).size == (MAX_SIDE, MAX_SIDE)
+    assert all(0 <= v < side for v in rec.peak_xy)
+    assert np.load(tmp_path / "c" / rec.map).dtype == np.float32
+
+
+# ---------------------------------------------------------------- cam-eval: never lose a saved evaluation
+
+@pytest.mark.parametrize("methods,message", [(",", "--methods is empty"), (" , ", "--methods is empty"),
+                                             ("cam,magic", "unknown method 'magic'")])
+def test_cam_eval_without_methods_writes_nothing(cli, run_copy, canvas_dir, methods, message):
+    code, _, err = cli("cam-eval", canvas_dir / "boxes.json", "--model", run_copy, "--methods", methods)
+    one_line(code, err, message)
+    assert not (run_copy / "cam_eval.json").exists()
+
+
+def test_cam_eval_steps_must_be_positive(cli, run_copy, canvas_dir):
+    code, _, err = cli("cam-eval", canvas_dir / "boxes.json", "--model", run_copy, "--steps", "0")
+    one_line(code, err, "--steps and --bs must be at least 1")
+
+
+def test_a_subset_evaluation_never_replaces_a_larger_one(cli, run_copy, canvas_dir):
+    args = ("cam-eval", canvas_dir / "boxes.json", "--model", run_copy, "--methods", "cam", "--steps", "2",
+            "--valid-only")
+    assert cli(*args)[0] == 0
+    full = json.loads((run_copy / "cam_eval.json").read_text())
+    code, out, _ = cli(*args, "--limit", "2", "--methods", "gradcam")
+    assert code == 0 and "not saved over a larger earlier evaluation" in out and "cam" in out
+    saved = json.loads((run_copy / "cam_eval.json").read_text())
+    assert saved["cam"] == full["cam"] and saved["gradcam"]["images"] == 2
+
+
+@pytest.mark.parametrize("hostile", ["../outside.png", "/etc/hostname"])
+def test_boxes_paths_stay_inside_the_image_root(cli, run_copy, tmp_path, hostile):
+    (tmp_path / "boxes.json").write_text(json.dumps({hostile: [0, 0, 1, 1]}))
+    code, _, err = cli("cam-eval", tmp_path / "boxes.json", "--model", run_copy)
+    one_line(code, err, "leaves its folder")
+
+
+# ---------------------------------------------------------------- course and calc
+
+def test_regression_plot_into_a_new_folder(cli, tmp_path):
+    code, _, err = cli("course", "regression", "--plot", tmp_path / "new" / "deeper" / "fit.png")
+    assert code == 0, err
+    assert (tmp_path / "new" / "deeper" / "fit.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("expr", ["GroupNorm(0,0)", "GroupNorm(3,4)", "Linear(-1,2)", "Conv2d(1,1,-3)",
+                                  "Linear(10**9,1)", "Dropout(2.0)"])
+def test_calc_params_rejects_impossible_layers(cli, expr):
+    code, _, err = cli("calc", "params", expr)
+    one_line(code, err, expr)
+
+
+def test_no_traceback_on_an_unwritable_course_folder(cli):
+    code, _, err = cli("course", "mnist", "--dataset", "digits", "--epochs", "1", "--limit", "64",
+                       "--test-limit", "32", "--out", "/proc/camkit-course")
+    one_line(code, err, "cannot write")
+
+
+def test_a_retrain_keeps_the_users_files_beside_the_run(cli, data, tmp_path):
+    """camkit's temp files have their own prefix; a user's '.tmp-' or '.x.tmp' files, notes and
+    CAM folders beside a run survive a retrain with --overwrite."""
+    out = tmp_path / "run"
+    assert cli("train", data, *TRAIN, "--out", out)[0] == 0
+    mine = {".tmp-notes.txt": "mine", ".model.json.tmp": "mine too", "notes.md": "my notes"}
+    for name, text in mine.items():
+        (out / name).write_text(text)
+    code, _, err = cli("train", data, *TRAIN, "--out", out, "--overwrite", "--seed", "1")
+    assert code == 0, err
+    assert all((out / n).read_text() == t for n, t in mine.items())
