@@ -3,7 +3,9 @@
 What camkit adds over icrawler: every file is verified in flight (content type, streamed size
 cap, full decode, pixel cap, minimum size), written atomically, deduplicated across keywords
 (exact and perceptual), logged in `manifest.jsonl` (which also makes a rerun resume), refused
-when its URL resolves to a private address, and the crawl always ends (idle / total timeouts).
+when its URL resolves to a private address, and the crawl always ends (idle / total timeouts
+and a deadline per download, all of which stop downloads in flight); a keyword left with no
+image at all is an error that says why, engine by engine.
 
     crawl(["cats", "dogs"], max_num=100, out="data/images")
 """
@@ -20,9 +22,10 @@ import socket
 import sys
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TextIO
 from urllib.parse import quote_plus, urljoin, urlsplit
 
 import numpy as np
@@ -30,22 +33,38 @@ from icrawler import Crawler, Feeder, ImageDownloader, Parser
 from PIL import Image, ImageOps
 
 from camkit.errors import CamkitError
-from camkit.images import IMAGE_SUFFIXES, ImageRejected, decode, to_rgb
+from camkit.files import atomic_write, confined, ensure_writable_dir, move_aside
+from camkit.images import IMAGE_SUFFIXES, REJECTED, ImageRejected, decode, to_rgb
 
 MANIFEST = "manifest.jsonl"
-REJECTED = "_rejected"
 MAX_PIXELS = 50_000_000          # 50 MP: decodes fine, a 20000x20000 bomb does not pass
 PHASH_THRESHOLD = 6              # Hamming distance (of 64 bits) for "near duplicate"
 REDIRECT_LIMIT = 5
 REDIRECT_CODES = (301, 302, 303, 307, 308)
+SLUG_CHARS, SLUG_BYTES = 64, 200  # a folder name well under the 255-byte limit of file systems
+FILE_TIMEOUT_FACTOR = 3          # one download may take 3x --timeout in all (connect, body, retries)
 
 
 # ---------------------------------------------------------------- names and sizes
 
 def slugify(keyword: str) -> str:
-    """A folder name that cannot escape the output folder: lowercase letters, digits and
-    dashes; no separators, no '..', no leading dot."""
-    slug = re.sub(r"[^a-z0-9]+", "-", keyword.strip().lower()).strip("-")[:64].strip("-")
+    """A folder name that reads like the keyword but cannot escape the output folder.
+
+    Unicode letters and digits are kept (with their combining marks), NFC-normalised and
+    casefolded, so `Café` and `café` (composed or not) share one folder and `日本語` stays
+    itself; every other run of characters (separators, dots, control characters, symbols such as
+    emoji) becomes one dash, trimmed at both ends, so there is no `/`, no `..` and no leading dot
+    or underscore (`_rejected` stays camkit's). At most 64 characters and 200 UTF-8 bytes."""
+    text = unicodedata.normalize("NFC", unicodedata.normalize("NFC", keyword).casefold())
+    kept: list[str] = []
+    for ch in text:
+        kind = unicodedata.category(ch)[0]
+        keep = kind in "LN" or (kind == "M" and bool(kept) and kept[-1] != "-")
+        kept.append(ch if keep else "-")
+    slug = re.sub(r"-+", "-", "".join(kept)).strip("-")[:SLUG_CHARS]
+    while len(slug.encode("utf-8")) > SLUG_BYTES:
+        slug = slug[:-1]
+    slug = slug.strip("-")
     if not slug:
         raise CamkitError(f"keyword {keyword!r} gives an empty folder name; use letters or digits")
     return slug
@@ -154,13 +173,35 @@ def is_private(address: str) -> bool:
         or ip.is_unspecified
 
 
-class AddressPolicy:
-    """Refuses URLs whose host resolves to loopback, private or link-local addresses, except
-    the endpoint's own addresses (a test server or mirror) or when allow_private is set."""
+def origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, lower-case host, port with the scheme's default filled in) of an http(s) URL, or
+    None for anything else: what an --endpoint exemption is compared on."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return None
+    scheme = parts.scheme.lower()
+    return scheme, parts.hostname.lower(), port or (443 if scheme == "https" else 80)
 
-    def __init__(self, allowed_hosts: Iterable[str] = (), allow_private: bool = False):
+
+class AddressPolicy:
+    """Refuses URLs whose host resolves to loopback, private or link-local addresses.
+
+    Exempt are the given origins only (the --endpoint's scheme + host + port: a test server or a
+    mirror), not the rest of that host: a result or a redirect to another port of 127.0.0.1 is
+    refused like any other private address. `allow_private` lifts the check altogether."""
+
+    def __init__(self, allowed_origins: Iterable[str] = (), allow_private: bool = False):
         self.allow_private = allow_private
-        self.allowed = {a for h in allowed_hosts for a in self._addresses(h)}
+        self.allowed: set[tuple[str, str, int]] = set()
+        for url in allowed_origins:
+            o = origin(url)
+            if o is None:
+                raise CamkitError(f"an exempt origin must be an http(s) URL like http://127.0.0.1:8000, not '{url}'")
+            self.allowed.add(o)
 
     @staticmethod
     def _addresses(host: str) -> list[str]:
@@ -171,15 +212,16 @@ class AddressPolicy:
             return resolve(host)
 
     def check(self, url: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        """Raise Rejected('bad_url' | 'unresolvable' | 'private_address') unless `url` may be fetched."""
+        o = origin(url)
+        if o is None:
             raise Rejected("bad_url")
-        if self.allow_private:
+        if self.allow_private or o in self.allowed:
             return
-        addresses = self._addresses(parts.hostname)
+        addresses = self._addresses(o[1])
         if not addresses:
             raise Rejected("unresolvable")
-        if any(is_private(a) and a not in self.allowed for a in addresses):
+        if any(is_private(a) for a in addresses):
             raise Rejected("private_address")
 
 
@@ -196,34 +238,88 @@ class KeywordState:
     rejected: dict[str, int] = field(default_factory=dict)
 
 
+def read_manifest(out: Path) -> list[dict]:
+    """The records of `out/manifest.jsonl` (none when there is none yet), each one checked.
+
+    The manifest is a file anyone may have edited, and a rerun moves files it names, so every
+    path in it must stay inside `out` (no absolute path, no `..`, no symlink leading out) and
+    every hash it gives must parse: one bad line stops the crawl with a CamkitError naming the
+    manifest and the line, before anything is created or moved. A line cut short by a kill is
+    skipped."""
+    path = out / MANIFEST
+    if not path.exists():
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as e:
+        raise CamkitError(f"cannot read manifest '{path}' ({e.strerror or e})") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+        if isinstance(rec, dict):
+            try:
+                _check_record(out, rec)
+            except CamkitError as e:
+                raise CamkitError(f"manifest '{path}' line {number} is refused: {e}") from None
+            records.append(rec)
+    return records
+
+
+def _check_record(out: Path, rec: dict) -> None:
+    """Raise a CamkitError when a manifest record names a path outside `out` or a bad hash."""
+    for key in ("file", "moved_from"):
+        if rec.get(key) is not None:
+            confined(out, rec[key], "manifest entry")
+    if rec.get("status") == "ok" and rec.get("file") is not None:
+        if len(Path(rec["file"]).parts) != 2 or Path(rec["file"]).suffix.lower() not in IMAGE_SUFFIXES:
+            raise CamkitError(f"entry '{rec['file']}' is not an image in a class folder")
+    uses_hashes = (rec.get("status") == "ok" and rec.get("file") is not None) or \
+        (rec.get("status") == "ambiguous" and rec.get("sha256"))
+    sha, ph = rec.get("sha256"), rec.get("phash")
+    if uses_hashes and not (isinstance(sha, str) and isinstance(ph, str) and re.fullmatch(r"[0-9a-f]{1,16}", ph)):
+        raise CamkitError(f"entry for '{rec.get('file')}' has a missing or malformed sha256 or phash")
+
+
 class Ledger:
     """Everything the downloader threads share, behind one lock: the manifest, the URLs already
-    tried, the accepted images' hashes (dedup across keywords) and per-keyword counts."""
+    tried (and which file each saved one became), the accepted images' hashes (dedup across
+    keywords) and per-keyword counts."""
 
     def __init__(self, out: Path, phash_threshold: int = PHASH_THRESHOLD):
         self.out = out
         self.lock = threading.RLock()
         self.index = HashIndex(phash_threshold)
         self.seen_urls: set[str] = set()
+        self.url_files: dict[str, str] = {}   # URL -> the file (relative to out) it was saved as
         self.keywords: dict[str, KeywordState] = {}
         self.last_progress = time.monotonic()
-        self._manifest = None
+        self._manifest: TextIO | None = None
 
     def open(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
+        """Resume from the manifest (checked line by line first, see read_manifest), then open it
+        for appending."""
+        for rec in read_manifest(self.out):
+            self._remember(rec)
         path = self.out / MANIFEST
-        if path.exists():
-            for line in path.read_text(errors="replace").splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a kill
-                self.seen_urls.add(rec.get("url") or "")
-                if rec.get("sha256") and rec.get("status") == "ambiguous":
-                    self.index.ambiguous.append((rec["sha256"], int(rec["phash"], 16)))
-                elif rec.get("status") == "ok" and rec.get("file") and (self.out / rec["file"]).exists():
-                    self.index.add(rec["file"], rec["sha256"], int(rec["phash"], 16))
-        self._manifest = open(path, "a", encoding="utf-8")
+        try:
+            self._manifest = open(path, "a", encoding="utf-8")
+        except OSError as e:
+            raise CamkitError(f"cannot write manifest '{path}' ({e.strerror or e})") from None
+
+    def _remember(self, rec: dict) -> None:
+        """Take one (checked) manifest record into the URL set and the hash index."""
+        url = rec.get("url")
+        if isinstance(url, str):
+            self.seen_urls.add(url)
+        if rec.get("sha256") and rec.get("status") == "ambiguous":
+            self.index.ambiguous.append((rec["sha256"], int(rec["phash"], 16)))
+        elif rec.get("status") == "ok" and rec.get("file") and (self.out / rec["file"]).is_file():
+            self.index.add(rec["file"], rec["sha256"], int(rec["phash"], 16))
+            if isinstance(url, str):
+                self.url_files[url] = rec["file"]
 
     def close(self) -> None:
         if self._manifest:
@@ -231,12 +327,19 @@ class Ledger:
             self._manifest = None
 
     def add_keyword(self, state: KeywordState) -> None:
-        state.folder.mkdir(parents=True, exist_ok=True)
-        for tmp in state.folder.glob(".tmp-*"):
-            tmp.unlink()  # our own partial writes from a killed run, never a user's file
-        existing = [f for f in state.folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
-        state.saved = sum(1 for f in existing if f"{state.slug}/{f.name}" in self.index.files)
-        numbers = [int(f.stem) for f in existing if f.stem.isdigit()]
+        """Create (or reuse) the keyword's folder and count the images it already holds.
+
+        Nothing in it is deleted: files are written through `atomic_write`, whose temp names
+        (`.camkit-tmp-*`) are never counted, so a killed run leaves at most a hidden temp file and
+        a user's own `.tmp-*` files are none of camkit's business."""
+        folder = confined(self.out, state.slug, "class folder")  # a symlink leading out is refused
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            names = [f.name for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+        except OSError as e:
+            raise CamkitError(f"cannot create class folder '{folder}' ({e.strerror or e})") from None
+        state.saved = sum(1 for n in names if f"{state.slug}/{n}" in self.index.files)
+        numbers = [int(Path(n).stem) for n in names if Path(n).stem.isdigit()]
         state.next_index = max(numbers, default=0) + 1
         self.keywords[state.slug] = state
 
@@ -249,15 +352,31 @@ class Ledger:
             if state is not None and rec["status"] != "ok":
                 state.rejected[rec["status"]] = state.rejected.get(rec["status"], 0) + 1
 
-    def claim_url(self, url: str) -> bool:
-        with self.lock:
-            if url in self.seen_urls:
-                return False
-            self.seen_urls.add(url)
-            return True
+    def claim_url(self, url: str, state: KeywordState, engine: str) -> bool:
+        """Whether `state`'s keyword should fetch `url` (each URL is fetched once per output folder).
 
-    def accept(self, state: KeywordState, v: Verified) -> tuple[str, str | None]:
-        """Dedup, then write atomically (temp file + rename). Returns (status, relative file)."""
+        A URL already saved under another keyword (in this run or, through the manifest, an
+        earlier one) is not fetched again, but it makes the image ambiguous: the earlier copy is
+        quarantined and this keyword's hit is recorded as ambiguous."""
+        with self.lock:
+            if url not in self.seen_urls:
+                self.seen_urls.add(url)
+                return True
+            rel = self.url_files.get(url)
+            if rel and rel.split("/")[0] != state.slug and rel in self.index.files:
+                sha, ph = self._quarantine(rel)
+                self.record(keyword=state.keyword, slug=state.slug, engine=engine, url=url, status="ambiguous",
+                            file=None, twin=rel, sha256=sha, phash=f"{ph:016x}")
+            return False
+
+    def release_url(self, url: str) -> None:
+        """Forget a claim whose image was not kept (the keyword already had enough): another
+        keyword may still fetch it."""
+        with self.lock:
+            self.seen_urls.discard(url)
+
+    def accept(self, state: KeywordState, v: Verified, url: str) -> tuple[str, str | None]:
+        """Dedup, then write atomically under a new name. Returns (status, relative file)."""
         with self.lock:
             if state.saved >= state.target:
                 return "enough", None
@@ -269,32 +388,42 @@ class Ledger:
                     self._quarantine(twin)
                     return "ambiguous", None
                 return kind, None
-            name = f"{state.next_index:06d}.{v.ext}"
-            state.next_index += 1
-            tmp = state.folder / f".tmp-{name}"
-            tmp.write_bytes(v.data)
-            os.replace(tmp, state.folder / name)
-            rel = f"{state.slug}/{name}"
+            rel = self._write(state, v)
             self.index.add(rel, v.sha256, v.phash)
+            self.url_files[url] = rel
             state.saved += 1
             return "ok", rel
 
-    def _quarantine(self, rel: str) -> None:
+    @staticmethod
+    def _write(state: KeywordState, v: Verified) -> str:
+        """Write the image under the next free number (never over an existing file), atomically
+        (a temp file renamed into place: nothing half-written ever looks complete)."""
+        while True:
+            name = f"{state.next_index:06d}.{v.ext}"
+            state.next_index += 1
+            target = state.folder / name
+            if not target.exists() and not target.is_symlink():
+                break
+        atomic_write(target, v.data)
+        return f"{state.slug}/{name}"
+
+    def _quarantine(self, rel: str) -> tuple[str, int]:
         """An image found under two keywords belongs to neither: move the earlier copy aside
-        (never delete) and remember its hashes so later copies are refused too."""
+        (never delete, never overwrite an earlier reject) and remember its hashes so later copies
+        are refused too. Returns those hashes."""
         sha, ph = self.index.remove(rel)
         self.index.ambiguous.append((sha, ph))
         slug = rel.split("/")[0]
-        src, dest = self.out / rel, self.out / REJECTED / "ambiguous" / rel
-        if src.exists():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(src, dest)
+        src, moved = confined(self.out, rel, "manifest entry"), None
+        if src.is_file():
+            dest = move_aside(src, self.out / REJECTED / "ambiguous" / rel)
+            moved = dest.relative_to(self.out).as_posix()
             if slug in self.keywords:
                 self.keywords[slug].saved -= 1
         state = self.keywords.get(slug)
         self.record(keyword=state.keyword if state else slug, slug=slug, engine=None, url=None,
-                    status="ambiguous", file=f"{REJECTED}/ambiguous/{rel}", moved_from=rel,
-                    sha256=sha, phash=f"{ph:016x}")
+                    status="ambiguous", file=moved, moved_from=rel, sha256=sha, phash=f"{ph:016x}")
+        return sha, ph
 
 
 class HashIndex:
@@ -346,7 +475,90 @@ def _json_objects(text: str) -> Iterator[dict]:
         return
 
 
-class BingParser(Parser):
+class SearchLog:
+    """What an engine's result pages gave (per page: fetched, or why not; and how many image
+    URLs they listed), so that a crawl that saves nothing can say why, engine by engine."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pages: dict[str, str] = {}   # page URL -> "ok" or the failure (the last try's)
+        self.results = 0
+
+    def page(self, url: str, outcome: str) -> None:
+        with self.lock:
+            self.pages[url] = outcome
+
+    def result(self) -> None:
+        with self.lock:
+            self.results += 1
+
+    def why(self, rejected: dict[str, int], timed_out: str | None) -> str:
+        """One clause: 'connection refused to the search page (2 pages)', '0 results',
+        '3 results, none kept (http_404 2, too_small 1)', plus ', stopped by the idle timeout'."""
+        failures = [o for o in self.pages.values() if o != "ok"]
+        if failures and len(failures) == len(self.pages):
+            n = len(failures)
+            text = f"{max(set(failures), key=failures.count)} ({n} page{'s' * (n != 1)})"
+        elif self.results == 0:
+            text = "0 results"
+        else:
+            reasons = ", ".join(f"{k} {v}" for k, v in sorted(rejected.items()))
+            text = f"{self.results} result{'s' * (self.results != 1)}, " + (
+                f"none kept ({reasons})" if reasons else "all already tried (in the manifest)")
+        return text + (f", stopped by the {timed_out} timeout" if timed_out else "")
+
+
+def _page_failure(error: Exception) -> str:
+    """A search-page request's exception in words."""
+    import requests
+
+    text = str(error).lower()
+    if isinstance(error, requests.Timeout):
+        return "timeout at the search page"
+    if isinstance(error, requests.ConnectionError):
+        if "refused" in text:
+            return "connection refused to the search page"
+        if "resolve" in text or "name or service" in text or "getaddrinfo" in text:
+            return "cannot resolve the search page's host"
+        return "connection error to the search page"
+    return f"{type(error).__name__} at the search page"
+
+
+class _LoggedSession:
+    """The crawler's session as the parser sees it: each result-page request goes to a SearchLog
+    (icrawler's parser only logs a failed page, and camkit silences its logger)."""
+
+    def __init__(self, session, log: SearchLog):
+        self._session, self._log = session, log
+
+    def get(self, url: str, **kwargs):
+        try:
+            response = self._session.get(url, **kwargs)
+        except Exception as e:
+            self._log.page(url, _page_failure(e))
+            raise
+        code = response.status_code
+        self._log.page(url, "ok" if code == 200 else f"HTTP {code} from the search page")
+        return response
+
+    def __getattr__(self, name: str):
+        return getattr(self._session, name)
+
+
+class CamkitParser(Parser):
+    """icrawler's Parser that reports its pages and results to a SearchLog."""
+
+    def __init__(self, *args, log: SearchLog | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.log = log or SearchLog()
+        self.session = _LoggedSession(self.session, self.log)
+
+    def output(self, task, block=True, timeout=None):
+        super().output(task, block, timeout)   # raises queue.Full (then icrawler retries): not counted
+        self.log.result()
+
+
+class BingParser(CamkitParser):
     """`div.imgpt > a[m]`, whose `m` attribute is JSON with `murl` — any image type (icrawler's
     own parser keeps only URLs containing '.jpg')."""
 
@@ -360,7 +572,7 @@ class BingParser(Parser):
                     yield {"file_url": meta["murl"]}
 
 
-class BaiduParser(Parser):
+class BaiduParser(CamkitParser):
     """Baidu's acjson results: `data[].objURL` (obfuscated) or `hoverURL`/`thumbURL`."""
 
     def parse(self, response, **kwargs):
@@ -376,7 +588,7 @@ class BaiduParser(Parser):
                     yield {"file_url": item.get("hoverURL") or item["thumbURL"]}
 
 
-class FlickrParser(Parser):
+class FlickrParser(CamkitParser):
     """flickr.photos.search JSON -> static image URLs (needs FLICKR_API_KEY)."""
 
     def parse(self, response, **kwargs):
@@ -386,7 +598,7 @@ class FlickrParser(Parser):
                     yield {"file_url": f"https://live.staticflickr.com/{p['server']}/{p['id']}_{p['secret']}_b.jpg"}
 
 
-class GoogleParser(Parser):
+class GoogleParser(CamkitParser):
     """Google Images embeds results as ["https://...", height, width] arrays in its scripts;
     icrawler's parser (file-extension regex over the page) stopped working in 2025."""
 
@@ -409,7 +621,7 @@ class Engine:
     host: str
     path: str
     page_size: int
-    parser: type[Parser]
+    parser: type[CamkitParser]
 
 
 ENGINES = {
@@ -431,6 +643,29 @@ LICENSES = {"bing": {"creativecommons": "+filterui:licenseType-Any", "publicdoma
 
 # ---------------------------------------------------------------- downloader
 
+class Deadline:
+    """The time one download may take in all: connect, redirects, retries and body together.
+
+    requests' timeout bounds each read, not the download, so a server sending one byte a second
+    would hold a thread for ever; this is checked between reads instead, and `stop` (set when
+    the crawl's own idle or total deadline passes) ends it early."""
+
+    def __init__(self, seconds: float, stop: threading.Event):
+        self.end, self.stop = time.monotonic() + seconds, stop
+
+    def check(self) -> None:
+        if self.stop.is_set() or time.monotonic() > self.end:
+            raise Rejected("timeout")
+
+    def per_read(self, timeout: float) -> float:
+        """requests' (connect, read) timeout for the next request: never past the deadline."""
+        return max(0.05, min(timeout, self.end - time.monotonic()))
+
+    def sleep(self, seconds: float) -> None:
+        self.stop.wait(min(seconds, max(0.0, self.end - time.monotonic())))
+        self.check()
+
+
 class VerifyingDownloader(ImageDownloader):
     """icrawler's downloader with camkit's in-flight checks; one task never kills a thread."""
 
@@ -439,6 +674,7 @@ class VerifyingDownloader(ImageDownloader):
         super().__init__(*args, **kwargs)
         self.ledger, self.state, self.policy, self.engine = ledger, state, policy, engine
         self.options = options or {}
+        self.stop = threading.Event()   # set by CamkitCrawler when the crawl times out
 
     def reach_max_num(self) -> bool:
         return self.signal.get("reach_max_num") or self.state.saved >= self.state.target
@@ -448,48 +684,46 @@ class VerifyingDownloader(ImageDownloader):
         if self.reach_max_num():
             self.signal.set(reach_max_num=True)
             return False
-        if not self.ledger.claim_url(url):
+        if not self.ledger.claim_url(url, self.state, self.engine):
             return False
+        rec = self._verified(url, timeout)
+        if rec["status"] == "enough":
+            self.ledger.release_url(url)
+        else:
+            self.ledger.record(**rec)
+        if self.reach_max_num():
+            self.signal.set(reach_max_num=True)
+        return rec["status"] == "ok"
+
+    def _verified(self, url: str, timeout: float) -> dict:
+        """Fetch, verify and accept one URL; the manifest record of what happened."""
         rec = {"keyword": self.state.keyword, "slug": self.state.slug, "engine": self.engine, "url": url}
         try:
             data, content_type = self._fetch(url, timeout)
             v = verify_bytes(data, self.options["min_size"], self.options["max_side"])
-            status, rel = self.ledger.accept(self.state, v)
+            status, rel = self.ledger.accept(self.state, v, url)
             rec.update(status=status, file=rel, sha256=v.sha256, phash=f"{v.phash:016x}",
                        width=v.width, height=v.height, bytes=len(data), content_type=content_type)
         except Rejected as e:
             rec.update(status=str(e))
         except Exception as e:  # anything else is this file's problem, not the thread's
             rec.update(status="error", error=f"{type(e).__name__}: {e}"[:200])
-        if rec["status"] != "enough":
-            self.ledger.record(**rec)
-        if self.reach_max_num():
-            self.signal.set(reach_max_num=True)
-        return rec["status"] == "ok"
+        return rec
 
     def _fetch(self, url: str, timeout: float) -> tuple[bytes, str]:
         """GET with manual redirects (each hop checked), retries with backoff on timeouts,
-        connection errors and 5xx, content-type check and a streamed byte cap."""
+        connection errors and 5xx, a content-type check, a streamed byte cap, and one deadline
+        (`file_timeout`, default 3x `timeout`) over all of it."""
         import requests
+        import urllib3
 
-        max_bytes, retries = self.options["max_bytes"], self.options["retries"]
+        retries = self.options["retries"]
+        deadline = Deadline(self.options["file_timeout"], self.stop)
         for attempt in range(retries + 1):
             if attempt:
-                time.sleep(self.options["backoff"] * 2 ** (attempt - 1))
-            current = url
+                deadline.sleep(self.options["backoff"] * 2 ** (attempt - 1))
             try:
-                for _hop in range(REDIRECT_LIMIT + 1):
-                    self.policy.check(current)
-                    response = self.session.get(current, timeout=(timeout, timeout), stream=True,
-                                                allow_redirects=False)
-                    if response.status_code in REDIRECT_CODES and "location" in response.headers:
-                        response.close()
-                        current = urljoin(current, response.headers["location"])
-                        continue
-                    break
-                else:
-                    raise Rejected("too_many_redirects")
-                with response:
+                with self._open(url, deadline, timeout) as response:
                     if response.status_code >= 500 and attempt < retries:
                         continue
                     if response.status_code != 200:
@@ -497,28 +731,60 @@ class VerifyingDownloader(ImageDownloader):
                     content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
                     if not content_type.startswith("image/"):
                         raise Rejected("not_image_content_type")
-                    length = response.headers.get("content-length")
-                    if length and length.isdigit() and int(length) > max_bytes:
-                        raise Rejected("too_large")
-                    chunks, total = [], 0
-                    for chunk in response.iter_content(64 * 1024):
-                        total += len(chunk)
-                        if total > max_bytes:
-                            raise Rejected("too_large")
-                        chunks.append(chunk)
-                    return b"".join(chunks), content_type
-            except (requests.Timeout, requests.ConnectionError) as e:
+                    return self._read_body(response, deadline), content_type
+            except (requests.Timeout, urllib3.exceptions.TimeoutError):
                 if attempt == retries:
-                    raise Rejected("timeout" if isinstance(e, requests.Timeout) else "connection_error") from None
+                    raise Rejected("timeout") from None
+            except (requests.ConnectionError, urllib3.exceptions.ProtocolError):
+                if attempt == retries:
+                    raise Rejected("connection_error") from None
         raise Rejected("http_5xx")
+
+    def _open(self, url: str, deadline: Deadline, timeout: float):
+        """The response after following at most REDIRECT_LIMIT redirects, each hop checked
+        against the address policy before anything is sent to it."""
+        current = url
+        for _hop in range(REDIRECT_LIMIT + 1):
+            deadline.check()
+            self.policy.check(current)
+            t = deadline.per_read(timeout)
+            response = self.session.get(current, timeout=(t, t), stream=True, allow_redirects=False)
+            if response.status_code in REDIRECT_CODES and "location" in response.headers:
+                response.close()
+                current = urljoin(current, response.headers["location"])
+                continue
+            return response
+        raise Rejected("too_many_redirects")
+
+    def _read_body(self, response, deadline: Deadline) -> bytes:
+        """The body, streamed under the byte cap and the deadline. `read1` returns whatever has
+        arrived (one socket read), so the deadline is checked at least once per read timeout
+        even when the server sends a byte at a time."""
+        max_bytes = self.options["max_bytes"]
+        length = response.headers.get("content-length")
+        if length and length.isdigit() and int(length) > max_bytes:
+            raise Rejected("too_large")
+        read = getattr(response.raw, "read1", None) or response.raw.read  # read1: urllib3 >= 2
+        chunks, total = [], 0
+        while True:
+            deadline.check()
+            chunk = read(64 * 1024, decode_content=True)
+            if not chunk:
+                return b"".join(chunks)
+            total += len(chunk)
+            if total > max_bytes:
+                raise Rejected("too_large")
+            chunks.append(chunk)
 
 
 class CamkitCrawler(Crawler):
-    """icrawler's Crawler with an idle and a total deadline, and a quiet logger."""
+    """icrawler's Crawler with an idle and a total deadline (which also cut the downloads in
+    flight short), and a quiet logger."""
 
-    def __init__(self, *args, idle_timeout: float = 30, total_timeout: float = 3600,
-                 on_tick=None, **kwargs):
-        self.idle_timeout, self.total_timeout, self.on_tick = idle_timeout, total_timeout, on_tick
+    def __init__(self, *args, idle_timeout: float = 30, deadline: float | None = None,
+                 on_tick: Callable[[], None] | None = None, **kwargs):
+        self.idle_timeout, self.on_tick = idle_timeout, on_tick
+        self.deadline = deadline if deadline is not None else time.monotonic() + 3600
         self.timed_out: str | None = None
         super().__init__(*args, log_level=logging.CRITICAL, **kwargs)
 
@@ -528,19 +794,15 @@ class CamkitCrawler(Crawler):
         self.parser.start(**(parser_kwargs or {}))
         self.downloader.start(**(downloader_kwargs or {}))
         start = time.monotonic()
-        ledger = self.downloader.ledger
         while self.downloader.is_alive():
             if not self.feeder.is_alive():
                 self.signal.set(feeder_exited=True)
             if not self.parser.is_alive():
                 self.signal.set(parser_exited=True)
-            now = time.monotonic()
-            if now - start > self.total_timeout:
-                self.timed_out = "total"
-            elif now - max(ledger.last_progress, start) > self.idle_timeout:
-                self.timed_out = "idle"
+            self.timed_out = self.timed_out or self._timeout(start)
             if self.timed_out:
                 self.signal.set(reach_max_num=True)
+                self.downloader.stop.set()   # downloads in flight end at their next read
             if self.on_tick:
                 self.on_tick()
             time.sleep(0.05)
@@ -549,6 +811,64 @@ class CamkitCrawler(Crawler):
                 pool.clear_buffer()
         if not self.downloader.in_queue.empty():
             self.downloader.clear_buffer(True)
+
+    def _timeout(self, start: float) -> str | None:
+        """'total' past the keyword's deadline, 'idle' after idle_timeout without a manifest line."""
+        now = time.monotonic()
+        if now > self.deadline:
+            return "total"
+        if now - max(self.downloader.ledger.last_progress, start) > self.idle_timeout:
+            return "idle"
+        return None
+
+
+# ---------------------------------------------------------------- progress
+
+class Progress:
+    """How a long stage shows progress, decided by where the text goes.
+
+    On a terminal: one line repainted in place (`\\r`) at most every `interval` seconds (4 times
+    a second). Anywhere else (a file, a pipe, a CI log): one line when a stage starts and one
+    when it ends, never `\\r`, so a redirected crawl stays a few lines long."""
+
+    def __init__(self, enabled: bool = True, stream: TextIO | None = None, interval: float = 0.25):
+        self.enabled, self.interval = enabled, interval
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = enabled and _isatty(self.stream)
+        self._last, self._width = float("-inf"), 0
+
+    def start(self, text: str) -> None:
+        """A stage begins: painted on a terminal, one line elsewhere."""
+        if self.tty:
+            self._paint(text)
+        elif self.enabled:
+            print(text, file=self.stream, flush=True)
+
+    def update(self, text: str) -> None:
+        """Repaint on a terminal when the interval has passed; nothing elsewhere."""
+        if self.tty and time.monotonic() - self._last >= self.interval:
+            self._paint(text)
+
+    def end(self, text: str) -> None:
+        """A stage ends: painted and closed with a newline on a terminal, one line elsewhere."""
+        if self.tty:
+            self._paint(text)
+            self.stream.write("\n")
+            self._width = 0
+        elif self.enabled:
+            print(text, file=self.stream, flush=True)
+
+    def _paint(self, text: str) -> None:
+        self.stream.write("\r" + text.ljust(self._width))
+        self.stream.flush()
+        self._last, self._width = time.monotonic(), len(text)
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
 
 
 # ---------------------------------------------------------------- public API
@@ -564,107 +884,154 @@ class CrawlSummary:
     timed_out: str | None = None
 
 
+class NothingSaved(CamkitError):
+    """Some keyword ended with no image at all (the message says why, engine by engine).
+    `summaries` keeps every keyword's CrawlSummary for library callers."""
+
+    def __init__(self, message: str, summaries: list[CrawlSummary]):
+        super().__init__(message)
+        self.summaries = summaries
+
+
+@dataclass
+class _Settings:
+    """What every keyword's and engine's run shares."""
+    ledger: Ledger
+    policy: AddressPolicy
+    options: dict
+    host: str | None
+    threads: int
+    timeout: float
+    idle_timeout: float
+    total_timeout: float
+    license: str | None
+    progress: Progress
+
+
+@dataclass
+class _KeywordRun:
+    state: KeywordState
+    engines: list[str] = field(default_factory=list)
+    timed_out: str | None = None
+    why: dict[str, str] = field(default_factory=dict)   # engine -> what it gave, in words
+
+
 def crawl(keywords: Sequence[str], max_num: int = 100, out: str | Path = "data/images", engine: str = "auto",
           endpoint: str | None = None, threads: int = 8, min_size: int = 64, max_side: int | None = 512,
           max_bytes: str | int = "20MB", license: str | None = None, allow_private: bool = False,
           timeout: float = 10, retries: int = 2, backoff: float = 0.5, idle_timeout: float = 60,
-          total_timeout: float = 3600, phash_threshold: int = PHASH_THRESHOLD, progress: bool = True
-          ) -> list[CrawlSummary]:
+          total_timeout: float = 3600, phash_threshold: int = PHASH_THRESHOLD,
+          file_timeout: float | None = None, quiet: bool = False) -> list[CrawlSummary]:
     """Fill `out/<slug>/` with up to `max_num` verified, deduplicated images per keyword.
 
-    Rerunning continues where the manifest left off (no URL or image is fetched twice)."""
-    if not keywords:
-        raise CamkitError("give at least one keyword")
+    Rerunning continues where the manifest left off (no URL or image is fetched twice).
+    `timeout` bounds each network read; `file_timeout` (default 3 x `timeout`) bounds each
+    download in all; `idle_timeout` and `total_timeout` bound each keyword, and also end the
+    downloads in flight. Raises NothingSaved (a CamkitError) when a keyword ends with no image
+    in its folder, after the manifest is written, with the reason per engine tried.
+    Progress goes to stderr (see Progress) unless `quiet` is set."""
+    names = _engine_names(engine, endpoint, license)
     if max_num < 1 or threads < 1 or min_size < 1:
         raise CamkitError("--max-num, --threads and --min-size must be at least 1")
     if max_side is not None and max_side < min_size:
         raise CamkitError(f"--max-side ({max_side}) must not be below --min-size ({min_size})")
-    names = list(ENGINES) if engine == "auto" else [engine]
-    if engine != "auto" and engine not in ENGINES:
-        raise CamkitError(f"unknown engine '{engine}'; choose from auto, {', '.join(ENGINES)}")
-    if engine == "auto":
-        names = [n for n in AUTO_ORDER if n != "flickr" or os.environ.get("FLICKR_API_KEY")]
-    if "flickr" in names and not os.environ.get("FLICKR_API_KEY") and not endpoint:
-        raise CamkitError("the flickr engine needs an API key in FLICKR_API_KEY")
-    if license and not all(license in LICENSES.get(n, {}) for n in names):
-        raise CamkitError(f"--license '{license}' is supported by bing ({', '.join(LICENSES['bing'])}) and flickr")
-    host = None
-    if endpoint:
-        parts = urlsplit(endpoint)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise CamkitError(f"--endpoint must be an http(s) URL like http://127.0.0.1:8000, not '{endpoint}'")
-        host = f"{parts.scheme}://{parts.netloc}"
+    if endpoint and origin(endpoint) is None:
+        raise CamkitError(f"--endpoint must be an http(s) URL like http://127.0.0.1:8000, not '{endpoint}'")
     slugs = [slugify(k) for k in keywords]
     clash = next((s for s in slugs if slugs.count(s) > 1), None)
     if clash:
         raise CamkitError(f"two keywords map to the same folder '{clash}'; make them distinct")
     out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CamkitError(f"cannot create output folder '{out}' ({e.strerror or e})") from None
+    ensure_writable_dir(out, "output folder")
     options = dict(min_size=min_size, max_side=max_side, max_bytes=parse_bytes(max_bytes), retries=retries,
-                   backoff=backoff)
-    policy = AddressPolicy([urlsplit(endpoint).hostname] if endpoint else [], allow_private)
-    ledger = Ledger(out, phash_threshold)
-    ledger.open()
-    runs: list[tuple[KeywordState, list[str], str | None]] = []
+                   backoff=backoff, file_timeout=file_timeout or FILE_TIMEOUT_FACTOR * timeout)
+    host = f"{urlsplit(endpoint).scheme}://{urlsplit(endpoint).netloc}" if endpoint else None
+    settings = _Settings(Ledger(out, phash_threshold), AddressPolicy([endpoint] if endpoint else [], allow_private),
+                         options, host, threads, timeout, idle_timeout, total_timeout, license,
+                         Progress(not quiet))
+    settings.ledger.open()
     try:
-        for keyword, slug in zip(keywords, slugs):
-            state = KeywordState(keyword, slug, out / slug, max_num)
-            ledger.add_keyword(state)
-            used, timed_out = [], None
-            for name in names:
-                if state.saved >= max_num:
-                    break
-                before = state.saved
-                used.append(name)
-                timed_out = _run_engine(ENGINES[name], keyword, state, ledger, policy, options, host, threads,
-                                        timeout, idle_timeout, total_timeout, license, progress)
-                if state.saved > before or timed_out == "total":
-                    break  # auto falls back only when an engine returned nothing
-            if progress:
-                print(file=sys.stderr)
-            runs.append((state, used, timed_out))
+        runs = [_crawl_keyword(k, s, names, max_num, settings) for k, s in zip(keywords, slugs)]
     finally:
-        ledger.close()
+        settings.ledger.close()
     # built at the end: a later keyword can move an earlier one's image aside as ambiguous
-    return [CrawlSummary(st.keyword, str(st.folder), max_num, st.saved, used, dict(sorted(st.rejected.items())),
-                         timed_out) for st, used, timed_out in runs]
+    summaries = [CrawlSummary(r.state.keyword, str(r.state.folder), max_num, r.state.saved, r.engines,
+                              dict(sorted(r.state.rejected.items())), r.timed_out) for r in runs]
+    empty = [r for r in runs if r.state.saved <= 0]
+    if empty:
+        raise NothingSaved("no images saved for " + "; and for ".join(
+            f"'{r.state.keyword}': " + "; ".join(f"{n}: {w}" for n, w in r.why.items()) for r in empty), summaries)
+    return summaries
 
 
-def _run_engine(engine: Engine, keyword: str, state: KeywordState, ledger: Ledger, policy: AddressPolicy,
-                options: dict, host: str | None, threads: int, timeout: float, idle_timeout: float,
-                total_timeout: float, license: str | None, progress: bool) -> str | None:
-    missing = state.target - state.saved
-    if missing <= 0:
-        return None
+def _engine_names(engine: str, endpoint: str | None, license: str | None) -> list[str]:
+    """The engines to try, in order, after checking the engine, API key and license options."""
+    if engine != "auto" and engine not in ENGINES:
+        raise CamkitError(f"unknown engine '{engine}'; choose from auto, {', '.join(ENGINES)}")
+    if engine == "auto":
+        names = [n for n in AUTO_ORDER if n != "flickr" or os.environ.get("FLICKR_API_KEY")]
+    else:
+        names = [engine]
+    if "flickr" in names and not os.environ.get("FLICKR_API_KEY") and not endpoint:
+        raise CamkitError("the flickr engine needs an API key in FLICKR_API_KEY")
+    if license and not all(license in LICENSES.get(n, {}) for n in names):
+        raise CamkitError(f"--license '{license}' is supported by bing ({', '.join(LICENSES['bing'])}) and flickr")
+    return names
+
+
+def _crawl_keyword(keyword: str, slug: str, names: list[str], max_num: int, s: _Settings) -> _KeywordRun:
+    """One keyword through the engines in order: auto falls back only when an engine added
+    nothing, and the keyword's total deadline is shared by all of them."""
+    state = KeywordState(keyword, slug, s.ledger.out / slug, max_num)
+    s.ledger.add_keyword(state)
+    run, deadline = _KeywordRun(state), time.monotonic() + s.total_timeout
+    for name in names:
+        if state.saved >= max_num:
+            break
+        before, rejected_before = state.saved, dict(state.rejected)
+        timed_out, log = _run_engine(ENGINES[name], state, s, deadline)
+        run.engines.append(name)
+        run.timed_out = run.timed_out or timed_out
+        rejected = {k: v - rejected_before.get(k, 0) for k, v in state.rejected.items()
+                    if v > rejected_before.get(k, 0)}
+        run.why[name] = log.why(rejected, timed_out)
+        if state.saved > before or timed_out == "total":
+            break
+    return run
+
+
+def _run_engine(engine: Engine, state: KeywordState, s: _Settings, deadline: float) -> tuple[str | None, SearchLog]:
+    """One engine's feeder/parser/downloader run for one keyword: (timeout that ended it, SearchLog)."""
+    missing, log = state.target - state.saved, SearchLog()
     extra = ""
-    if license and engine.name == "bing":
-        extra = "&qft=" + quote_plus(LICENSES["bing"][license])
-    elif license and engine.name == "flickr":
-        extra = "&license=" + LICENSES["flickr"][license]
+    if s.license and engine.name == "bing":
+        extra = "&qft=" + quote_plus(LICENSES["bing"][s.license])
+    elif s.license and engine.name == "flickr":
+        extra = "&license=" + LICENSES["flickr"][s.license]
     pages = min(1000 // engine.page_size + 1, (3 * missing) // engine.page_size + 2)
 
-    def tick():
-        if progress:
-            done = state.saved
-            bar = "#" * int(30 * done / state.target)
-            print(f"\r{state.keyword:<20} [{bar:<30}] {done}/{state.target} saved, "
-                  f"{sum(state.rejected.values())} rejected ({engine.name})", end="", file=sys.stderr)
+    def line() -> str:
+        bar = "#" * int(30 * state.saved / state.target)
+        return (f"{state.keyword:<20} [{bar:<30}] {state.saved}/{state.target} saved, "
+                f"{sum(state.rejected.values())} rejected ({engine.name})")
 
+    s.progress.start(f"{state.keyword}: searching {engine.name} for {missing} images")
     crawler = CamkitCrawler(EngineFeeder, engine.parser, VerifyingDownloader, parser_threads=2,
-                            downloader_threads=threads, idle_timeout=idle_timeout, total_timeout=total_timeout,
-                            on_tick=tick, storage={"backend": "FileSystem", "root_dir": str(state.folder)},
-                            extra_downloader_args=dict(ledger=ledger, state=state, policy=policy,
-                                                       engine=engine.name, options=options))
+                            downloader_threads=s.threads, idle_timeout=s.idle_timeout, deadline=deadline,
+                            on_tick=lambda: s.progress.update(line()),
+                            storage={"backend": "FileSystem", "root_dir": str(state.folder)},
+                            extra_parser_args=dict(log=log),
+                            extra_downloader_args=dict(ledger=s.ledger, state=state, policy=s.policy,
+                                                       engine=engine.name, options=s.options))
     crawler.session.headers["User-Agent"] = "Mozilla/5.0 (X11; Linux x86_64) camkit"
-    crawler.crawl(feeder_kwargs=dict(url_template=(host or engine.host) + engine.path, keyword=keyword,
+    crawler.crawl(feeder_kwargs=dict(url_template=(s.host or engine.host) + engine.path, keyword=state.keyword,
                                      pages=pages, page_size=engine.page_size, extra=extra),
-                  parser_kwargs=dict(queue_timeout=0.5, req_timeout=timeout, max_retry=options["retries"] + 1),
-                  downloader_kwargs=dict(max_num=state.target, queue_timeout=0.5, req_timeout=timeout))
-    tick()
-    return crawler.timed_out
+                  parser_kwargs=dict(queue_timeout=0.5, req_timeout=s.timeout, max_retry=s.options["retries"] + 1),
+                  downloader_kwargs=dict(max_num=state.target, queue_timeout=0.5, req_timeout=s.timeout))
+    stopped = f", stopped by the {crawler.timed_out} timeout" if crawler.timed_out else ""
+    s.progress.end(f"{state.keyword}: {engine.name} done, {state.saved}/{state.target} saved, "
+                   f"{sum(state.rejected.values())} rejected{stopped}")
+    return crawler.timed_out, log
 
 
 # ---------------------------------------------------------------- verify an existing folder
@@ -679,7 +1046,9 @@ class VerifySummary:
 
 def verify(folder: str | Path, min_size: int = 64, phash_threshold: int = PHASH_THRESHOLD) -> VerifySummary:
     """The crawl's checks and dedup on a class-per-folder dataset already on disk. Rejects are
-    moved to `folder/_rejected/<reason>/<class>/` (never deleted); a log goes to verify.jsonl."""
+    moved to `folder/_rejected/<reason>/<class>/` (never deleted, and never over an earlier
+    reject of the same name: that one is kept and the new one gets `name-1.ext`); a log goes to
+    verify.jsonl."""
     root = Path(folder)
     if not root.is_dir():
         raise CamkitError(f"folder '{root}' does not exist")
@@ -712,10 +1081,8 @@ def verify(folder: str | Path, min_size: int = 64, phash_threshold: int = PHASH_
                 moves[path] = "unreadable"
             log.append({"file": rel, "status": moves.get(path, "ok")})
     rejected: dict[str, int] = {}
-    for path, reason in moves.items():
-        dest = root / REJECTED / reason / path.relative_to(root)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, dest)
+    for path, reason in moves.items():  # never over an earlier reject of the same name
+        move_aside(path, root / REJECTED / reason / path.relative_to(root))
         rejected[reason] = rejected.get(reason, 0) + 1
     with open(root / "verify.jsonl", "a", encoding="utf-8") as f:
         f.writelines(json.dumps(rec) + "\n" for rec in log)

@@ -40,7 +40,7 @@ def run_icrawler(endpoint: str, keyword: str, n: int, threads: int, out: Path) -
 def run_camkit(endpoint: str, keyword: str, n: int, threads: int, out: Path) -> int:
     from camkit.crawl import crawl
 
-    [summary] = crawl([keyword], max_num=n, out=out, endpoint=endpoint, threads=threads, progress=False)
+    [summary] = crawl([keyword], max_num=n, out=out, endpoint=endpoint, threads=threads, quiet=True)
     return summary.saved
 
 

@@ -58,3 +58,15 @@ def cli():
         return result.exit_code, result.stdout, result.stderr
 
     return invoke
+
+
+# ---------------------------------------------------------------- crawler tests (shared by
+# tests/test_crawl.py and tests/test_crawl_hostile.py)
+
+@pytest.fixture
+def engine():
+    """A loopback search engine (tests/fake_engine.py) on a free port of 127.0.0.1."""
+    from fake_engine import FakeEngine
+
+    with FakeEngine() as e:
+        yield e

@@ -60,9 +60,12 @@ class FakeEngine:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def add(self, path: str, body: bytes = b"", content_type: str = "image/jpeg", status: int = 200,
-            delay: float = 0.0, headers: dict | None = None, length: bool = True) -> str:
+            delay: float = 0.0, headers: dict | None = None, length: bool = True,
+            dribble: float = 0.0, dribble_for: float = 60.0) -> str:
+        """A route. `dribble` > 0: after the headers, one byte every `dribble` seconds (body
+        bytes first, then zeros) for up to `dribble_for` seconds or until the client hangs up."""
         self.routes[path] = dict(body=body, content_type=content_type, status=status, delay=delay,
-                                 headers=headers or {}, length=length)
+                                 headers=headers or {}, length=length, dribble=dribble, dribble_for=dribble_for)
         return self.url(path)
 
     def result(self, keyword: str, *urls: str) -> None:
@@ -91,6 +94,8 @@ class FakeEngine:
                     return self.reply(404, b"not found", "text/plain")
                 if route["delay"]:
                     time.sleep(route["delay"])
+                if route["dribble"]:
+                    return self.dribble(route)
                 self.reply(route["status"], route["body"], route["content_type"], route["headers"], route["length"])
 
             def results_page(self, query):
@@ -102,6 +107,22 @@ class FakeEngine:
                     f'<div class="imgpt"><a class="iusc" m="{html.escape(json.dumps({"murl": u, "turl": u}, separators=(",", ":")))}" '
                     f'href="#"><img src="{html.escape(u)}"></a></div>' for u in urls)
                 self.reply(200, f"<html><body>{items}</body></html>".encode(), "text/html; charset=utf-8")
+
+            def dribble(self, route):
+                body, end = route["body"], time.monotonic() + route["dribble_for"]
+                try:
+                    self.send_response(route["status"])
+                    self.send_header("Content-Type", route["content_type"])
+                    self.end_headers()
+                    self.wfile.flush()
+                    i = 0
+                    while time.monotonic() < end:
+                        self.wfile.write(body[i:i + 1] or b"\0")
+                        self.wfile.flush()
+                        i += 1
+                        time.sleep(route["dribble"])
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
 
             def reply(self, status, body, content_type, headers=None, length=True):
                 try:
