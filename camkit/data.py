@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from camkit.errors import CamkitError
-from camkit.images import IMAGE_SUFFIXES, open_rgb, resize_square
+from camkit.images import IMAGE_SUFFIXES, REJECTED, open_rgb, resize_square
 
 FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat",
                    "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
@@ -177,6 +177,14 @@ def is_camkit_output(folder: Path) -> bool:
     return any((folder / m).is_file() or any(folder.glob(f"*/{m}")) for m in CAMKIT_OUTPUT_MARKERS)
 
 
+def is_dataset_image(path: Path, root: Path) -> bool:
+    """An image file of a dataset: an image suffix, not hidden (camkit's temp files, editors'
+    files) and not under camkit's `_rejected/`."""
+    parts = path.relative_to(root).parts
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and REJECTED not in parts \
+        and not any(p.startswith(".") for p in parts)
+
+
 def scan_class_folders(root: str | Path) -> tuple[list[str], list[list[Path]]]:
     """Class names (sorted sub-folder names) and their image files; errors on fewer than two
     classes or an empty class. Folders that are not classes are skipped with a warning naming
@@ -195,8 +203,7 @@ def scan_class_folders(root: str | Path) -> tuple[list[str], list[list[Path]]]:
             warnings.warn(f"skipping folder '{d.name}': it holds camkit output, not a class", stacklevel=3)
         else:
             dirs.append(d)
-    files = [sorted(f for f in d.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-                    and "_rejected" not in f.parts) for d in dirs]
+    files = [sorted(f for f in d.rglob("*") if is_dataset_image(f, d)) for d in dirs]
     if len(dirs) < 2:
         raise CamkitError(f"data folder '{root}' needs at least two class sub-folders, found {len(dirs)}")
     for d, fs in zip(dirs, files):

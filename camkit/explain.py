@@ -134,31 +134,42 @@ def iter_explain(loaded: LoadedModel, files: list[Path], extractor: BaseCAM,
     with extractor:
         for start in range(0, len(files), bs):
             chunk = [(i, f) for i, f in enumerate(files[start:start + bs], start)]
-            decoded = _decode(chunk, named)
+            decoded = [d for d in (_decode(i, f, named, loaded, max_side) for i, f in chunk) if d is not None]
             if not decoded:
                 continue
-            x = loaded.preprocess([img for _, _, img in decoded])
-            wanted = [targets[i] if isinstance(targets, Sequence) else targets for i, _, _ in decoded]
+            x = loaded.batch([d.square for d in decoded])
+            wanted = [targets[d.index] if isinstance(targets, Sequence) else targets for d in decoded]
             with autocast(x.device, precision):
                 maps = extractor(x, wanted if any(t is not None for t in wanted) else None)
             probs, tgt = extractor.logits.softmax(1).cpu(), extractor.targets
-            results = [CamResult(i, f, img.size, maps[k].detach().float().cpu(), probs[k], int(tgt[k]),
-                                 loaded.classes, extractor.name, loaded.size,
-                                 fit_for_drawing(img, max_side) if max_side else None)
-                       for k, (i, f, img) in enumerate(decoded)]
+            results = [CamResult(d.index, d.path, d.size, maps[k].detach().float().cpu(), probs[k], int(tgt[k]),
+                                 loaded.classes, extractor.name, loaded.size, d.picture)
+                       for k, d in enumerate(decoded)]
             yield CamBatch(results, x, maps, tgt)
 
 
-def _decode(chunk: list[tuple[int, Path]], named: set[str]) -> list[tuple[int, Path, object]]:
-    out = []
-    for i, f in chunk:
-        try:
-            out.append((i, f, open_rgb(f)))
-        except CamkitError as e:
-            if str(f) in named:
-                raise
-            warnings.warn(f"skipping {e}", stacklevel=3)
-    return out
+@dataclass
+class Decoded:
+    """What is kept of one decoded image: its original size, the model's S x S input and, when
+    saving, a drawing-sized copy. The full-resolution decode is dropped at once, so a batch
+    of huge images costs a batch of small ones."""
+    index: int
+    path: Path
+    size: tuple[int, int]
+    square: np.ndarray
+    picture: object = None
+
+
+def _decode(index: int, path: Path, named: set[str], loaded: LoadedModel, max_side: int | None) -> Decoded | None:
+    """One image, or None (with a warning) when a file found in a folder is unreadable."""
+    try:
+        image = open_rgb(path)
+    except CamkitError as e:
+        if str(path) in named:
+            raise
+        warnings.warn(f"skipping {e}", stacklevel=3)
+        return None
+    return Decoded(index, path, image.size, loaded.square(image), fit_for_drawing(image, max_side) if max_side else None)
 
 
 def prepare(model: str | Path | LoadedModel, method: str | None, layer: str | None, bs: int,

@@ -12,6 +12,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from camkit.errors import CamkitError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+REJECTED = "_rejected"  # where the crawl and verify move images aside (never deleted)
 # Refuse images that would take more than ~1 GB as RGB; Pillow's own bomb check is per-format.
 MAX_PIXELS = 300_000_000
 
@@ -91,7 +92,7 @@ def resize_square(img: Image.Image, size: int) -> np.ndarray:
 
 def list_images(paths: list[str | Path] | str | Path, recursive: bool = True) -> list[Path]:
     """Expand files and folders into a sorted list of image files (folders recursively,
-    skipping camkit's own `_rejected` folders)."""
+    skipping hidden files, such as camkit's temp files, and camkit's own `_rejected` folders)."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     found: list[Path] = []
@@ -100,7 +101,8 @@ def list_images(paths: list[str | Path] | str | Path, recursive: bool = True) ->
             pattern = "**/*" if recursive else "*"
             found.extend(sorted(f for f in p.glob(pattern) if f.is_file()
                                 and f.suffix.lower() in IMAGE_SUFFIXES
-                                and "_rejected" not in f.relative_to(p).parts))
+                                and REJECTED not in f.relative_to(p).parts
+                                and not any(part.startswith(".") for part in f.relative_to(p).parts)))
         elif p.exists():
             found.append(p)
         else:

@@ -106,16 +106,23 @@ def _no_weights(arch: str, pretrained: bool | None, error: Exception) -> None:
                   stacklevel=3)
 
 
-def _load_state_dict_file(model: nn.Module, path: str | Path) -> None:
+def read_state_dict(path: str | Path, what: str = "weights file") -> dict[str, torch.Tensor]:
+    """A state_dict of plain tensors, read with `weights_only=True`: a file someone else made
+    (a download, a shared run) is never unpickled."""
     path = Path(path)
     if not path.is_file():
-        raise CamkitError(f"weights file '{path}' does not exist")
+        raise CamkitError(f"{what} '{path}' does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CamkitError(f"weights file '{path}' is not a plain tensor state_dict ({type(e).__name__})") from None
-    if not isinstance(state, dict):
-        raise CamkitError(f"weights file '{path}' does not hold a state_dict")
+    except Exception as e:  # noqa: BLE001  any failure to read it as tensors is the file's fault
+        raise CamkitError(f"{what} '{path}' is not a plain tensor state_dict ({type(e).__name__})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CamkitError(f"{what} '{path}' does not hold a state_dict of tensors")
+    return state
+
+
+def _load_state_dict_file(model: nn.Module, path: str | Path) -> None:
+    state = read_state_dict(path)
     own = model.state_dict()
     state = {k: v for k, v in state.items() if k in own and not k.startswith(("fc.", "classifier.", "head."))}
     missing = [k for k in own if k not in state and not k.startswith(("fc.", "classifier.", "head."))]

@@ -71,12 +71,13 @@ def display_size(width: int, height: int, max_side: int) -> tuple[int, int]:
 
 
 def fit_for_drawing(image, max_side: int = MAX_SIDE):
-    """An RGB copy of a PIL image no larger than `max_side` on its longer side."""
+    """The image in RGB, no larger than `max_side` on its longer side (box-reduced first, so a
+    huge image is never copied at full size)."""
     from PIL import Image
 
     size = display_size(*image.size, max_side)
-    image = image.convert("RGB")
-    return image if size == image.size else image.resize(size, Image.BILINEAR)
+    image = image if image.mode == "RGB" else image.convert("RGB")
+    return image if size == image.size else image.resize(size, Image.BILINEAR, reducing_gap=2.0)
 
 
 def overlay(image, cam_map: Tensor, style: Style = Style()):

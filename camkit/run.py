@@ -157,25 +157,28 @@ class LoadedModel:
 
     def preprocess(self, images: list) -> torch.Tensor:
         """PIL images (any mode) or paths -> normalised (B, 3, S, S) batch on the model's device."""
-        arrays = [resize_square(open_rgb(im) if isinstance(im, (str, Path)) else im.convert("RGB"), self.size)
-                  for im in images]
-        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(self.device)
+        return self.batch([self.square(open_rgb(im) if isinstance(im, (str, Path)) else im) for im in images])
+
+    def square(self, image) -> np.ndarray:
+        """A PIL image as the model sees it: RGB, squished to S x S, HWC uint8."""
+        return resize_square(image if image.mode == "RGB" else image.convert("RGB"), self.size)
+
+    def batch(self, squares: list[np.ndarray]) -> torch.Tensor:
+        """S x S uint8 arrays -> normalised (B, 3, S, S) batch on the model's device."""
+        x = torch.from_numpy(np.stack(squares)).permute(0, 3, 1, 2).to(self.device)
         return Normalizer(self.info.stats, device=self.device)(x)
 
 
 def load(run_dir: str | Path, device: str | torch.device | None = None) -> LoadedModel:
     """Load a run saved by `train` (model.json + model.pth), tensors only — no unpickling."""
-    from camkit.models import build_model
+    from camkit.models import build_model, read_state_dict
 
     info = read_info(run_dir)
     run_dir = Path(run_dir)
     weights = run_dir / WEIGHTS
     if not weights.is_file():
         raise CamkitError(f"'{run_dir}' is not a camkit run (no {WEIGHTS})")
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CamkitError(f"'{weights}' is not a plain tensor state_dict ({type(e).__name__})") from None
+    state = read_state_dict(weights, "weights")
     model = build_model(info.arch, len(info.classes), info.head, pretrained=False, stride=info.stride).model
     try:
         model.load_state_dict(state)

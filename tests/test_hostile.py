@@ -374,3 +374,16 @@ def test_a_retrain_keeps_the_users_files_beside_the_run(cli, data, tmp_path):
     code, _, err = cli("train", data, *TRAIN, "--out", out, "--overwrite", "--seed", "1")
     assert code == 0, err
     assert all((out / n).read_text() == t for n, t in mine.items())
+
+
+def test_hidden_and_temp_files_are_neither_trained_on_nor_explained(cli, data, tmp_path, tiny_run):
+    from camkit.images import list_images
+
+    shutil.copy(data / "a" / "0.png", data / "a" / ".camkit-tmp-1234-000007.png")  # a killed crawl's leftover
+    (data / "b" / ".thumbs").mkdir()
+    shutil.copy(data / "b" / "0.png", data / "b" / ".thumbs" / "0.png")
+    code, out, err = cli("train", data, *TRAIN, "--out", tmp_path / "r", "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["n_train"] + summary["n_valid"] == 12
+    assert len(list_images([data])) == 12

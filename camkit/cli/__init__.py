@@ -52,7 +52,9 @@ def crawl(
     max_bytes: Annotated[str, typer.Option(help="reject files larger than this (streamed, stops early)")] = "20MB",
     license: Annotated[Optional[str], typer.Option(help="creativecommons|publicdomain|commercial|noncommercial")] = None,
     allow_private: Annotated[bool, typer.Option(help="allow image URLs on private/loopback addresses")] = False,
-    timeout: Annotated[float, typer.Option(help="seconds per request")] = 10.0,
+    timeout: Annotated[float, typer.Option(help="seconds to connect, and to wait for each piece of a response")] = 10.0,
+    file_timeout: Annotated[Optional[float], typer.Option(help="seconds for a whole download, redirects and "
+                                                          "retries included (default 3 x --timeout)")] = None,
     idle_timeout: Annotated[float, typer.Option(help="stop a keyword after this long without any result")] = 60.0,
     total_timeout: Annotated[float, typer.Option(help="stop a keyword after this long in all")] = 3600.0,
     as_json: JsonOpt = False,
@@ -63,7 +65,7 @@ def crawl(
     with stdout_for(as_json):
         summaries = crawl_fn(keywords, max_num=max_num, out=out, engine=engine.value, endpoint=endpoint,
                              threads=threads, min_size=min_size, max_side=max_side or None, max_bytes=max_bytes,
-                             license=license, allow_private=allow_private, timeout=timeout,
+                             license=license, allow_private=allow_private, timeout=timeout, file_timeout=file_timeout,
                              idle_timeout=idle_timeout, total_timeout=total_timeout, quiet=as_json)
     if as_json:
         emit([asdict(s) for s in summaries])
