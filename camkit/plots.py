@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 
@@ -26,6 +27,10 @@ def plot_losses(history: list[dict], path: str | Path) -> Path:
     for key, style in (("train_loss", "o-"), ("valid_loss", "s-")):
         if history and key in history[0]:
             ax.plot(epochs, [h[key] for h in history], style, label=key.replace("_", " "))
+    frozen = [h["epoch"] + 1 for h in history if h.get("phase") == "frozen"]
+    if frozen:  # fine_tune's first epochs train the head only
+        ax.axvspan(min(frozen) - 0.5, max(frozen) + 0.5, color="0.9", label="frozen body")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     if history and "accuracy" in history[0]:
