@@ -53,17 +53,18 @@ class Explanation:
 @dataclass
 class CamResult:
     """One explained image: the normalised map (h, w) at the layer's resolution, the class
-    probabilities, and the original size; `picture` is a drawing-sized copy of the image,
-    kept only while a batch is being saved."""
+    probabilities, and the size of the image the map is laid over; `picture` is a
+    drawing-sized copy of that image (kept while saving, or for an image given in memory).
+    `image` is the file's path, or a label such as 'image 3' for an image given in memory."""
     index: int
-    image: Path
+    image: Path | str
     size: tuple[int, int]
     map: Tensor
     probs: Tensor
     target: int
     classes: list[str]
     method: str
-    model_size: int
+    model_size: int | tuple[int, int]
     picture: object = field(default=None, repr=False)
 
     @property
@@ -78,8 +79,14 @@ class CamResult:
     def peak_xy(self) -> list[int]:
         return peak_xy(self.map, self.model_size, *self.size)
 
+    def _repr_png_(self) -> bytes:
+        from camkit.render import figure_png, plot_cams
+
+        return figure_png(plot_cams([self], ncols=1))
+
     def record(self) -> Explanation:
-        return Explanation(image=str(self.image.resolve()), pred=self.pred, prob=self.prob, target=self.classes[self.target],
+        image = str(self.image.resolve()) if isinstance(self.image, Path) else self.image
+        return Explanation(image=image, pred=self.pred, prob=self.prob, target=self.classes[self.target],
                            method=self.method, peak_xy=self.peak_xy)
 
 
@@ -99,8 +106,15 @@ class Explanations(list):
         writer = CamWriter(out, [stem(r.image, r.index) for r in self], style)
         return writer.write_all([self])
 
-    def records(self) -> list[Explanation]:
-        return [r.record() for r in self]
+    def _repr_png_(self) -> bytes | None:
+        """Jupyter shows the results inline (the first 12) as the last expression of a cell."""
+        from camkit.render import figure_png, plot_cams
+
+        return figure_png(plot_cams(self[:12])) if len(self) else None
+
+    def __getitem__(self, item):
+        got = super().__getitem__(item)
+        return Explanations(got) if isinstance(item, slice) else got
 
 
 # ---------------------------------------------------------------- computing
@@ -137,15 +151,24 @@ def iter_explain(loaded: LoadedModel, files: list[Path], extractor: BaseCAM,
             decoded = [d for d in (_decode(i, f, named, loaded, max_side) for i, f in chunk) if d is not None]
             if not decoded:
                 continue
-            x = loaded.batch([d.square for d in decoded])
-            wanted = [targets[d.index] if isinstance(targets, Sequence) else targets for d in decoded]
-            with autocast(x.device, precision):
-                maps = extractor(x, wanted if any(t is not None for t in wanted) else None)
-            probs, tgt = extractor.logits.softmax(1).cpu(), extractor.targets
-            results = [CamResult(d.index, d.path, d.size, maps[k].detach().float().cpu(), probs[k], int(tgt[k]),
-                                 loaded.classes, extractor.name, loaded.size, d.picture)
-                       for k, d in enumerate(decoded)]
-            yield CamBatch(results, x, maps, tgt)
+            yield explain_batch(extractor, loaded.batch([d.square for d in decoded]), decoded, targets,
+                                loaded.classes, precision, loaded.size)
+
+
+def explain_batch(extractor: BaseCAM, x: Tensor, items: list["Decoded"], targets: Sequence[int | None] | int | None,
+                  classes: list[str], precision: str = "fp32", model_size: int | tuple[int, int] | None = None
+                  ) -> CamBatch:
+    """One pass over a prepared batch `x` (one Decoded per row; targets indexed by Decoded.index
+    when a sequence). `model_size` is the input side the map is scaled to for peak_xy (default:
+    x's own height and width)."""
+    wanted = [targets[d.index] if isinstance(targets, Sequence) else targets for d in items]
+    with autocast(x.device, precision):
+        maps = extractor(x, wanted if any(t is not None for t in wanted) else None)
+    probs, tgt = extractor.logits.softmax(1).cpu(), extractor.targets
+    size = model_size or (x.shape[-2], x.shape[-1])
+    results = [CamResult(d.index, d.path, d.size, maps[k].detach().float().cpu(), probs[k], int(tgt[k]), classes,
+                         extractor.name, size, d.picture) for k, d in enumerate(items)]
+    return CamBatch(results, x, maps, tgt)
 
 
 @dataclass
@@ -154,9 +177,9 @@ class Decoded:
     saving, a drawing-sized copy. The full-resolution decode is dropped at once, so a batch
     of huge images costs a batch of small ones."""
     index: int
-    path: Path
+    path: Path | str
     size: tuple[int, int]
-    square: np.ndarray
+    square: np.ndarray | None
     picture: object = None
 
 

@@ -84,9 +84,14 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
-def resize_square(img: Image.Image, size: int) -> np.ndarray:
-    """Squish to size x size (no crop, so every original pixel maps back linearly);
-    returns HWC uint8."""
+def resize_square(img: Image.Image, size: int, method: str = "squish") -> np.ndarray:
+    """size x size HWC uint8: `squish` (camkit's: no crop, every original pixel maps back
+    linearly) or `crop` (fastai's Resize at inference: the centre square, then resized)."""
+    if method == "crop":
+        w, h = img.size
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        img = img.crop((left, top, left + side, top + side))
     return np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.uint8)
 
 

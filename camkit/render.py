@@ -45,12 +45,13 @@ def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
-def peak_xy(cam_map: Tensor, model_size: int, width: int, height: int) -> list[int]:
-    """[x, y] of the map's maximum in original-image pixels (the model saw a squished square)."""
-    fine = upsample(cam_map[None], (model_size, model_size))[0]
-    iy, ix = divmod(int(fine.flatten().argmax()), model_size)
-    return [min(width - 1, int((ix + 0.5) * width / model_size)),
-            min(height - 1, int((iy + 0.5) * height / model_size))]
+def peak_xy(cam_map: Tensor, model_size: int | tuple[int, int], width: int, height: int) -> list[int]:
+    """[x, y] of the map's maximum in the pixels of a width x height image that the model saw
+    squished to `model_size` (a side, or (height, width))."""
+    mh, mw = (model_size, model_size) if isinstance(model_size, int) else model_size
+    fine = upsample(cam_map[None], (mh, mw))[0]
+    iy, ix = divmod(int(fine.flatten().argmax()), mw)
+    return [min(width - 1, int((ix + 0.5) * width / mw)), min(height - 1, int((iy + 0.5) * height / mh))]
 
 
 def colorize(heat: np.ndarray, colormap: str = "jet") -> np.ndarray:
@@ -114,6 +115,69 @@ def gallery_html(rows: Iterable[dict]) -> str:
             "image-rendering:auto}figcaption{font-size:13px;max-width:500px}</style></head><body>"
             f"<h1>CAM gallery</h1><p>{len(figures)} images: original | heatmap | overlay</p>"
             + "".join(figures) + "</body></html>")
+
+
+def picture_of(result, max_side: int = MAX_SIDE):
+    """The image a result's map is laid over: its kept picture, else its file read again."""
+    from camkit.images import open_rgb
+
+    return result.picture if result.picture is not None else fit_for_drawing(open_rgb(result.image), max_side)
+
+
+def figure_png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (closed afterwards): what Jupyter shows inline."""
+    import io
+
+    from camkit.plots import plt
+
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=80)
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def plot_cams(results, ncols: int = 3, style: Style = Style()):
+    """A matplotlib grid: for each result, its picture | the overlay, titled with the predicted
+    class and probability (and the map's target when it is not the prediction)."""
+    from camkit.plots import plt
+
+    n = len(results)
+    if not n:
+        raise CamkitError("no images to show")
+    rows = (n + ncols - 1) // ncols
+    fig, axes = plt.subplots(rows, 2 * ncols, figsize=(3.2 * ncols, 1.8 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, r in enumerate(results):
+        a, b = axes[i // ncols, 2 * (i % ncols)], axes[i // ncols, 2 * (i % ncols) + 1]
+        picture = picture_of(r, style.max_side)
+        a.imshow(picture)
+        b.imshow(overlay(picture, r.map, style)[1])
+        target = r.classes[r.target]
+        a.set_title(f"{r.pred} {r.prob:.0%}" + (f" (map: {target})" if target != r.pred else ""), fontsize=9, loc="left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_top_losses(by_pred, by_truth, losses: list[float], style: Style = Style()):
+    """One row per image: the picture | map of the predicted class | map of the actual class."""
+    from camkit.plots import plt
+
+    fig, axes = plt.subplots(len(by_pred), 3, figsize=(7.5, 2.6 * len(by_pred)), squeeze=False)
+    for row, (p, t, loss) in zip(axes, zip(by_pred, by_truth, losses)):
+        row[0].imshow(p.picture)
+        row[0].set_title(f"predicted {p.pred} ({p.prob:.0%}), actual {t.classes[t.target]}, loss {loss:.2f}",
+                         fontsize=8, loc="left")
+        row[1].imshow(overlay(p.picture, p.map, style)[1])
+        row[1].set_title(f"why {p.pred}", fontsize=8)
+        row[2].imshow(overlay(t.picture, t.map, style)[1])
+        row[2].set_title(f"evidence for {t.classes[t.target]}", fontsize=8)
+        for ax in row:
+            ax.axis("off")
+    fig.tight_layout()
+    return fig
 
 
 def to_numpy(cam_map: Tensor) -> np.ndarray:

@@ -61,6 +61,7 @@ class RunInfo:
     summary: dict = field(default_factory=dict)
     data_root: str | None = None
     format: str = MODEL_FORMAT
+    resize: str = "squish"   # how images reach size x size: squish (camkit train) or crop (fastai's Resize)
 
     def to_json(self) -> dict:
         return {"format": self.format, **{k: v for k, v in asdict(self).items() if k != "format"}}
@@ -82,7 +83,7 @@ class RunInfo:
         classes = need("classes", lambda v: isinstance(v, list) and len(v) >= 2 and all(isinstance(c, str) for c in v)
                        and len(set(v)) == len(v), "a list of at least two distinct class names")
         stats = need("stats", lambda v: isinstance(v, list) and len(v) == 2 and all(
-            isinstance(s, list) and len(s) == 3 and all(_finite(x) and x != 0 for x in s) for s in v),
+            isinstance(s, list) and len(s) == 3 and all(_finite(x) for x in s) for s in v) and 0 not in v[1],
             "[[3 means], [3 non-zero stds]]")
         return cls(
             arch=need("arch", lambda v: isinstance(v, str) and v != "", "an architecture name"),
@@ -96,7 +97,7 @@ class RunInfo:
             confusion=need("confusion", lambda v: _matrix(v, len(classes)), "a square matrix of counts", []),
             summary=need("summary", lambda v: isinstance(v, dict), "an object", {}),
             data_root=need("data_root", lambda v: v is None or isinstance(v, str), "a folder path", None),
-            format=meta["format"])
+            format=meta["format"], resize=need("resize", lambda v: v in ("squish", "crop"), "'squish' or 'crop'", "squish"))
 
 
 def _finite(x: Any) -> bool:
@@ -161,7 +162,7 @@ class LoadedModel:
 
     def square(self, image) -> np.ndarray:
         """A PIL image as the model sees it: RGB, squished to S x S, HWC uint8."""
-        return resize_square(image if image.mode == "RGB" else image.convert("RGB"), self.size)
+        return resize_square(image if image.mode == "RGB" else image.convert("RGB"), self.size, self.info.resize)
 
     def batch(self, squares: list[np.ndarray]) -> torch.Tensor:
         """S x S uint8 arrays -> normalised (B, 3, S, S) batch on the model's device."""

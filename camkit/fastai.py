@@ -1,0 +1,298 @@
+"""camkit in a fastai notebook: any `Learner`, CAMs inline, top losses with heatmaps, safe export.
+
+    from fastai.vision.all import *
+    import camkit.fastai                           # adds learn.cam, learn.show_cam, learn.export_run
+    dls = ImageDataLoaders.from_folder(path, valid_pct=0.2, seed=42, item_tfms=Resize(224))
+    learn = vision_learner(dls, resnet34, metrics=error_rate)   # or camkit.fastai.cam_learner(dls, resnet34)
+    learn.fine_tune(1)
+    learn.show_cam()                               # original | overlay, prediction and probability
+    CAMInterpretation.from_learner(learn).plot_top_losses(4)    # maps of the predicted and the actual class
+    learn.export_run("runs/exam")                  # tensors + JSON: camkit cam / report work on it
+
+Following fastai's own conventions: behaviour added to `Learner` with fastcore's `@patch`,
+an `Interpretation` subclass, `show_*` / `plot_*` names that draw with matplotlib and return
+the figure. Maps are computed through the Learner's own DataLoaders (its resize and
+normalisation), and drawn on the image as the model saw it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from fastai.interpret import ClassificationInterpretation
+from fastai.learner import Learner
+from fastcore.basics import patch
+from PIL import Image
+
+from camkit.cam import BaseCAM, cam_linear, make_cam
+from camkit.errors import CamkitError
+from camkit.explain import CamBatch, Decoded, Explanations, explain_batch, resolve_target
+from camkit.images import list_images, open_rgb
+from camkit.models import build_model
+from camkit.render import Style, fit_for_drawing
+
+IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+
+
+# ---------------------------------------------------------------- a Learner with camkit's CAM head
+
+def cam_learner(dls, arch, stride: int = 32, pretrained: bool = True, normalize: bool = True,
+                **kwargs: Any) -> Learner:
+    """`vision_learner` with camkit's CAM head (GAP -> Linear without bias: exact CAM) and an
+    optional lower output stride (16 or 8: finer maps), for any fastai image DataLoaders.
+
+    `arch` is a torchvision constructor (`resnet34`) or a name ("resnet34", or a timm name). The
+    model is built once and handed to `Learner` with the arch's splitter; with pretrained
+    weights the body is frozen and ImageNet normalisation is added to `dls`, as
+    `vision_learner` does. Other keyword arguments go to `Learner` (metrics, loss_func, ...)."""
+    name = arch if isinstance(arch, str) else getattr(arch, "__name__", str(arch))
+    built = build_model(name, dls.c, "cam", pretrained=pretrained, stride=stride)
+    if normalize and built.pretrained:
+        _add_imagenet_norm(dls)
+    learn = Learner(dls, built.model, splitter=built.splitter, **kwargs)
+    if built.pretrained:
+        learn.freeze()
+    learn.arch, learn.pretrained, learn.camkit_stride = name, built.pretrained, stride
+    return learn
+
+
+def _add_imagenet_norm(dls) -> None:
+    from fastai.vision.augment import Normalize
+
+    if not any(isinstance(t, Normalize) for t in dls.after_batch.fs):
+        dls.add_tfms([Normalize.from_stats(*IMAGENET_STATS)], "after_batch")
+
+
+# ---------------------------------------------------------------- learn.cam
+
+def _classes(learn: Learner) -> list[str]:
+    return [str(c) for c in learn.dls.vocab]
+
+
+def _pictures(learn: Learner, x: torch.Tensor) -> list[Image.Image]:
+    """The batch as the model saw it (resized, normalisation undone), as PIL images."""
+    from fastai.torch_core import TensorImage
+
+    decoded = learn.dls.valid.after_batch.decode(TensorImage(x.detach()))
+    arrays = torch.as_tensor(decoded).clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a if a.shape[-1] == 3 else a[..., 0]) for a in arrays]
+
+
+def _batches(learn: Learner, items: Any, bs: int) -> Iterator[tuple[torch.Tensor, list[Path | str]]]:
+    """(normalised batch, names) from paths or folders, PIL images, a TensorImage batch or a
+    DataLoader; files are read with camkit's guarded decode (EXIF, modes, pixel cap)."""
+    from fastai.data.load import DataLoader
+
+    if isinstance(items, torch.Tensor):
+        if items.dim() != 4:
+            raise CamkitError(f"a batch of images must be (B, C, H, W), not {tuple(items.shape)}")
+        yield items.to(learn.dls.device), [f"image {i}" for i in range(len(items))]
+        return
+    if isinstance(items, DataLoader):
+        for start, b in _numbered(items):
+            yield b[0], [f"image {start + i}" for i in range(len(b[0]))]
+        return
+    items = [items] if isinstance(items, (str, Path, Image.Image)) else list(items)
+    paths = [p for p in items if isinstance(p, (str, Path))]
+    files = list_images(paths) if paths else []
+    entries = files + [im for im in items if isinstance(im, Image.Image)]
+    if not entries or len(paths) + sum(isinstance(im, Image.Image) for im in items) != len(items):
+        raise CamkitError("learn.cam takes image files or folders, PIL images, a TensorImage batch or a DataLoader")
+    for start in range(0, len(entries), bs):
+        chunk = entries[start:start + bs]
+        images = [open_rgb(e) if isinstance(e, Path) else e.convert("RGB") for e in chunk]
+        yield learn.dls.test_dl(images).one_batch()[0], [e if isinstance(e, Path) else f"image {start + i}"
+                                                          for i, e in enumerate(chunk)]
+
+
+def _numbered(dl) -> Iterator[tuple[int, tuple]]:
+    start = 0
+    for b in dl:
+        if not isinstance(b[0], torch.Tensor) or b[0].dim() != 4:
+            raise CamkitError("the DataLoader does not give image batches (B, C, H, W)")
+        yield start, b
+        start += len(b[0])
+
+
+def learner_batches(learn: Learner, items: Any, extractor: BaseCAM, target: str | int = "pred",
+                    bs: int = 16) -> Iterator[CamBatch]:
+    """CAM batches for `items` through the Learner's DataLoaders (see `Learner.cam`)."""
+    classes = _classes(learn)
+    tgt = resolve_target(target, classes)
+    learn.model.eval()
+    with extractor:
+        for x, names in _batches(learn, items, bs):
+            pictures = _pictures(learn, x)
+            decoded = [Decoded(i, n, p.size, None, p) for i, (n, p) in enumerate(zip(names, pictures))]
+            yield explain_batch(extractor, x, decoded, tgt, classes)
+
+
+@patch
+def cam(self: Learner, items: Any = None, method: str | None = None, target: str | int = "pred",
+        layer: str | None = None, bs: int = 16) -> Explanations:
+    """Class activation maps for `items`: image files or folders, PIL images, a TensorImage
+    batch or a DataLoader (default: the validation set). Returns the same results as
+    `camkit.explain.explain`: image, prediction, probability, target and map per item, each
+    with the picture the model saw; they render inline as the last expression of a cell.
+    `method` None picks exact CAM for camkit's CAM head, else Grad-CAM."""
+    extractor = make_cam(method, self.model, layer)
+    items = _first_items(self.dls.valid, None) if items is None else items
+    return Explanations(r for b in learner_batches(self, items, extractor, target, bs) for r in b.results)
+
+
+@patch
+def show_cam(self: Learner, items: Any = None, method: str | None = None, target: str | int = "pred",
+             n: int = 9, ncols: int = 3, alpha: float = 0.5, layer: str | None = None):
+    """A grid of original | overlay with the predicted class and probability as titles; with no
+    items, the first `n` images of the validation set. Returns the matplotlib figure."""
+    from camkit.render import plot_cams
+
+    if items is None:
+        items = _first_items(self.dls.valid, n)
+    results = self.cam(items, method=method, target=target, layer=layer)[:n]
+    return plot_cams(results, ncols=ncols, style=Style(alpha=alpha))
+
+
+def _first_items(dl, n: int | None) -> Any:
+    """The first n items of a DataLoader as files when it has them (names in the results),
+    else its batches (n None: all)."""
+    items = getattr(dl, "items", None)
+    if items is not None and len(items) and isinstance(items[0], (str, Path)):
+        return [Path(p) for p in list(items)[:n]]
+    return dl if n is None else dl.one_batch()[0][:n]
+
+
+# ---------------------------------------------------------------- top losses with maps
+
+class CAMInterpretation(ClassificationInterpretation):
+    """fastai's ClassificationInterpretation (confusion matrix, most_confused, top_losses) whose
+    `plot_top_losses` shows, for each image, the map of the predicted class and the map of the
+    actual class: where the model looked for what it said, and for what it should have said.
+    `from_learner(learn, ds_idx=0)` scores the training set (crawled data is cleaned on both)."""
+
+    def plot_top_losses(self, k: int = 9, largest: bool = True, cam: bool = True, method: str | None = None,
+                        alpha: float = 0.5, **kwargs: Any):
+        """k rows: image | map of the prediction | map of the actual class, titled with both
+        classes, the probability and the loss. Returns the figure (`cam=False`: fastai's plot)."""
+        if not cam:
+            return super().plot_top_losses(k, largest, **kwargs)
+        from camkit.render import plot_top_losses
+
+        losses, idx = self.top_losses(k, largest)
+        inps, _, targs, _, _ = self[idx]
+        x = inps[0] if isinstance(inps, (tuple, list)) else inps
+        extractor = make_cam(method, self.learn.model)
+        actual = [int(t) for t in (targs[0] if isinstance(targs, (tuple, list)) else targs)]
+        by_pred = next(learner_batches(self.learn, x, extractor, "pred", len(x))).results
+        by_truth = next(_batches_for_targets(self.learn, x, extractor, actual)).results
+        return plot_top_losses(by_pred, by_truth, losses.tolist(), Style(alpha=alpha))
+
+
+def _batches_for_targets(learn: Learner, x: torch.Tensor, extractor: BaseCAM, targets: list[int]) -> Iterator[CamBatch]:
+    classes = _classes(learn)
+    with extractor:
+        pictures = _pictures(learn, x)
+        decoded = [Decoded(i, f"image {i}", p.size, None, p) for i, p in enumerate(pictures)]
+        yield explain_batch(extractor, x.to(learn.dls.device), decoded, targets, classes)
+
+
+# ---------------------------------------------------------------- export in camkit's safe format
+
+@patch
+def export_run(self: Learner, path: str | Path, overwrite: bool = False) -> Path:
+    """Write the Learner as a camkit run folder (model.pth tensors + model.json, history,
+    held-out predictions, figures): never a pickle, so `camkit cam / report / cam-eval` and
+    `camkit.run.load` work on a notebook-trained model. Refuses a non-empty folder that is not
+    a run (and an existing run unless `overwrite`), and a model camkit cannot rebuild."""
+    from camkit.run import check_out, save_run
+
+    path = Path(path)
+    contents = run_contents(self)
+    check_out(path, overwrite)
+    save_run(path, contents, overwrite)
+    return path
+
+
+def run_contents(learn: Learner):
+    """What `export_run` writes, checked first: the arch rebuilt by camkit must take the
+    Learner's weights exactly."""
+    from camkit.run import MODEL_FORMAT, RunContents, RunInfo
+
+    arch, head, stride = _describe(learn)
+    state = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu() for k, v in learn.model.state_dict().items()}
+    classes = _classes(learn)
+    try:
+        build_model(arch, len(classes), head, pretrained=False, stride=stride).model.load_state_dict(state)
+    except (RuntimeError, CamkitError) as e:
+        raise CamkitError(f"this Learner's model is not one camkit can rebuild as {arch} with the {head} head "
+                          f"({str(e).splitlines()[0][:120]})") from None
+    size, resize = _input_size(learn)
+    history, valid, confusion, summary = _evaluation(learn, arch, head, stride)
+    info = RunInfo(arch=arch, head=head, stride=stride, classes=classes, size=size, stats=_stats(learn),
+                   pretrained=bool(getattr(learn, "pretrained", False)), complete=True,
+                   epochs_planned=len(history), confusion=confusion, summary=summary,
+                   data_root=str(Path(learn.dls.path).resolve()), format=MODEL_FORMAT, resize=resize)
+    return RunContents(info, state, history, valid)
+
+
+def _describe(learn: Learner) -> tuple[str, str, int]:
+    arch = getattr(learn, "arch", None)
+    name = arch if isinstance(arch, str) else getattr(arch, "__name__", None)
+    if not name:
+        raise CamkitError("cannot tell this Learner's architecture (learn.arch); build it with vision_learner "
+                          "or camkit.fastai.cam_learner")
+    head = "cam" if cam_linear(learn.model) is not None else "fastai"
+    return name, head, int(getattr(learn, "camkit_stride", 32))
+
+
+def _input_size(learn: Learner) -> tuple[int, str]:
+    """The side the model is fed and how images are brought to it (fastai's Resize: crop or squish)."""
+    resize = next((t for t in learn.dls.after_item.fs if type(t).__name__ == "Resize"), None)
+    if resize is not None:
+        h, w = resize.size
+        method = str(resize.method)
+        if h != w or method not in ("crop", "squish"):
+            raise CamkitError(f"export needs a square Resize by crop or squish, not {resize.size} by {method}")
+        return int(h), method
+    x = learn.dls.valid.one_batch()[0]
+    if x.shape[-1] != x.shape[-2]:
+        raise CamkitError(f"export needs square inputs, not {tuple(x.shape[-2:])}")
+    return int(x.shape[-1]), "squish"
+
+
+def _stats(learn: Learner) -> tuple[list[float], list[float]]:
+    from fastai.vision.augment import Normalize
+
+    norm = next((t for t in learn.dls.after_batch.fs if isinstance(t, Normalize)), None)
+    if norm is None:
+        return [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
+    return ([float(v) for v in norm.mean.flatten()], [float(v) for v in norm.std.flatten()])
+
+
+def _evaluation(learn: Learner, arch: str, head: str, stride: int) -> tuple[list[dict], list[dict], list, dict]:
+    """History (the last fit's, from fastai's Recorder), held-out predictions with paths
+    relative to the data root, confusion matrix and summary."""
+    from camkit.train import confusion_matrix
+
+    names = learn.recorder.metric_names[1:-1] if hasattr(learn, "recorder") else []
+    history = [{"epoch": i, "phase": "all", **{n: round(float(v), 6) for n, v in zip(names, vals)}}
+               for i, vals in enumerate(getattr(learn.recorder, "values", []))] if names else []
+    with learn.no_bar():
+        probs, targets, losses = learn.get_preds(dl=learn.dls.valid.new(shuffle=False, drop_last=False),
+                                                 with_loss=True)
+    classes, root = _classes(learn), Path(learn.dls.path).resolve()
+    items = list(getattr(learn.dls.valid, "items", []))
+    valid = [{"file": Path(f).resolve().relative_to(root).as_posix(), "label": classes[int(t)],
+              "pred": classes[int(p.argmax())], "prob": round(float(p.max()), 5), "loss": round(float(l), 5)}
+             for f, p, t, l in zip(items, probs, targets, losses)
+             if isinstance(f, (str, Path)) and Path(f).resolve().is_relative_to(root)]
+    accuracy = float((probs.argmax(1) == targets).float().mean()) if len(targets) else 0.0
+    summary = {"arch": arch, "head": head, "stride": stride, "pretrained": bool(getattr(learn, "pretrained", False)),
+               "classes": classes, "n_train": len(learn.dls.train_ds), "n_valid": len(learn.dls.valid_ds),
+               "epochs": len(history), "device": str(learn.dls.device), "valid_accuracy": round(accuracy, 4),
+               "valid_loss": round(float(losses.mean()), 4) if len(losses) else None, "source": "fastai Learner"}
+    cm = confusion_matrix(probs.argmax(1), targets.long(), len(classes)).tolist()
+    return history, valid, cm, summary
