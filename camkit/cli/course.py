@@ -109,8 +109,8 @@ def course_cifar(
     from camkit.course.experiments import cifar_tutorial, result_dict
 
     with stdout_for(as_json):
-        result, grid = cifar_tutorial(dataset.value, data_dir, epochs, bs, lr, seed, loader.value, limit, test_limit,
-                                      log_every, out, quiet=as_json, fast=fast, workers=workers)
+        result, grid = cifar_tutorial(dataset.value, data_dir, epochs, bs, lr, seed, loader.value, limit,
+                                      test_limit, log_every, out, quiet=as_json, fast=fast, workers=workers)
     if as_json:
         emit({**result_dict(result), "figures": [str(grid)]})
     else:
@@ -132,7 +132,7 @@ def course_variants(
     """The nine variants against the tutorial baseline: table, bar chart, loss curves."""
     from camkit.course.experiments import result_dict, run_variants
 
-    chosen = _variant_numbers(only)
+    chosen = _numbers(only, "numbers 1-9")
     with stdout_for(as_json):
         results = run_variants(chosen, dataset.value, data_dir, epochs, bs, seed, loader.value, limit, test_limit,
                                out, quiet=as_json, fast=fast, workers=workers)
@@ -142,10 +142,30 @@ def course_variants(
         print((out / "variants.md").read_text())
 
 
-def _variant_numbers(only: list[str] | None) -> list[int] | None:
+def _numbers(only: list[str] | None, what: str) -> list[int] | None:
+    """`--only 1,5 --only 9` -> [1, 5, 9] (None: all); the range is checked by the library."""
     if not only:
         return None
     items = split_list(only, "--only")
     if not all(v.isdigit() for v in items):
-        raise CamkitError(f"--only must be comma-separated numbers 1-9, not '{','.join(only)}'")
+        raise CamkitError(f"--only must be comma-separated {what}, not '{','.join(only)}'")
     return [int(v) for v in items]
+
+
+@course_app.command("facts")
+def course_facts(
+    only: Annotated[Optional[List[str]], typer.Option(help="statements 1-10, repeated or comma-separated "
+                                                      "(default: all)")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="write the figures for 8 and 10 into this folder")] = None,
+    as_json: JsonOpt = False,
+):
+    """The exam's ten true/false statements, each settled by a computation run here."""
+    from camkit.course.facts import facts
+
+    chosen = _numbers(only, "statement numbers 1-10")
+    with stdout_for(as_json):
+        results = facts(chosen, plot, quiet=as_json)
+    if as_json:
+        emit([{"n": f.n, "statement": f.statement, "verdict": f.verdict, "evidence": f.evidence,
+               "figures": f.figures} for f in results])
+
