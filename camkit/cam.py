@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from camkit.choices import value
 from camkit.errors import CamkitError
 
 EPS = 1e-8
@@ -154,7 +155,7 @@ class BaseCAM:
             acts = self.acts
             if acts is None:
                 raise CamkitError(f"layer '{self.layer_name}' was not run by the model's forward pass")
-            if acts.dim() != 4 or acts.shape[-1] * acts.shape[-2] < 1:
+            if acts.dim() != 4 or acts.shape[-1] * acts.shape[-2] <= 1:
                 raise CamkitError(f"layer '{self.layer_name}' outputs shape {tuple(acts.shape)}, not a spatial "
                                   f"map (B, K, h, w); {_candidates(self.model, x)}")
             target_t = self._target(target, logits)
@@ -215,6 +216,10 @@ class CAM(BaseCAM):
         super().__init__(model, layer if layer is not None else "0" if isinstance(model, nn.Sequential) else None)
 
     def weights(self, x, acts, grads, logits, target):
+        if acts.shape[1] != self.fc.in_features:
+            raise CamkitError(f"exact CAM reads the head's weights, which fit the layer feeding it "
+                              f"({self.fc.in_features} channels); layer '{self.layer_name}' has {acts.shape[1]}: "
+                              "use --method gradcam for another layer")
         return self.fc.weight[target]
 
 
@@ -285,7 +290,7 @@ def make_cam(method: str | None, model: nn.Module, layer: str | None = None) -> 
     """The CAM extractor by name; None picks exact `cam` when the head allows, else `gradcam`."""
     if method is None:
         method = "cam" if cam_linear(model) is not None and layer is None else "gradcam"
-    method = getattr(method, "value", method)
+    method = value(method)
     if method not in METHODS:
         raise CamkitError(f"unknown method '{method}'; choose from {', '.join(METHODS)}")
     return METHODS[method](model, layer)

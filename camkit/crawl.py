@@ -34,7 +34,7 @@ from PIL import Image, ImageOps
 
 from camkit.errors import CamkitError
 from camkit.files import atomic_write, confined, ensure_writable_dir, move_aside
-from camkit.images import IMAGE_SUFFIXES, REJECTED, ImageRejected, decode, to_rgb
+from camkit.images import IMAGE_SUFFIXES, REJECTED, ImageRejected, decode, is_dataset_image, to_rgb
 
 MANIFEST = "manifest.jsonl"
 MAX_PIXELS = 50_000_000          # 50 MP: decodes fine, a 20000x20000 bomb does not pass
@@ -794,18 +794,22 @@ class CamkitCrawler(Crawler):
         self.parser.start(**(parser_kwargs or {}))
         self.downloader.start(**(downloader_kwargs or {}))
         start = time.monotonic()
-        while self.downloader.is_alive():
-            if not self.feeder.is_alive():
-                self.signal.set(feeder_exited=True)
-            if not self.parser.is_alive():
-                self.signal.set(parser_exited=True)
-            self.timed_out = self.timed_out or self._timeout(start)
-            if self.timed_out:
-                self.signal.set(reach_max_num=True)
-                self.downloader.stop.set()   # downloads in flight end at their next read
-            if self.on_tick:
-                self.on_tick()
-            time.sleep(0.05)
+        try:
+            while self.downloader.is_alive():
+                if not self.feeder.is_alive():
+                    self.signal.set(feeder_exited=True)
+                if not self.parser.is_alive():
+                    self.signal.set(parser_exited=True)
+                self.timed_out = self.timed_out or self._timeout(start)
+                if self.timed_out:
+                    self.signal.set(reach_max_num=True)
+                    self.downloader.stop.set()   # downloads in flight end at their next read
+                if self.on_tick:
+                    self.on_tick()
+                time.sleep(0.05)
+        finally:  # also on Ctrl-C: no download thread may go on writing after the crawl returns
+            self.signal.set(reach_max_num=True)
+            self.downloader.stop.set()
         for pool in (self.feeder, self.parser):
             if not pool.in_queue.empty():
                 pool.clear_buffer()
@@ -1052,17 +1056,17 @@ def verify(folder: str | Path, min_size: int = 64, phash_threshold: int = PHASH_
     root = Path(folder)
     if not root.is_dir():
         raise CamkitError(f"folder '{root}' does not exist")
-    classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith((".", "_")))
+    classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith((".", "_"))
+                     and d.resolve().is_relative_to(root.resolve()))
     if not classes:
         raise CamkitError(f"folder '{root}' has no class sub-folders")
     index = HashIndex(phash_threshold)
     moves: dict[Path, str] = {}
-    log = []
-    checked = 0
+    seen: list[tuple[Path, str]] = []
     for cls in classes:
-        for path in sorted(f for f in cls.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES):
-            checked += 1
+        for path in sorted(f for f in cls.rglob("*") if is_dataset_image(f, root)):
             rel = str(path.relative_to(root))
+            seen.append((path, rel))
             try:
                 v = verify_bytes(path.read_bytes(), min_size, max_side=None)
                 kind, twin = index.match(v.sha256, v.phash)
@@ -1079,7 +1083,11 @@ def verify(folder: str | Path, min_size: int = 64, phash_threshold: int = PHASH_
                 moves[path] = str(e)
             except OSError:
                 moves[path] = "unreadable"
-            log.append({"file": rel, "status": moves.get(path, "ok")})
+            except Exception:  # noqa: BLE001  as in the crawl: this file's problem, not the command's
+                moves[path] = "error"
+    # logged once all are checked: an image kept at first may be moved aside as ambiguous later
+    log = [{"file": rel, "status": moves.get(path, "ok")} for path, rel in seen]
+    checked = len(seen)
     rejected: dict[str, int] = {}
     for path, reason in moves.items():  # never over an earlier reject of the same name
         move_aside(path, root / REJECTED / reason / path.relative_to(root))

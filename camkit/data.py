@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from camkit.errors import CamkitError
-from camkit.images import IMAGE_SUFFIXES, REJECTED, open_rgb, resize_square
+from camkit.images import is_dataset_image, open_rgb, resize_square
 
 FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat",
                    "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
@@ -157,13 +157,16 @@ class FolderData:
 
     def split(self, valid_pct: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Seeded random split into (train indices, valid indices), stratified per class so that
-        every class is in both sets."""
+        every class is in both sets (a class needs two images)."""
         g = torch.Generator().manual_seed(seed)
         train, valid = [], []
         for c in range(len(self.classes)):
             idx = torch.nonzero(self.labels == c).flatten()
+            if valid_pct > 0 and len(idx) < 2:
+                raise CamkitError(f"class '{self.classes[c]}' has {len(idx)} readable image(s); at least 2 are "
+                                  "needed (one to train on, one to validate)")
             idx = idx[torch.randperm(len(idx), generator=g)]
-            n_valid = max(1, int(round(len(idx) * valid_pct))) if valid_pct > 0 else 0
+            n_valid = min(len(idx) - 1, max(1, int(round(len(idx) * valid_pct)))) if valid_pct > 0 else 0
             valid.append(idx[:n_valid])
             train.append(idx[n_valid:])
         return torch.cat(train).sort().values, torch.cat(valid).sort().values
@@ -175,14 +178,6 @@ CAMKIT_OUTPUT_MARKERS = ("model.json", "cams.jsonl", "report.html")
 def is_camkit_output(folder: Path) -> bool:
     """A run, CAM or report folder camkit wrote (directly or one level down, as runs/NAME/)."""
     return any((folder / m).is_file() or any(folder.glob(f"*/{m}")) for m in CAMKIT_OUTPUT_MARKERS)
-
-
-def is_dataset_image(path: Path, root: Path) -> bool:
-    """An image file of a dataset: an image suffix, not hidden (camkit's temp files, editors'
-    files) and not under camkit's `_rejected/`."""
-    parts = path.relative_to(root).parts
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and REJECTED not in parts \
-        and not any(p.startswith(".") for p in parts)
 
 
 def scan_class_folders(root: str | Path) -> tuple[list[str], list[list[Path]]]:
@@ -201,9 +196,11 @@ def scan_class_folders(root: str | Path) -> tuple[list[str], list[list[Path]]]:
             warnings.warn(f"skipping folder '{d.name}' (names starting with '.' or '_' are not classes)", stacklevel=3)
         elif is_camkit_output(d):
             warnings.warn(f"skipping folder '{d.name}': it holds camkit output, not a class", stacklevel=3)
+        elif not d.resolve().is_relative_to(root.resolve()):
+            warnings.warn(f"skipping folder '{d.name}': a link leading outside the data folder", stacklevel=3)
         else:
             dirs.append(d)
-    files = [sorted(f for f in d.rglob("*") if is_dataset_image(f, d)) for d in dirs]
+    files = [sorted(f for f in d.rglob("*") if is_dataset_image(f, root)) for d in dirs]
     if len(dirs) < 2:
         raise CamkitError(f"data folder '{root}' needs at least two class sub-folders, found {len(dirs)}")
     for d, fs in zip(dirs, files):

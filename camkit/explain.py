@@ -9,7 +9,8 @@ as a separate call, read a saved CAM folder back.
 
 A CAM folder: per image `NNNNN_NAME_heatmap.png`, `NNNNN_NAME_overlay.png`, `NNNNN_NAME.npy` (the
 map at the layer's resolution), one line per image in `cams.jsonl` and `index.html`, written
-last. camkit writes only into an empty folder or one it wrote before (`.camkit-cams` marker).
+last. camkit never replaces a file it did not write: in a folder without its `.camkit-cams`
+marker, a file of any name it would write stops the command before any work.
 """
 
 from __future__ import annotations
@@ -275,8 +276,13 @@ class CamWriter:
         self.created = ensure_writable_dir(self.out, "output folder")
 
     def write_all(self, batches: Iterable[CamBatch | list[CamResult]]) -> list[Explanation]:
+        """Every result's files, then cams.jsonl and index.html. An earlier camkit index in the
+        folder is removed first, so a run that fails part-way never looks complete."""
         records: list[Explanation] = []
         try:
+            for name in (CAMS_JSONL, GALLERY):
+                if (self.out / MARKER).exists():
+                    (self.out / name).unlink(missing_ok=True)
             atomic_write(self.out / MARKER, "camkit CAM folder\n")
             for batch in batches:
                 for r in batch.results if isinstance(batch, CamBatch) else batch:
@@ -284,10 +290,12 @@ class CamWriter:
                     r.picture = None  # drawn: let it go
             atomic_write(self.out / CAMS_JSONL, "".join(json.dumps(asdict(e)) + "\n" for e in records))
             atomic_write(self.out / GALLERY, gallery_html(asdict(e) for e in records))
-        except BaseException:
-            if self.created and not records:
+        except BaseException as e:
+            if self.created is not None and not records:
                 (self.out / MARKER).unlink(missing_ok=True)
-                remove_if_empty(self.out)
+                remove_if_empty(self.out, self.created)
+            if isinstance(e, OSError):
+                raise CamkitError(f"cannot write CAMs to '{self.out}' ({e.strerror or e})") from None
             raise
         return records
 
@@ -316,8 +324,16 @@ def read_cams(folder: str | Path) -> list[Explanation]:
             e = Explanation(**json.loads(line))
         except (json.JSONDecodeError, TypeError):
             raise CamkitError(f"'{path}' line {n} is not a camkit CAM record") from None
+        if not _well_formed(e):
+            raise CamkitError(f"'{path}' line {n} is not a camkit CAM record (a field has the wrong type)")
         for name in (e.heatmap, e.overlay, e.map):
             if name is not None:
                 confined(folder, name, f"'{path}' line {n}")
         records.append(e)
     return records
+
+
+def _well_formed(e: Explanation) -> bool:
+    texts = (e.image, e.pred, e.target, e.method)
+    return (all(isinstance(t, str) for t in texts) and isinstance(e.prob, (int, float)) and not isinstance(e.prob, bool)
+            and isinstance(e.peak_xy, list) and len(e.peak_xy) == 2 and all(isinstance(v, int) for v in e.peak_xy))

@@ -87,10 +87,13 @@ def move_aside(src: Path, dest: Path) -> Path:
     return target
 
 
-def ensure_writable_dir(folder: Path, what: str = "output folder") -> bool:
-    """Create `folder` if needed and check that camkit can write into it. Returns whether the
-    folder was created by this call (so a failed command can remove the empty folder it made)."""
-    created = not folder.exists()
+def ensure_writable_dir(folder: Path, what: str = "output folder") -> Path | None:
+    """Create `folder` (and missing parents) if needed and check that camkit can write into it.
+    Returns the topmost folder this call created, or None (so a failed command can remove the
+    empty folders it made, and only those)."""
+    folder = Path(folder)
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    created = missing[-1] if missing else None
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = temp_path(folder / "probe")
@@ -101,9 +104,13 @@ def ensure_writable_dir(folder: Path, what: str = "output folder") -> bool:
     return created
 
 
-def remove_if_empty(folder: Path) -> None:
-    """Remove a folder this command created when it is still empty (never anything inside)."""
-    try:
-        folder.rmdir()
-    except OSError:
-        pass
+def remove_if_empty(folder: Path, top: Path | None = None) -> None:
+    """Remove `folder`, then its parents up to `top`, each only while empty: the folders a
+    failed command created, never anything inside them."""
+    for p in (folder, *folder.parents):
+        try:
+            p.rmdir()
+        except OSError:
+            return
+        if top is None or p == top:
+            return

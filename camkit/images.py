@@ -95,6 +95,16 @@ def resize_square(img: Image.Image, size: int, method: str = "squish") -> np.nda
     return np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.uint8)
 
 
+def is_dataset_image(path: Path, root: Path) -> bool:
+    """An image file found under `root`: an image suffix, nothing hidden on the way (camkit's
+    `.camkit-tmp-` files, editors' files), not under camkit's `_rejected/`, and not a link
+    leading outside `root` (results must name files inside the folder they came from)."""
+    parts = path.relative_to(root).parts
+    return (path.suffix.lower() in IMAGE_SUFFIXES and REJECTED not in parts
+            and not any(p.startswith(".") for p in parts) and path.is_file()
+            and path.resolve().is_relative_to(root.resolve()))
+
+
 def list_images(paths: list[str | Path] | str | Path, recursive: bool = True) -> list[Path]:
     """Expand files and folders into a sorted list of image files (folders recursively,
     skipping hidden files, such as camkit's temp files, and camkit's own `_rejected` folders)."""
@@ -104,10 +114,7 @@ def list_images(paths: list[str | Path] | str | Path, recursive: bool = True) ->
     for p in map(Path, paths):
         if p.is_dir():
             pattern = "**/*" if recursive else "*"
-            found.extend(sorted(f for f in p.glob(pattern) if f.is_file()
-                                and f.suffix.lower() in IMAGE_SUFFIXES
-                                and REJECTED not in f.relative_to(p).parts
-                                and not any(part.startswith(".") for part in f.relative_to(p).parts)))
+            found.extend(sorted(f for f in p.glob(pattern) if is_dataset_image(f, p)))
         elif p.exists():
             found.append(p)
         else:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from camkit.choices import value
 from camkit.errors import CamkitError
 from camkit.files import confined
 
@@ -93,7 +94,7 @@ def evaluate(model_dir, boxes_json, methods: Sequence[str] = DEFAULT_METHODS, im
 
     from camkit.cam import METHODS
 
-    methods = [getattr(m, "value", m) for m in methods]
+    methods = [value(m) for m in methods]
     if not methods:
         raise CamkitError("no CAM method to evaluate; e.g. --methods cam,gradcam")
     unknown = [m for m in methods if m not in METHODS]
@@ -125,14 +126,14 @@ def _score(loaded, extractor, files: list[Path], targets: list[int | None], boxe
     """One method's mean pointing game, deletion and insertion AUC over `files`."""
     from camkit.explain import iter_explain
 
-    hits, dels, ins, correct = [], [], [], 0
+    pairs, dels, ins, correct = [], [], [], 0
     for batch in iter_explain(loaded, files, extractor, targets, bs, named={str(f) for f in files}):
         for r in batch.results:
-            hits.append(point_in_box(r.peak_xy, boxes[str(r.image)]))
+            pairs.append((r.peak_xy, boxes[str(r.image)]))
             correct += int(r.probs.argmax()) == r.target
         d, i, _, _ = deletion_insertion(loaded.model, batch.x, batch.maps, batch.targets, steps=steps)
         dels += d.tolist()
         ins += i.tolist()
-    n = max(1, len(hits))
-    return {"images": len(hits), "accuracy": round(correct / n, 4), "pointing_game": round(sum(hits) / n, 4),
+    n = max(1, len(pairs))
+    return {"images": len(pairs), "accuracy": round(correct / n, 4), "pointing_game": round(pointing_game(pairs), 4),
             "deletion_auc": round(sum(dels) / n, 4), "insertion_auc": round(sum(ins) / n, 4)}

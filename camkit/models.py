@@ -151,7 +151,7 @@ def build_model(arch: str, n_classes: int, head: str | Head = "cam", pretrained:
     except ValueError:
         raise CamkitError(f"--head must be one of {', '.join(h.value for h in Head)}, not '{head}'") from None
     backbone, loaded, splitter, cut = _make_backbone(arch, pretrained, weights)
-    if _torchvision_constructor(arch) is None:
+    if type(backbone).__module__.startswith("timm."):
         from fastai.vision.learner import TimmBody
 
         body = TimmBody(backbone, pretrained=loaded)

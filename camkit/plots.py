@@ -14,9 +14,11 @@ import numpy as np  # noqa: E402
 
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -26,19 +26,38 @@ TOP_LOSSES_DIR = "top_losses"
 
 
 def _uri(image) -> str:
-    """PIL image or PNG path -> data URI."""
-    if isinstance(image, (str, Path)):
-        data = Path(image).read_bytes()
-    else:
-        buf = io.BytesIO()
-        image.save(buf, format="PNG")
-        data = buf.getvalue()
-    return "data:image/png;base64," + base64.b64encode(data).decode()
+    """PIL image or image file -> PNG data URI. A file is decoded and encoded again (never
+    copied as bytes), so a run folder's `loss.png` that links to some other file cannot carry
+    that file's contents into a page meant to be shared."""
+    from camkit.images import open_rgb
+
+    buf = io.BytesIO()
+    (open_rgb(image) if isinstance(image, (str, Path)) else image).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _v(summary: dict, key: str, default: str = "?") -> str:
+    """A summary field as escaped text (model.json may come from someone else)."""
+    return html.escape(str(summary.get(key, default)))
+
+
+def _pct(value) -> str:
+    return f"{value:.2%}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"
 
 
 def _img(image, alt: str, height: int | None = None) -> str:
     style = f" style='height:{height}px'" if height else ""
     return f"<img src='{_uri(image)}' alt='{html.escape(alt)}'{style}>"
+
+
+def _figure_file(path: Path, alt: str) -> str:
+    """A run's figure embedded, a note when it is not a readable image, nothing when absent."""
+    if not path.exists():
+        return ""
+    try:
+        return _img(path, alt)
+    except CamkitError:
+        return f"<p class='warn'>{html.escape(path.name)} is not a readable image; not shown.</p>"
 
 
 def _thumb(path: str | Path, side: int = 96):
@@ -57,9 +76,9 @@ def _table(rows: list[dict]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def summarize(run_dir: str | Path) -> dict:
+def summarize(run_dir: str | Path, data_root: str | Path | None = None) -> dict:
     """The numbers behind the report (what `camkit report --json` prints)."""
-    return RunView.read(run_dir).numbers()
+    return RunView.read(run_dir, data_root).numbers()
 
 
 class RunView:
@@ -128,7 +147,7 @@ def report(run_dir: str | Path, cams: str | Path | None = None, out: str | Path 
         from camkit.explain import cam
 
         cam([v.file for v in top], model=view.run_dir, out=folder, quiet=True)
-    return build(view.run_dir, cams, out, data_root)
+    return write_page(view, cams, out)
 
 
 def _stale(cams_dir: Path, run_dir: Path) -> bool:
@@ -139,7 +158,11 @@ def _stale(cams_dir: Path, run_dir: Path) -> bool:
 def build(run_dir: str | Path, cams_dir: str | Path | None = None, out: str | Path | None = None,
           data_root: str | Path | None = None) -> Path:
     """Write `run_dir/report.html` (or `out`) from whatever the run folder holds; runs no model."""
-    view = RunView.read(run_dir, data_root)
+    return write_page(RunView.read(run_dir, data_root), cams_dir, out)
+
+
+def write_page(view: RunView, cams_dir: str | Path | None = None, out: str | Path | None = None) -> Path:
+    """The page for an already-read run, one section after the other."""
     cams_dir = Path(cams_dir) if cams_dir else view.run_dir / "cams"
     body = (_header(view) + _dataset(view) + _training(view) + _evaluation(view)
             + _gallery(view, cams_dir) + _methods_side_by_side(view.run_dir, cams_dir) + _faithfulness(view.run_dir))
@@ -165,9 +188,9 @@ def _dataset(view: RunView) -> str:
     s = view.summary
     parts = ["<section id='dataset'><h2>Dataset</h2>"]
     if s:
-        parts.append(f"<p>{s.get('n_train', '?')} training and {s.get('n_valid', '?')} validation images, "
+        parts.append(f"<p>{_v(s, 'n_train')} training and {_v(s, 'n_valid')} validation images, "
                      f"classes: {html.escape(', '.join(view.classes))}.</p>")
-        if s.get("skipped"):
+        if isinstance(s.get("skipped"), list) and s["skipped"]:
             parts.append(f"<p>Skipped unreadable files: {len(s['skipped'])}</p>")
     if view.info and view.info.data_root:
         manifest = _crawl_manifest(Path(view.info.data_root))
@@ -185,13 +208,11 @@ def _training(view: RunView) -> str:
     s = view.summary
     parts = ["<section id='training'><h2>Training</h2>"]
     if s:
-        parts.append(f"<p>arch <b>{html.escape(str(s.get('arch')))}</b>, head {html.escape(str(s.get('head')))}, "
-                     f"output stride {s.get('stride')}, pretrained weights: {'yes' if s.get('pretrained') else 'no'}, "
-                     f"device {html.escape(str(s.get('device')))} ({html.escape(str(s.get('precision', 'fp32')))}); "
-                     f"{s.get('epochs')} epochs in "
-                     f"{s.get('train_seconds')} s ({s.get('images_per_sec')} images/s).</p>")
-    if (view.run_dir / "loss.png").exists():
-        parts.append(_img(view.run_dir / "loss.png", "loss curves"))
+        parts.append(f"<p>arch <b>{_v(s, 'arch')}</b>, head {_v(s, 'head')}, "
+                     f"output stride {_v(s, 'stride')}, pretrained weights: {'yes' if s.get('pretrained') else 'no'}, "
+                     f"device {_v(s, 'device')} ({_v(s, 'precision', 'fp32')}); {_v(s, 'epochs')} epochs in "
+                     f"{_v(s, 'train_seconds')} s ({_v(s, 'images_per_sec')} images/s).</p>")
+    parts.append(_figure_file(view.run_dir / "loss.png", "loss curves"))
     return "".join(parts) + _table(view.history) + "</section>"
 
 
@@ -199,10 +220,9 @@ def _evaluation(view: RunView) -> str:
     s = view.summary
     parts = ["<section id='evaluation'><h2>Evaluation</h2>"]
     if s:
-        parts.append(f"<p>Validation accuracy <b>{s.get('valid_accuracy', 0):.2%}</b>, "
-                     f"loss {s.get('valid_loss')}.</p>")
-    if (view.run_dir / "confusion.png").exists():
-        parts.append(_img(view.run_dir / "confusion.png", "confusion matrix"))
+        parts.append(f"<p>Validation accuracy <b>{_pct(s.get('valid_accuracy'))}</b>, "
+                     f"loss {_v(s, 'valid_loss')}.</p>")
+    parts.append(_figure_file(view.run_dir / "confusion.png", "confusion matrix"))
     parts.append(_table(view.per_class()))
     explained = {Path(e.image).resolve(): e for e in read_cams(view.run_dir / TOP_LOSSES_DIR)}
     top = [(v, explained.get(v.file.resolve())) for v in view.top_losses()]
@@ -280,6 +300,8 @@ def _methods_side_by_side(run_dir: Path, cams_dir: Path, n_images: int = 4) -> s
     methods = sorted(by_method)
     rows = []
     for image in common:
+        if not Path(image).exists():
+            continue
         cells = [_img(_thumb(image, 120), "original", 100)]
         for m in methods:
             folder, r = by_method[m][image]
@@ -300,6 +322,8 @@ def _crawl_manifest(root: Path) -> list[dict]:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
+            continue
+        if not isinstance(rec, dict):
             continue
         key = (str(rec.get("keyword", "?")), str(rec.get("status", "?")))
         counts[key] = counts.get(key, 0) + 1

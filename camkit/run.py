@@ -34,7 +34,7 @@ from torch import nn
 from camkit.data import Normalizer
 from camkit.device import resolve_device
 from camkit.errors import CamkitError
-from camkit.files import TMP_PREFIX, atomic_write, confined, ensure_writable_dir, remove_if_empty
+from camkit.files import TMP_PREFIX, atomic_write, confined, ensure_writable_dir, move_aside, remove_if_empty
 from camkit.images import open_rgb, resize_square
 
 MODEL_FORMAT = "camkit-model/2"
@@ -251,8 +251,10 @@ def read_cam_eval(run_dir: str | Path) -> dict[str, dict]:
     if not path.is_file():
         return {}
     data = _read_json(path, "CAM evaluation")
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise CamkitError(f"'{path}' must map method names to results")
+    if not isinstance(data, dict) or not all(isinstance(v, dict) and isinstance(v.get("images"), int)
+                                             and all(_finite(x) for k, x in v.items() if k != "images")
+                                             for v in data.values()):
+        raise CamkitError(f"'{path}' must map method names to results (images and scores as numbers)")
     return data
 
 
@@ -283,14 +285,19 @@ def _own_entries(folder: Path) -> bool:
     return all(p.name.startswith((TMP_PREFIX, STAGING)) for p in folder.iterdir())
 
 
-def check_out(out: Path, overwrite: bool) -> bool:
+def check_out(out: Path, overwrite: bool) -> Path | None:
     """Refuse an output folder before any work: one that holds a run (unless `overwrite`), or
-    one that holds anything camkit did not write there (always). Returns whether the folder
-    was created now."""
+    one that holds anything camkit did not write there (always; a model.json that is not
+    camkit's is the user's). Returns the topmost folder created now, or None."""
     if out.exists() and not out.is_dir():
         raise CamkitError(f"--out '{out}' is a file, not a folder")
     if out.is_dir():
         if (out / META).exists():
+            try:
+                read_info(out)
+            except CamkitError:
+                raise CamkitError(f"'{out / META}' was not written by camkit; camkit does not write over files "
+                                  "it did not write: choose another --out") from None
             if not overwrite:
                 raise CamkitError(f"'{out}' already holds a run; pass --overwrite or choose another --out")
         elif not _own_entries(out):
@@ -301,21 +308,26 @@ def check_out(out: Path, overwrite: bool) -> bool:
 
 def save_run(out: Path, contents: RunContents, overwrite: bool) -> None:
     """Write the run into a staging folder inside `out`, then swap its files in with model.json
-    last. A previous run in `out` stays whole until the new one is complete."""
+    last. A previous run in `out` is untouched until the new one is completely written; during
+    the swap itself (a few renames) the folder has no model.json, so a kill there leaves a run
+    marked incomplete, never a mix that looks complete. The previous run's cam_eval.json
+    describes the old weights: it is moved aside to cam_eval.previous.json."""
     check_out(out, overwrite)
     staging = out / f"{STAGING}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)  # camkit's own leftover from a killed process
-    staging.mkdir()
     try:
+        staging.mkdir()
         names = _write_files(staging, contents)
-    except BaseException:
+        (out / META).unlink(missing_ok=True)  # the old run stops looking complete before the swap
+        for name in names:
+            os.replace(staging / name, out / name)
+        if (out / CAM_EVAL).exists():
+            move_aside(out / CAM_EVAL, out / "cam_eval.previous.json")
+        os.replace(staging / META, out / META)
+    except OSError as e:
+        raise CamkitError(f"cannot write the run to '{out}' ({e.strerror or e})") from None
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
-    (out / META).unlink(missing_ok=True)  # the old run stops looking complete before the swap
-    for name in names:
-        os.replace(staging / name, out / name)
-    os.replace(staging / META, out / META)
-    staging.rmdir()
 
 
 def _write_files(folder: Path, c: RunContents) -> list[str]:
@@ -335,8 +347,7 @@ def _write_files(folder: Path, c: RunContents) -> list[str]:
     return [WEIGHTS, HISTORY, VALID, "loss.png", "confusion.png"]
 
 
-def discard_out(out: Path, created: bool) -> None:
-    """After a failed command: remove the output folder only if this command created it and
-    it is still empty."""
-    if created:
-        remove_if_empty(out)
+def discard_out(out: Path, created: Path | None) -> None:
+    """After a failed command: remove the output folders this command created, while empty."""
+    if created is not None:
+        remove_if_empty(out, created)

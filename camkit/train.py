@@ -26,6 +26,7 @@ from torch import nn
 
 import fastai.callback.fp16  # noqa: F401,E402  (Learner.to_fp16 / to_bf16)
 import fastai.callback.schedule  # noqa: F401,E402  (Learner.fit_one_cycle / fine_tune)
+from camkit.choices import value
 from camkit.data import IMAGENET_STATS, FolderData, TensorBatches, load_folder
 from camkit.device import resolve_device, resolve_precision
 from camkit.errors import CamkitError
@@ -65,14 +66,20 @@ class CPUAutocast(Callback):
     fp32's range, so no loss scaling is needed)."""
     order = 10
 
+    ctx = None
+
     def before_batch(self):
         self.ctx = torch.autocast("cpu", dtype=torch.bfloat16)
         self.ctx.__enter__()
 
     def after_loss(self):
-        self.ctx.__exit__(None, None, None)
+        if self.ctx is not None:
+            self.ctx.__exit__(None, None, None)
+            self.ctx = None
 
-    after_cancel_batch = after_loss
+    # fastai runs after_batch / after_fit in a finally: an error or Ctrl-C in the forward pass
+    # must not leave bf16 autocast on for the rest of the process
+    after_cancel_batch = after_batch = after_fit = after_loss
 
 
 class Diverged(CamkitError):
@@ -264,7 +271,7 @@ def summarize(out: Path, arch: str, head: str, stride: int, pretrained: bool, da
     """The numbers of the run; throughput = images seen in every epoch run / fitting seconds."""
     n_seen = len(history) * (len(train_idx) + len(valid_idx))
     return TrainResult(
-        out=str(out), arch=arch, head=str(getattr(head, "value", head)), stride=stride, pretrained=pretrained,
+        out=str(out), arch=arch, head=str(value(head)), stride=stride, pretrained=pretrained,
         classes=data.classes, n_train=len(train_idx), n_valid=len(valid_idx), epochs=len(history),
         device=str(device), precision=precision, train_seconds=round(seconds, 3),
         images_per_sec=round(n_seen / seconds, 2) if seconds else 0.0,

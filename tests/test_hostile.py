@@ -48,7 +48,7 @@ def run_copy(tiny_run, tmp_path):
 # ---------------------------------------------------------------- train: never clobber, never half-save
 
 @pytest.mark.parametrize("user_files", [["model.pth"], ["history.csv", "loss.png"], ["notes.txt"],
-                                        ["valid.json", "sub/deep.txt"]])
+                                        ["valid.json", "sub/deep.txt"], ["model.json", "model.pth"]])
 @pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
 def test_train_refuses_a_folder_that_is_not_a_run(cli, data, tmp_path, user_files, overwrite):
     out = tmp_path / "mine"
@@ -57,16 +57,18 @@ def test_train_refuses_a_folder_that_is_not_a_run(cli, data, tmp_path, user_file
         (out / name).write_text(f"the user's {name}")
     before = snapshot(out)
     code, _, err = cli("train", data, *TRAIN, "--out", out, *overwrite)
-    one_line(code, err, "holds no camkit run")
+    one_line(code, err, "was not written by camkit" if "model.json" in user_files else "holds no camkit run")
     assert snapshot(out) == before
 
 
-@pytest.mark.parametrize("failure", ["crash", "diverge"])
-def test_a_failed_retrain_leaves_the_previous_run_whole(cli, data, tmp_path, monkeypatch, failure):
+@pytest.mark.parametrize("failure,message", [("crash", "simulated failure"), ("diverge", "training diverged"),
+                                             ("disk", "cannot write the run")])
+def test_a_failed_retrain_leaves_the_previous_run_whole(cli, data, tmp_path, monkeypatch, failure, message):
     out = tmp_path / "run"
     code, _, err = cli("train", data, *TRAIN, "--out", out)
     assert code == 0, err
     before = snapshot(out)
+    args = ("--lr", "1e6") if failure == "diverge" else ()
     if failure == "crash":
         import camkit.train as t
 
@@ -74,11 +76,15 @@ def test_a_failed_retrain_leaves_the_previous_run_whole(cli, data, tmp_path, mon
             raise CamkitError("simulated failure after the fit")
 
         monkeypatch.setattr(t, "predict", crash)
-        args = ()
-    else:
-        args = ("--lr", "1e6")
+    elif failure == "disk":  # the staged write itself fails, half-way through the run's files
+        import camkit.plots as plots
+
+        def full(*a, **k):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(plots, "plot_confusion", full)
     code, _, err = cli("train", data, *TRAIN, "--out", out, "--overwrite", *args)
-    one_line(code, err, "simulated failure" if failure == "crash" else "training diverged")
+    one_line(code, err, message)
     assert snapshot(out) == before
     assert not [p for p in out.iterdir() if p.name.startswith(".camkit")]
 
@@ -305,8 +311,12 @@ def test_a_huge_image_is_drawn_at_a_capped_size(tiny_run, tmp_path):
     assert (tmp_path / "huge.png").stat().st_size < 1_000_000
     (rec,) = cam([tmp_path / "huge.png"], model=tiny_run, out=tmp_path / "c", quiet=True)
     assert Image.open(tmp_path / "c" / rec.overlay).size == (MAX_SIDE, MAX_SIDE)
-    assert all(0 <= v < side for v in rec.peak_xy)
-    assert np.load(tmp_path / "c" / rec.map).dtype == np.float32
+    saved = np.load(tmp_path / "c" / rec.map)
+    assert saved.shape == (4, 4) and saved.dtype == np.float32
+    iy, ix = np.unravel_index(saved.argmax(), saved.shape)  # the peak's map cell, in original pixels
+    cell = side / 4
+    assert ix * cell - cell / 2 <= rec.peak_xy[0] <= (ix + 1) * cell + cell / 2
+    assert iy * cell - cell / 2 <= rec.peak_xy[1] <= (iy + 1) * cell + cell / 2
 
 
 # ---------------------------------------------------------------- cam-eval: never lose a saved evaluation
@@ -325,12 +335,13 @@ def test_cam_eval_steps_must_be_positive(cli, run_copy, canvas_dir):
 
 
 def test_a_subset_evaluation_never_replaces_a_larger_one(cli, run_copy, canvas_dir):
-    args = ("cam-eval", canvas_dir / "boxes.json", "--model", run_copy, "--methods", "cam", "--steps", "2",
-            "--valid-only")
-    assert cli(*args)[0] == 0
+    base = ("cam-eval", canvas_dir / "boxes.json", "--model", run_copy, "--steps", "2", "--valid-only")
+    assert cli(*base, "--methods", "cam")[0] == 0
     full = json.loads((run_copy / "cam_eval.json").read_text())
-    code, out, _ = cli(*args, "--limit", "2", "--methods", "gradcam")
-    assert code == 0 and "not saved over a larger earlier evaluation" in out and "cam" in out
+    code, out, _ = cli(*base, "--limit", "2", "--methods", "gradcam")  # a method not saved yet: saved
+    assert code == 0 and "not saved over" not in out
+    code, out, _ = cli(*base, "--limit", "2", "--methods", "cam,gradcam")  # cam's 16 images stay
+    assert code == 0 and out.splitlines()[-1].endswith("cam_eval.json: cam")
     saved = json.loads((run_copy / "cam_eval.json").read_text())
     assert saved["cam"] == full["cam"] and saved["gradcam"]["images"] == 2
 
@@ -387,3 +398,97 @@ def test_hidden_and_temp_files_are_neither_trained_on_nor_explained(cli, data, t
     summary = json.loads(out)
     assert summary["n_train"] + summary["n_valid"] == 12
     assert len(list_images([data])) == 12
+
+
+# ---------------------------------------------------------------- found by the review of this change
+
+def test_a_class_folder_linking_outside_the_dataset_is_skipped(cli, data, tmp_path):
+    elsewhere = tmp_path / "elsewhere" / "c"
+    shutil.copytree(data / "a", elsewhere)
+    (data / "c").symlink_to(elsewhere, target_is_directory=True)
+    (data / "b" / "outside.png").symlink_to(elsewhere / "0.png")
+    code, out, err = cli("train", data, *TRAIN, "--out", tmp_path / "r", "--json")
+    assert code == 0, err
+    assert "skipping folder 'c': a link leading outside the data folder" in err
+    summary = json.loads(out)
+    assert summary["classes"] == ["a", "b"] and summary["n_train"] + summary["n_valid"] == 12
+
+
+def test_a_class_with_one_image_is_a_user_error(cli, data, tmp_path):
+    for f in sorted((data / "b").iterdir())[1:]:
+        f.unlink()
+    code, _, err = cli("train", data, *TRAIN, "--out", tmp_path / "r")
+    one_line(code, err, "class 'b' has 1 readable image(s); at least 2 are needed")
+
+
+def test_a_retrain_moves_the_old_evaluation_aside(cli, data, tmp_path):
+    out = tmp_path / "run"
+    assert cli("train", data, *TRAIN, "--out", out)[0] == 0
+    (out / "cam_eval.json").write_text(json.dumps({"cam": {"images": 9, "pointing_game": 1.0}}))
+    assert cli("train", data, *TRAIN, "--out", out, "--overwrite")[0] == 0
+    assert not (out / "cam_eval.json").exists()
+    assert json.loads((out / "cam_eval.previous.json").read_text())["cam"]["images"] == 9
+
+
+def test_a_cam_run_that_fails_part_way_does_not_look_complete(cli, tiny_run, canvas_dir, tmp_path):
+    out = tmp_path / "c"
+    good = sorted(canvas_dir.glob("bag/*.png"))[:2]
+    assert cli("cam", *good, "--model", tiny_run, "--out", out)[0] == 0
+    (tmp_path / "zz-broken.png").write_bytes(b"\x89PNG broken")
+    code, _, err = cli("cam", *good, tmp_path / "zz-broken.png", "--model", tiny_run, "--out", out)
+    one_line(code, err, "not a readable image")
+    assert not (out / "cams.jsonl").exists() and not (out / "index.html").exists()
+
+
+def test_report_embeds_images_only_never_a_linked_file(run_copy, tmp_path):
+    from camkit.report import build
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET-TOKEN")
+    (run_copy / "loss.png").unlink()
+    (run_copy / "loss.png").symlink_to(secret)
+    page = build(run_copy).read_text()
+    assert "loss.png is not a readable image" in page
+    import base64
+    import re
+
+    blobs = [base64.b64decode(b) for b in re.findall(r"base64,([A-Za-z0-9+/=]+)", page)]
+    assert not any(b"TOP-SECRET-TOKEN" in b for b in blobs)
+
+
+def test_report_escapes_a_hostile_summary(run_copy):
+    from camkit.report import build
+
+    meta = json.loads((run_copy / "model.json").read_text())
+    meta["summary"].update(n_train="<script>alert(1)</script>", valid_accuracy="high", skipped="x",
+                           arch="<img src=x onerror=alert(1)>")
+    (run_copy / "model.json").write_text(json.dumps(meta))
+    page = build(run_copy).read_text()
+    assert "<script>alert" not in page and "<img src=x" not in page and "&lt;script&gt;" in page
+
+
+@pytest.mark.parametrize("layer,message", [("0.6", "use --method gradcam for another layer"),
+                                           ("1.0", "not a spatial map")])
+def test_exact_cam_on_a_layer_it_cannot_read(cli, tiny_run, canvas_dir, tmp_path, layer, message):
+    img = sorted(canvas_dir.glob("bag/*.png"))[0]
+    code, _, err = cli("cam", img, "--model", tiny_run, "--method", "cam", "--layer", layer, "--out", tmp_path / "c")
+    one_line(code, err, message)
+
+
+def test_the_demo_never_removes_a_users_boxes_folder(tmp_path):
+    from camkit.demo import demo
+
+    images = tmp_path / "demo" / "images"
+    (images / "mine").mkdir(parents=True)
+    (images / "boxes.json").write_text("{}")
+    (images / "mine" / "photo.jpg").write_bytes(b"the user's")
+    with pytest.raises(CamkitError, match="is not a camkit demo dataset"):
+        demo(out=tmp_path / "demo", quiet=True)
+    assert (images / "mine" / "photo.jpg").read_bytes() == b"the user's"
+
+
+def test_a_failed_command_removes_only_the_empty_folders_it_made(cli, data, tmp_path):
+    out = tmp_path / "new" / "deeper" / "run"
+    code, _, err = cli("train", data, *TRAIN, "--out", out, "--lr", "1e6")
+    one_line(code, err, "training diverged")
+    assert not (tmp_path / "new").exists() and tmp_path.exists()

@@ -17,7 +17,7 @@ import typer
 from camkit import __version__
 from camkit.choices import Engine, Head, Method, Precision
 from camkit.cli._boundary import Boundary
-from camkit.cli._options import DataRootOpt, JsonOpt, ModelOpt, SeedOpt, emit, split_list, stdout_for
+from camkit.cli._options import DataRootOpt, JsonOpt, ModelOpt, SeedOpt, emit, finite, split_list, stdout_for
 from camkit.cli.calc import calc_app
 from camkit.cli.course import course_app
 
@@ -152,7 +152,7 @@ def cam(
                          layer=layer, alpha=alpha, colormap=colormap, bs=bs, precision=precision.value, quiet=as_json)
     if as_json:
         for r in results:
-            print(json.dumps(asdict(r)))
+            print(json.dumps(finite(asdict(r)), allow_nan=False))
         return
     for r in results:
         print(f"{r.image}: {r.pred} ({r.prob:.1%}), peak at {r.peak_xy}")
@@ -226,7 +226,7 @@ def report(
     with stdout_for(as_json):
         path = report_mod.report(run_dir, cams=cams, data_root=data)
     if as_json:
-        emit({"report": str(path), **report_mod.summarize(run_dir)})
+        emit({"report": str(path), **report_mod.summarize(run_dir, data_root=data)})
     else:
         print(f"report: {path}")
     if open_browser:

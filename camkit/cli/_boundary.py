@@ -29,7 +29,7 @@ def error_code(e: BaseException) -> tuple[str | None, int]:
     if isinstance(e, typer.Exit):
         return None, e.exit_code
     if isinstance(e, SystemExit):
-        return None, e.code if isinstance(e.code, int) else 1
+        return None, e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     if isinstance(e, (KeyboardInterrupt, typer.Abort)):
         return "interrupted", 130
     if isinstance(e, CamkitError):

@@ -12,13 +12,11 @@ from typing import Annotated, Iterator, Optional
 
 import typer
 
-from camkit.choices import Precision
 from camkit.errors import CamkitError
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON only on stdout (progress and warnings go to stderr)")]
 ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="run folder written by camkit train")]
 SeedOpt = Annotated[int, typer.Option(help="random seed")]
-PrecisionOpt = Annotated[Precision, typer.Option(help="auto: bf16 where the hardware has it natively")]
 DataRootOpt = Annotated[Optional[Path], typer.Option("--data", help="where the run's dataset is now, if it moved")]
 
 
