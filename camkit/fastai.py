@@ -272,14 +272,25 @@ def _stats(learn: Learner) -> tuple[list[float], list[float]]:
     return ([float(v) for v in norm.mean.flatten()], [float(v) for v in norm.std.flatten()])
 
 
+def _history(learn: Learner) -> list[dict]:
+    """The last fit's epochs from fastai's Recorder. Any later `get_preds` or `validate` (an
+    interpretation, for one) replaces its values with one validation row, so only rows with a
+    number for every metric name count as epochs; otherwise there is no history to export."""
+    recorder = getattr(learn, "recorder", None)
+    names = list(recorder.metric_names[1:-1]) if recorder is not None else []
+    rows = [list(v) for v in getattr(recorder, "values", [])]
+    if not names or not rows or any(len(r) != len(names) or None in r for r in rows):
+        return []
+    return [{"epoch": i, "phase": "all", **{n: round(float(v), 6) for n, v in zip(names, r)}}
+            for i, r in enumerate(rows)]
+
+
 def _evaluation(learn: Learner, arch: str, head: str, stride: int) -> tuple[list[dict], list[dict], list, dict]:
     """History (the last fit's, from fastai's Recorder), held-out predictions with paths
     relative to the data root, confusion matrix and summary."""
     from camkit.train import confusion_matrix
 
-    names = learn.recorder.metric_names[1:-1] if hasattr(learn, "recorder") else []
-    history = [{"epoch": i, "phase": "all", **{n: round(float(v), 6) for n, v in zip(names, vals)}}
-               for i, vals in enumerate(getattr(learn.recorder, "values", []))] if names else []
+    history = _history(learn)
     with learn.no_bar():
         probs, targets, losses = learn.get_preds(dl=learn.dls.valid.new(shuffle=False, drop_last=False),
                                                  with_loss=True)
