@@ -157,7 +157,8 @@ class BaseCAM:
                 raise CamkitError(f"layer '{self.layer_name}' was not run by the model's forward pass")
             if acts.dim() != 4 or acts.shape[-1] * acts.shape[-2] <= 1:
                 raise CamkitError(f"layer '{self.layer_name}' outputs shape {tuple(acts.shape)}, not a spatial "
-                                  f"map (B, K, h, w); {_candidates(self.model, x)}")
+                                  f"map (B, K, h, w) (for the body's output: larger images or --stride 8); "
+                                  f"{_candidates(self.model, x)}")
             target_t = self._target(target, logits)
             grads = None
             if self.needs_grad:
@@ -286,10 +287,15 @@ METHODS: dict[str, type[BaseCAM]] = {c.name: c for c in (CAM, GradCAM, GradCAMpp
 
 
 
-def make_cam(method: str | None, model: nn.Module, layer: str | None = None) -> BaseCAM:
-    """The CAM extractor by name; None picks exact `cam` when the head allows, else `gradcam`."""
+def make_cam(method: str | None, model: nn.Module, layer: str | None = None, probe: Tensor | None = None) -> BaseCAM:
+    """The CAM extractor by name; None picks exact `cam` when the head allows, else `gradcam`
+    (also when a `probe` input shows that the body's output is 1 x 1 at that size: exact CAM
+    would have nothing to localise, Grad-CAM then reads the last spatial layer)."""
     if method is None:
-        method = "cam" if cam_linear(model) is not None and layer is None else "gradcam"
+        exact = cam_linear(model) is not None and layer is None
+        if exact and probe is not None and "0" not in spatial_layers(model, probe):
+            exact = False
+        method = "cam" if exact else "gradcam"
     method = value(method)
     if method not in METHODS:
         raise CamkitError(f"unknown method '{method}'; choose from {', '.join(METHODS)}")

@@ -43,6 +43,18 @@ class Engine(str, Enum):
     google = "google"
 
 
+class TrainLoader(str, Enum):
+    tensor = "tensor"  # camkit's: every image decoded once into a uint8 tensor (squished)
+    fastai = "fastai"  # fastai's ImageDataLoaders: Resize by centre crop, decoded per item
+
+
+class Aug(str, Enum):
+    """Training-batch augmentation."""
+    fastai = "fastai"  # fastai's aug_transforms: flip, rotate, zoom, warp, lighting
+    flip = "flip"      # a horizontal flip only
+    none = "none"
+
+
 class Loader(str, Enum):
     tensor = "tensor"            # camkit's: batches sliced from one uint8 tensor
     torchvision = "torchvision"  # the course's Dataset + DataLoader

@@ -14,6 +14,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -209,32 +210,39 @@ def scan_class_folders(root: str | Path) -> tuple[list[str], list[list[Path]]]:
     return [d.name for d in dirs], files
 
 
-def load_folder(root: str | Path, size: int, workers: int | None = None) -> FolderData:
-    """Decode every image of a class-per-folder dataset once, squished to size x size.
-
+def decode_folder(root: str | Path, read: Callable[[Path], Any], workers: int | None = None
+                  ) -> tuple[list[str], list[tuple[Path, int, Any]], list[tuple[Path, str]]]:
+    """`read` every image of a class-per-folder dataset with camkit's guarded decode, in
+    threads: (classes, [(file, class index, what read returned)], skipped files with the reason).
     Unreadable files are skipped with a warning naming them; a class left empty is an error."""
     classes, per_class = scan_class_folders(root)
     items = [(f, c) for c, fs in enumerate(per_class) for f in fs]
 
-    def decode(item: tuple[Path, int]) -> np.ndarray | str:
+    def attempt(item: tuple[Path, int]) -> Any:
         try:
-            return resize_square(open_rgb(item[0]), size)
+            return read(item[0])
         except CamkitError as e:
-            return str(e)
+            return e
 
     with ThreadPoolExecutor(workers or min(8, (os.cpu_count() or 2) * 2)) as pool:
-        decoded = list(pool.map(decode, items))
-    kept = [(item, arr) for item, arr in zip(items, decoded) if not isinstance(arr, str)]
-    skipped = [(item[0], arr) for item, arr in zip(items, decoded) if isinstance(arr, str)]
+        results = list(pool.map(attempt, items))
+    kept = [(f, c, r) for (f, c), r in zip(items, results) if not isinstance(r, CamkitError)]
+    skipped = [(f, str(r)) for (f, _), r in zip(items, results) if isinstance(r, CamkitError)]
     for path, why in skipped:
-        warnings.warn(f"skipping {path}: {why}", stacklevel=2)
-    counts = np.bincount([c for (_, c), _ in kept], minlength=len(classes))
+        warnings.warn(f"skipping {path}: {why}", stacklevel=3)
+    counts = np.bincount([c for _, c, _ in kept], minlength=len(classes))
     for name, n in zip(classes, counts):
         if n == 0:
             raise CamkitError(f"class '{name}' has no readable images")
-    images = torch.from_numpy(np.stack([a for _, a in kept])).permute(0, 3, 1, 2).contiguous()
-    labels = torch.tensor([c for (_, c), _ in kept], dtype=torch.long)
-    return FolderData(images, labels, classes, [f for (f, _), _ in kept], skipped)
+    return classes, kept, skipped
+
+
+def load_folder(root: str | Path, size: int, workers: int | None = None) -> FolderData:
+    """Decode every image of a class-per-folder dataset once, squished to size x size."""
+    classes, kept, skipped = decode_folder(root, lambda f: resize_square(open_rgb(f), size), workers)
+    images = torch.from_numpy(np.stack([a for _, _, a in kept])).permute(0, 3, 1, 2).contiguous()
+    labels = torch.tensor([c for _, c, _ in kept], dtype=torch.long)
+    return FolderData(images, labels, classes, [f for f, _, _ in kept], skipped)
 
 
 class Normalizer:
@@ -254,7 +262,11 @@ class Normalizer:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # in place on a fresh float copy (never on the caller's tensor): one allocation per batch
-        return x.to(torch.float32, copy=True).div_(255).sub_(self.mean).div_(self.std)
+        return self.standardize(x.to(torch.float32, copy=True).div_(255))
+
+    def standardize(self, x01: torch.Tensor) -> torch.Tensor:
+        """(x - mean) / std, in place, for images already in [0, 1]."""
+        return x01.sub_(self.mean).div_(self.std)
 
     def invert(self, x: torch.Tensor) -> torch.Tensor:
         mean, std = (t.view(-1, 1, 1) for t in (self.mean, self.std)) if x.dim() == 3 else (self.mean, self.std)
@@ -262,14 +274,20 @@ class Normalizer:
 
 
 class TensorBatches:
-    """A fastai-compatible DataLoader over uint8 image tensors: batches are normalised,
-    optionally flipped, and converted to channels_last on the target device in one go."""
+    """A fastai-compatible DataLoader over uint8 image tensors: batches are augmented (`aug`:
+    none, a horizontal flip, or fastai's own `aug_transforms` — flip, rotate, zoom, warp,
+    lighting — run on the whole batch on its device), normalised and converted to
+    channels_last in one go. fastai's random draws use torch's global generator, seeded by
+    `train` before the run."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, bs: int, shuffle: bool,
-                 stats: tuple[list[float], list[float]] = IMAGENET_STATS, augment: bool = False,
+                 stats: tuple[list[float], list[float]] = IMAGENET_STATS, aug: str = "none",
                  seed: int = 0, device: torch.device | str = "cpu", channels_last: bool = False):
+        if aug not in ("none", "flip", "fastai"):
+            raise CamkitError(f"--aug must be none, flip or fastai, not '{aug}'")
         self.images, self.labels = images, labels
-        self.bs, self.shuffle, self.augment = bs, shuffle, augment
+        self.bs, self.shuffle, self.aug = bs, shuffle, aug
+        self.fastai_tfms = _fastai_augmentations() if aug == "fastai" else []
         self.normalizer = Normalizer(stats)
         self.generator = torch.Generator().manual_seed(seed)
         self.channels_last = channels_last
@@ -294,8 +312,20 @@ class TensorBatches:
         self.normalizer.to(self.device)
         return self
 
-    def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.normalizer(x)
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 batch -> augmented (as chosen), normalised float batch."""
+        if self.fastai_tfms:
+            from fastai.torch_core import TensorImage
+
+            x = TensorImage(x.float().div_(255))
+            for tfm in self.fastai_tfms:
+                x = tfm(x, split_idx=0)  # split 0: the training-time draw
+            x = self.normalizer.standardize(torch.Tensor(x).clamp_(0, 1))
+        else:
+            x = self.normalizer(x)
+            if self.aug == "flip":
+                flip = (torch.rand(len(x), generator=self.generator) < 0.5).to(self.device)
+                x[flip] = x[flip].flip(-1)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def __iter__(self):
@@ -306,8 +336,11 @@ class TensorBatches:
             order = torch.arange(self.n, device=self.device)
         for start in range(0, len(order), self.bs):
             idx = order[start:start + self.bs]
-            x = self.normalise(self.images[idx])
-            if self.augment:
-                flip = (torch.rand(len(idx), generator=self.generator) < 0.5).to(self.device)
-                x[flip] = x[flip].flip(-1)
-            yield x, self.labels[idx]
+            yield self.prepare(self.images[idx]), self.labels[idx]
+
+
+def _fastai_augmentations() -> list:
+    """fastai's default `aug_transforms()`: the transforms its DataBlocks run on training batches."""
+    from fastai.vision.augment import aug_transforms
+
+    return aug_transforms()

@@ -15,7 +15,13 @@ from camkit.errors import CamkitError
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    """CUDA when there is one, else an Apple GPU (MPS, as fastai chooses), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -48,9 +54,13 @@ def resolve_precision(precision: str | Precision, device: torch.device) -> str:
     if precision is not Precision.auto:
         if device.type == "cpu" and precision is Precision.fp16:
             raise CamkitError("--precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
+        if device.type == "mps" and precision is not Precision.fp32:
+            raise CamkitError(f"--precision {precision.value} is not supported on Apple GPUs (mps); use fp32")
         return precision.value
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "mps":  # mixed precision on MPS is not what fastai's callbacks support
+        return "fp32"
     return "bf16" if cpu_supports_bf16() else "fp32"
 
 

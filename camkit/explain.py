@@ -205,9 +205,10 @@ def prepare(model: str | Path | LoadedModel, method: str | None, layer: str | No
         raise CamkitError("--precision fp16 is not supported for CAM; use bf16 or fp32")
     if bs < 1:
         raise CamkitError(f"--bs must be at least 1, not {bs}")
+    probe = torch.zeros(1, 3, loaded.size, loaded.size, device=loaded.device)
     if layer is not None:
-        get_layer(loaded.model, layer, torch.zeros(1, 3, loaded.size, loaded.size, device=loaded.device))
-    return loaded, make_cam(method, loaded.model, layer), precision
+        get_layer(loaded.model, layer, probe)
+    return loaded, make_cam(method, loaded.model, layer, probe), precision
 
 
 def explain(model: str | Path | LoadedModel, images: Sequence[str | Path] | str | Path, method: str | None = None,

@@ -129,14 +129,19 @@ class EpochLog(Callback):
 def train(data_dir: str | Path, arch: str = "resnet34", epochs: int = 4, size: int = 224, bs: int = 64,
           valid_pct: float = 0.2, seed: int = 0, out: str | Path | None = None, lr: float | None = None,
           head: str = "cam", pretrained: bool | None = None, weights: str | Path | None = None,
-          stride: int = 32, freeze_epochs: int = 1, augment: bool = True, overwrite: bool = False,
-          device: str | None = None, precision: str = "auto", quiet: bool = False,
+          stride: int = 32, freeze_epochs: int = 1, aug: str = "fastai", loader: str = "tensor",
+          overwrite: bool = False, device: str | None = None, precision: str = "auto", quiet: bool = False,
           data: FolderData | None = None) -> TrainResult:
     """Fine-tune (or train from scratch) `arch` on a class-per-folder dataset and save the run.
 
-    `precision` auto: bf16 autocast where the hardware has it (CUDA, or a CPU with AVX512-BF16 /
-    AMX), fp16 on older GPUs, fp32 otherwise. `quiet` drops the per-epoch lines on stderr."""
+    `loader` tensor: decode and resize (squish) every image once, then batches come from one
+    uint8 tensor; fastai: fastai's own `ImageDataLoaders` (Resize by centre crop, per-item
+    decoding) over the same checked files. `aug`: fastai's `aug_transforms` on training
+    batches, a horizontal flip, or none. `precision` auto: bf16 autocast where the hardware
+    has it (CUDA, or a CPU with AVX512-BF16 / AMX), fp16 on older GPUs, fp32 otherwise.
+    `quiet` drops the per-epoch lines on stderr."""
     _check_options(epochs, size, bs, valid_pct, freeze_epochs, lr)
+    aug, loader = value(aug), value(loader)
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
     data_dir = Path(data_dir)
@@ -144,17 +149,17 @@ def train(data_dir: str | Path, arch: str = "resnet34", epochs: int = 4, size: i
     _check_out_not_in_data(out, data_dir)
     created = check_out(out, overwrite)
     try:
-        data = data or load_folder(data_dir, size)
-        train_idx, valid_idx = _split(data, valid_pct, seed)
+        if loader == "fastai":
+            dls, split = fastai_loaders(data_dir, size, bs, valid_pct, seed, aug, dev)
+        else:
+            dls, split = make_loaders(data or load_folder(data_dir, size), bs, valid_pct, seed, aug, dev, precision)
         torch.manual_seed(seed)  # before the model is built: the random init is part of the run
-        built = build_model(arch, len(data.classes), head, pretrained, weights, stride)
-        dls = make_loaders(data, train_idx, valid_idx, bs, seed, augment, dev, precision)
+        built = build_model(arch, len(split.classes), head, pretrained, weights, stride)
         learn = make_learner(dls, built, out, precision)
         log, seconds, complete = fit(learn, built.pretrained, epochs, freeze_epochs, lr, verbose=not quiet)
         preds = predict(learn, dls.valid)
-        result = summarize(out, arch, head, stride, built.pretrained, data, train_idx, valid_idx, dev, precision,
-                           log.rows, seconds, preds)
-        contents = run_contents(result, learn.model, data, data_dir, size, valid_idx, preds, complete,
+        result = summarize(out, arch, head, stride, built.pretrained, split, dev, precision, log.rows, seconds, preds)
+        contents = run_contents(result, learn.model, split, data_dir, size, preds, complete,
                                 epochs + (freeze_epochs if built.pretrained else 0))
         _save(out, contents, overwrite, complete)
     except BaseException:
@@ -175,6 +180,18 @@ def _check_options(epochs: int, size: int, bs: int, valid_pct: float, freeze_epo
         raise CamkitError(f"--lr must be a positive number, not {lr}")
 
 
+@dataclass
+class Split:
+    """What the run keeps of its data: the classes, how many images trained, and the held-out
+    files with their labels, in the order the validation loader gives them."""
+    classes: list[str]
+    n_train: int
+    valid_files: list[Path]
+    valid_labels: torch.Tensor
+    skipped: list[tuple[Path, str]]
+    resize: str                 # how images reached size x size: squish or crop
+
+
 def _check_out_not_in_data(out: Path, data_dir: Path) -> None:
     """A run inside the dataset would be taken as a class by the next training."""
     if data_dir.is_dir() and out.resolve().is_relative_to(data_dir.resolve()):
@@ -190,18 +207,48 @@ def _split(data: FolderData, valid_pct: float, seed: int) -> tuple[torch.Tensor,
     return train_idx, valid_idx
 
 
-def make_loaders(data: FolderData, train_idx: torch.Tensor, valid_idx: torch.Tensor, bs: int, seed: int,
-                 augment: bool, device: torch.device, precision: str) -> DataLoaders:
-    """Batches from the decoded tensor: normalised, flipped (training) and moved in one go."""
+def make_loaders(data: FolderData, bs: int, valid_pct: float, seed: int, aug: str, device: torch.device,
+                 precision: str) -> tuple[DataLoaders, Split]:
+    """Batches from the decoded tensor: augmented (training), normalised and moved in one go."""
+    train_idx, valid_idx = _split(data, valid_pct, seed)
     # channels_last pays off on GPUs and with bf16 on CPU (resnet34 step 512 -> 442 ms); in
     # fp32 on CPU (oneDNN) it measured 14% slower
     channels_last = device.type == "cuda" or precision == "bf16"
     train_dl = TensorBatches(data.images[train_idx], data.labels[train_idx], min(bs, len(train_idx)),
-                             shuffle=True, stats=IMAGENET_STATS, augment=augment, seed=seed,
-                             channels_last=channels_last)
+                             shuffle=True, stats=IMAGENET_STATS, aug=aug, seed=seed, channels_last=channels_last)
     valid_dl = TensorBatches(data.images[valid_idx], data.labels[valid_idx], bs, shuffle=False,
                              stats=IMAGENET_STATS, channels_last=channels_last)
-    return DataLoaders(train_dl, valid_dl, device=device)
+    split = Split(data.classes, len(train_idx), [data.files[int(i)] for i in valid_idx], data.labels[valid_idx],
+                  data.skipped, "squish")
+    return DataLoaders(train_dl, valid_dl, device=device), split
+
+
+def fastai_loaders(data_dir: Path, size: int, bs: int, valid_pct: float, seed: int, aug: str,
+                   device: torch.device) -> tuple[DataLoaders, Split]:
+    """fastai's `ImageDataLoaders` as the course builds them — `valid_pct`, `seed`,
+    `item_tfms=Resize(size)`, `batch_tfms=aug_transforms()` — over the files camkit checked
+    (class folders only, hidden and unreadable files skipped with a warning), with ImageNet
+    normalisation as `vision_learner` adds it."""
+    from fastai.vision.augment import Flip, Normalize, Resize, aug_transforms
+    from fastai.vision.data import ImageDataLoaders
+
+    from camkit.data import decode_folder
+    from camkit.images import open_rgb
+
+    classes, kept, skipped = decode_folder(data_dir, lambda f: open_rgb(f).size)
+    files, labels = [f for f, _, _ in kept], [classes[c] for _, c, _ in kept]
+    batch_tfms = {"fastai": aug_transforms(), "flip": [Flip()], "none": []}[aug]
+    dls = ImageDataLoaders.from_lists(data_dir, files, labels, valid_pct=valid_pct, seed=seed,
+                                      item_tfms=Resize(size), batch_tfms=[*batch_tfms, Normalize.from_stats(*IMAGENET_STATS)],
+                                      bs=bs, num_workers=0, device=device)
+    if len(dls.train_ds) < 2 or len(dls.vocab) != len(classes):
+        raise CamkitError(f"{len(dls.train_ds)} training images in {len(dls.vocab)} classes after the split; "
+                          "each class needs images in training")
+    label_of = dict(zip(files, labels))
+    valid_files = [Path(item[0]) for item in dls.valid.items]  # from_lists items are (file, label)
+    split = Split(list(dls.vocab), len(dls.train_ds), valid_files,
+                  torch.tensor([dls.vocab.o2i[label_of[f]] for f in valid_files]), skipped, "crop")
+    return dls, split
 
 
 def make_learner(dls: DataLoaders, built: BuiltModel, out: Path, precision: str) -> Learner:
@@ -265,36 +312,38 @@ def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, n_classes: int)
     return torch.bincount(targets * n_classes + preds, minlength=n_classes ** 2).view(n_classes, n_classes)
 
 
-def summarize(out: Path, arch: str, head: str, stride: int, pretrained: bool, data: FolderData,
-              train_idx: torch.Tensor, valid_idx: torch.Tensor, device: torch.device, precision: str,
-              history: list[dict], seconds: float, preds: Predictions) -> TrainResult:
+def summarize(out: Path, arch: str, head: str, stride: int, pretrained: bool, split: Split, device: torch.device,
+              precision: str, history: list[dict], seconds: float, preds: Predictions) -> TrainResult:
     """The numbers of the run; throughput = images seen in every epoch run / fitting seconds."""
-    n_seen = len(history) * (len(train_idx) + len(valid_idx))
+    n_valid = len(split.valid_files)
+    n_seen = len(history) * (split.n_train + n_valid)
     return TrainResult(
         out=str(out), arch=arch, head=str(value(head)), stride=stride, pretrained=pretrained,
-        classes=data.classes, n_train=len(train_idx), n_valid=len(valid_idx), epochs=len(history),
+        classes=split.classes, n_train=split.n_train, n_valid=n_valid, epochs=len(history),
         device=str(device), precision=precision, train_seconds=round(seconds, 3),
         images_per_sec=round(n_seen / seconds, 2) if seconds else 0.0,
         valid_accuracy=round(float((preds.probs.argmax(1) == preds.targets).float().mean()), 4),
-        valid_loss=round(float(preds.losses.mean()), 4), skipped=[f"{p}: {why}" for p, why in data.skipped], history=history)
+        valid_loss=round(float(preds.losses.mean()), 4), skipped=[f"{p}: {why}" for p, why in split.skipped],
+        history=history)
 
 
-def run_contents(result: TrainResult, model: nn.Module, data: FolderData, data_dir: Path, size: int,
-                 valid_idx: torch.Tensor, preds: Predictions, complete: bool, epochs_planned: int) -> RunContents:
+def run_contents(result: TrainResult, model: nn.Module, split: Split, data_dir: Path, size: int,
+                 preds: Predictions, complete: bool, epochs_planned: int) -> RunContents:
     """What the run folder holds: fp32 contiguous weights, history, held-out predictions with
-    paths relative to the data root (so reading the run does not depend on the working folder)."""
+    paths relative to the data root (so reading the run does not depend on the working folder;
+    the folder scan keeps only files inside it)."""
     root = data_dir.resolve()
-    labels = data.labels[valid_idx]
-    valid = [{"file": data.files[int(i)].resolve().relative_to(root).as_posix(),
-              "label": data.classes[int(y)], "pred": data.classes[int(p.argmax())],
-              "prob": round(float(p.max()), 5), "loss": round(float(loss), 5)}
-             for i, y, p, loss in zip(valid_idx, labels, preds.probs, preds.losses)]
-    cm = confusion_matrix(preds.probs.argmax(1), labels, len(data.classes))
-    info = RunInfo(arch=result.arch, head=result.head, stride=result.stride, classes=data.classes, size=size,
+    classes, labels = split.classes, split.valid_labels
+    valid = [{"file": f.resolve().relative_to(root).as_posix(), "label": classes[int(y)],
+              "pred": classes[int(p.argmax())], "prob": round(float(p.max()), 5), "loss": round(float(loss), 5)}
+             for f, y, p, loss in zip(split.valid_files, labels, preds.probs, preds.losses)
+             if f.resolve().is_relative_to(root)]
+    cm = confusion_matrix(preds.probs.argmax(1), labels, len(classes))
+    info = RunInfo(arch=result.arch, head=result.head, stride=result.stride, classes=classes, size=size,
                    stats=(list(IMAGENET_STATS[0]), list(IMAGENET_STATS[1])), pretrained=result.pretrained,
                    complete=complete, epochs_planned=epochs_planned, confusion=cm.tolist(),
                    summary={k: v for k, v in result.to_dict().items() if k != "history"},
-                   data_root=str(root), format=MODEL_FORMAT)
+                   data_root=str(root), format=MODEL_FORMAT, resize=split.resize)
     state = model.float().to(memory_format=torch.contiguous_format).state_dict()
     return RunContents(info, state, result.history, valid)
 

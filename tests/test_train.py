@@ -149,16 +149,16 @@ def test_timm_names_work_when_timm_is_installed(canvas_dir, tmp_path):
 
 
 def test_tensor_batches_flip_some_images_and_keep_the_rest(canvas_dir):
-    """augment=True mirrors images: every batch image equals its source or the source mirrored,
-    and both occur; augment=False returns the sources unchanged."""
+    """aug='flip' mirrors images: every batch image equals its source or the source mirrored,
+    and both occur; aug='none' returns the sources unchanged."""
     from camkit.data import Normalizer, TensorBatches, load_folder
 
     data = load_folder(canvas_dir, 16)
     norm = Normalizer(([0.5] * 3, [0.25] * 3))
     flipped = plain = 0
     for augment in (True, False):
-        dl = TensorBatches(data.images, torch.arange(len(data.labels)), 16, shuffle=True, augment=augment,
-                           stats=norm.stats, seed=1)
+        dl = TensorBatches(data.images, torch.arange(len(data.labels)), 16, shuffle=True,
+                           aug="flip" if augment else "none", stats=norm.stats, seed=1)
         for x, idx in dl:
             src = norm(data.images[idx])
             same = (x == src).flatten(1).all(1)
@@ -222,13 +222,61 @@ def test_frozen_epoch_leaves_the_body_unchanged(canvas_dir, tmp_path):
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
 
     data = load_folder(canvas_dir, 32)
-    tr, va = data.split(0.2, 0)
     built = build_model("resnet18", 2, weights=tmp_path / "r18.pth")
     body_before = [p.detach().clone() for p in built.model[0].parameters()]
     head_before = built.model[1][2].weight.detach().clone()
-    learn = make_learner(make_loaders(data, tr, va, 16, 0, False, torch.device("cpu"), "fp32"), built, tmp_path, "fp32")
+    dls, _ = make_loaders(data, 16, 0.2, 0, "none", torch.device("cpu"), "fp32")
+    learn = make_learner(dls, built, tmp_path, "fp32")
     learn.freeze()
     learn.fit_one_cycle(1, 1e-3)
     convs = [(a, b) for a, b in zip(body_before, built.model[0].parameters()) if a.dim() == 4]
     assert convs and all(torch.equal(a, b) for a, b in convs)  # BatchNorm stays trainable, as in fastai
     assert not torch.equal(head_before, built.model[1][2].weight)
+
+
+def test_fastai_augmentation_changes_training_batches_only(canvas_dir):
+    """aug='fastai' runs fastai's aug_transforms on the uint8 batches: training images change
+    beyond a mirror (rotation, zoom, warp, lighting), values stay in the normalised range of
+    [0, 1] images, and validation batches are the plain images."""
+    from camkit.data import Normalizer, TensorBatches, load_folder
+
+    data = load_folder(canvas_dir, 16)
+    torch.manual_seed(0)
+    norm = Normalizer(([0.5] * 3, [0.25] * 3))
+    train_dl = TensorBatches(data.images, torch.arange(len(data.labels)), 16, shuffle=True, aug="fastai",
+                             stats=norm.stats)
+    x, idx = next(iter(train_dl))
+    src = norm(data.images[idx])
+    same, mirrored = ((x - src).abs().flatten(1).max(1).values < 1e-4), ((x - src.flip(-1)).abs().flatten(1).max(1).values < 1e-4)
+    assert not (same | mirrored).any()
+    assert x.min() >= (0 - 0.5) / 0.25 - 1e-4 and x.max() <= (1 - 0.5) / 0.25 + 1e-4
+    valid = TensorBatches(data.images, torch.arange(len(data.labels)), 16, shuffle=False, aug="none", stats=norm.stats)
+    v, vidx = next(iter(valid))
+    assert torch.equal(v, norm(data.images[vidx]))
+
+
+@pytest.mark.parametrize("loader,aug", [("fastai", "fastai"), ("tensor", "fastai"), ("fastai", "none")])
+def test_both_loaders_train_and_save_a_run_camkit_can_use(canvas_dir, tmp_path, cli, loader, aug):
+    r = train(canvas_dir, arch="resnet18", epochs=1, size=32, bs=16, out=tmp_path / "r", pretrained=False,
+              loader=loader, aug=aug, quiet=True)
+    meta = json.loads((tmp_path / "r" / "model.json").read_text())
+    assert meta["resize"] == ("crop" if loader == "fastai" else "squish")
+    assert r.n_train + r.n_valid == 80 and r.n_valid == len(read_valid(tmp_path / "r"))
+    assert r.valid_accuracy == pytest.approx(r.history[-1]["accuracy"], abs=1e-4)
+    code, _, err = cli("cam", canvas_dir / "bag", "--model", tmp_path / "r", "--out", tmp_path / "c", "--json")
+    assert code == 0, err
+
+
+def test_device_order_is_cuda_then_apple_gpu_then_cpu(monkeypatch):
+    import camkit.device as d
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert d.default_device().type == "mps"
+    assert d.resolve_precision("auto", torch.device("mps")) == "fp32"
+    with pytest.raises(CamkitError, match="not supported on Apple GPUs"):
+        d.resolve_precision("bf16", torch.device("mps"))
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert d.default_device().type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert d.default_device().type == "cuda"

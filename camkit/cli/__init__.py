@@ -15,7 +15,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from camkit import __version__
-from camkit.choices import Engine, Head, Method, Precision
+from camkit.choices import Aug, Engine, Head, Method, Precision, TrainLoader
 from camkit.cli._boundary import Boundary
 from camkit.cli._options import DataRootOpt, JsonOpt, ModelOpt, SeedOpt, emit, finite, split_list, stdout_for
 from camkit.cli.calc import calc_app
@@ -113,6 +113,9 @@ def train(
     stride: Annotated[int, typer.Option(help="ResNet output stride: 32, 16 or 8 (finer CAM maps)")] = 32,
     freeze_epochs: Annotated[int, typer.Option(help="frozen-body epochs when fine-tuning pretrained weights")] = 1,
     precision: Annotated[Precision, typer.Option(help="auto: bf16 where the hardware has it")] = Precision.auto,
+    loader: Annotated[TrainLoader, typer.Option(help="tensor: decode once (fast); fastai: ImageDataLoaders as the "
+                                                "course builds them")] = TrainLoader.tensor,
+    aug: Annotated[Aug, typer.Option(help="training augmentation: fastai's aug_transforms, a flip, or none")] = Aug.fastai,
     overwrite: Annotated[bool, typer.Option(help="replace a run already in --out (kept until the new one is complete)")] = False,
     as_json: JsonOpt = False,
 ):
@@ -122,7 +125,8 @@ def train(
     with stdout_for(as_json):
         result = train_fn(data_dir, arch=arch, epochs=epochs, size=size, bs=bs, valid_pct=valid_pct, seed=seed,
                           out=out, lr=lr, head=head.value, pretrained=pretrained, weights=weights, stride=stride,
-                          freeze_epochs=freeze_epochs, precision=precision.value, overwrite=overwrite, quiet=as_json)
+                          freeze_epochs=freeze_epochs, precision=precision.value, loader=loader.value, aug=aug.value,
+                          overwrite=overwrite, quiet=as_json)
     if as_json:
         emit({k: v for k, v in result.to_dict().items() if k != "history"})
     else:
