@@ -211,13 +211,18 @@ def prepare(model: str | Path | LoadedModel, method: str | None, layer: str | No
     return loaded, make_cam(method, loaded.model, layer, probe), precision
 
 
-def explain(model: str | Path | LoadedModel, images: Sequence[str | Path] | str | Path, method: str | None = None,
+def explain(model: "str | Path | LoadedModel | Learner", images: Sequence[str | Path] | str | Path, method: str | None = None,
             target: str | int = "pred", layer: str | None = None, bs: int = 32, device: str | None = None,
             precision: str = "fp32") -> Explanations:
-    """Explain images (files or folders, recursively) with a run saved by `camkit train`:
-    computes and returns the results, writes nothing. `precision` "bf16" (or "auto" where the
-    hardware has native bf16) runs the passes under bf16 autocast, about twice as fast on such
-    CPUs; maps are combined and normalised in fp32 either way."""
+    """Explain images (files or folders, recursively) with a run saved by `camkit train` (or a
+    fastai `Learner`, handed to `learn.cam` of the notebook layer): computes and returns the
+    results, writes nothing. `precision` "bf16" (or "auto" where the hardware has native bf16)
+    runs the passes under bf16 autocast, about twice as fast on such CPUs; maps are combined
+    and normalised in fp32 either way."""
+    if hasattr(model, "dls") and hasattr(model, "model"):  # a fastai Learner: the layer above serves it
+        import camkit.fastai  # noqa: F401  (adds Learner.cam)
+
+        return model.cam(images, method=method, target=target, layer=layer, bs=bs)
     loaded, extractor, precision = prepare(model, method, layer, bs, precision, device)
     tgt = resolve_target(target, loaded.classes)
     files, named = collect_files(images)

@@ -194,3 +194,11 @@ def test_a_dataloader_of_non_images_is_a_clear_error(cam_learner):
         cam_learner.cam(DataLoader(list(range(8)), bs=4))
     with pytest.raises(CamkitError, match="learn.cam takes image files"):
         cam_learner.cam([1, 2, 3])
+
+
+def test_explain_takes_a_learner_as_it_takes_a_run(cam_learner, dls):
+    from camkit.explain import explain
+
+    files = list(dls.valid.items)[:3]
+    res = explain(cam_learner, files, target="bag")
+    assert [r.classes[r.target] for r in res] == ["bag"] * 3 and res[0].image == files[0]
