@@ -55,6 +55,13 @@ class Aug(str, Enum):
     none = "none"
 
 
+class CleanSplit(str, Enum):
+    """Which images `camkit clean` scores: all, training only, or the run's held-out set."""
+    all = "all"
+    train = "train"
+    valid = "valid"
+
+
 class Loader(str, Enum):
     tensor = "tensor"            # camkit's: batches sliced from one uint8 tensor
     torchvision = "torchvision"  # the course's Dataset + DataLoader

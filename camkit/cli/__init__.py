@@ -15,7 +15,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from camkit import __version__
-from camkit.choices import Aug, Engine, Head, Method, Precision, TrainLoader
+from camkit.choices import Aug, CleanSplit, Engine, Head, Method, Precision, TrainLoader
 from camkit.cli._boundary import Boundary
 from camkit.cli._options import DataRootOpt, JsonOpt, ModelOpt, SeedOpt, emit, finite, split_list, stdout_for
 from camkit.cli.calc import calc_app
@@ -237,6 +237,65 @@ def report(
         import webbrowser
 
         webbrowser.open(path.resolve().as_uri())
+
+
+@app.command()
+def predict(
+    images: Annotated[List[Path], typer.Argument(help="image files or folders (searched recursively)")],
+    model: ModelOpt,
+    top_k: Annotated[int, typer.Option(help="most probable classes to list per image")] = 2,
+    bs: Annotated[int, typer.Option(help="batch size")] = 32,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON line per image: image, pred, prob, probs")] = False,
+):
+    """Class and probabilities per image, batched (what `camkit cam` computes, without maps)."""
+    from camkit.predict import predict as predict_fn
+
+    with stdout_for(as_json):
+        results = predict_fn(images, model=model, top_k=top_k, bs=bs)
+    for r in results:
+        if as_json:
+            print(json.dumps(finite({"image": r.image, "pred": r.pred, "prob": r.prob, "probs": r.probs}),
+                             allow_nan=False))
+        else:
+            print(f"{r.image}: {r.pred} ({r.prob:.1%}), " + ", ".join(f"{c} {p:.1%}" for c, p in r.top))
+
+
+@app.command()
+def clean(
+    run_dir: Annotated[Path, typer.Argument(help="run folder written by camkit train")],
+    data: DataRootOpt = None,
+    split: Annotated[CleanSplit, typer.Option(help="images to score (valid: those in the run's valid.json)")] = CleanSplit.all,
+    out: Annotated[Optional[Path], typer.Option(help="review page (default RUN/clean.html; with --json only if given)")] = None,
+    top: Annotated[int, typer.Option(help="suspects shown on the page, with CAM overlays")] = 60,
+    apply: Annotated[Optional[Path], typer.Option("--apply", help="carry out a decisions.json saved from the page")] = None,
+    undo: Annotated[bool, typer.Option("--undo", help="move back the files moved by --apply (DATA/clean.jsonl)")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the ranking (or the moves): one JSON line each")] = False,
+):
+    """Rank the run's images by how suspicious their label is; review them on an offline page; --apply / --undo."""
+    from camkit import clean as clean_mod
+    from camkit.errors import CamkitError
+
+    if apply is not None and undo:
+        raise CamkitError("--apply and --undo cannot be used together")
+    if apply is not None or undo:
+        moves = clean_mod.apply(run_dir, apply, data) if apply is not None else clean_mod.undo(run_dir, data)
+        for m in moves:
+            print(json.dumps(m) if as_json else f"{m['action']}: {m['from']} -> {m['to']}")
+        if not as_json:
+            print(f"{len(moves)} file(s) moved; log: {clean_mod.data_root(run_dir, None, data) / clean_mod.CLEAN_LOG}")
+        return
+    page = None if as_json and out is None else clean_mod.check_page(out or run_dir / "clean.html", top)
+    with stdout_for(as_json):
+        suspects = clean_mod.rank(run_dir, data=data, split=split.value)
+        if page is not None:
+            page = clean_mod.write_page(suspects, run_dir, page, top, data)
+    if as_json:
+        for s in suspects:
+            print(json.dumps(finite(s.record()), allow_nan=False))
+        return
+    for s in suspects[:10]:
+        print(f"{s.loss:7.3f}  {s.rel}: label {s.label}, predicted {s.pred} ({s.prob:.1%}) {s.reason}")
+    print(f"{len(suspects)} images ranked; review page: {page}")
 
 
 def main() -> None:

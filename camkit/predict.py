@@ -1,0 +1,106 @@
+"""Class probabilities for image files with a trained run: `camkit predict`, and the batched
+scoring pass `camkit clean` reuses.
+
+    predict(["photo.jpg", "photos/"], "runs/pets", top_k=3)   # -> [Prediction(...), ...]
+
+The same path as `camkit cam` without the maps: camkit's guarded decode, the run's own
+`square` and `batch` (so an image is fed exactly as training and CAM feed it), one forward pass
+per batch under `inference_mode`. An unreadable file found in a folder is skipped with a
+warning; an unreadable file named directly is an error.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from PIL import Image
+
+from camkit.errors import CamkitError
+from camkit.explain import collect_files
+from camkit.images import open_rgb
+from camkit.run import LoadedModel, load
+
+
+@dataclass
+class Prediction:
+    """One image's class probabilities: `image` is the file's absolute path, `top` the k most
+    probable classes as [class, prob] pairs, most probable first."""
+    image: str
+    pred: str
+    prob: float
+    probs: dict[str, float]
+    top: list[list]
+
+
+@dataclass
+class ScoredBatch:
+    """One forward pass: the files kept (unreadable ones dropped), their logits (cpu, float32)
+    and what `also` returned for each decoded image."""
+    files: list[Path]
+    logits: torch.Tensor
+    extras: list[Any]
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return self.logits.softmax(1)
+
+
+def _decode(path: Path, named: set[str], loaded: LoadedModel, also: Callable[[Image.Image], Any] | None
+            ) -> tuple[Any, Any] | None:
+    """(the model's square, also(image)) for one file; None with a warning when a file found
+    in a folder is unreadable (a named one raises)."""
+    try:
+        image = open_rgb(path)
+    except CamkitError as e:
+        if str(path) in named:
+            raise
+        warnings.warn(f"skipping {e}", stacklevel=3)
+        return None
+    return loaded.square(image), also(image) if also else None
+
+
+def iter_scores(loaded: LoadedModel, files: Sequence[Path], bs: int = 32, named: set[str] = frozenset(),
+                also: Callable[[Image.Image], Any] | None = None) -> Iterator[ScoredBatch]:
+    """Decode, batch and score `files`, one batch at a time (memory bounded by the batch).
+    `also` is run on each decoded image, so a caller needing e.g. a perceptual hash decodes
+    each file once."""
+    for start in range(0, len(files), bs):
+        chunk = list(files[start:start + bs])
+        decoded = [(f, d) for f, d in ((f, _decode(f, named, loaded, also)) for f in chunk) if d is not None]
+        if not decoded:
+            continue
+        with torch.inference_mode():
+            logits = loaded.model(loaded.batch([d[0] for _, d in decoded]))
+        yield ScoredBatch([f for f, _ in decoded], logits.float().cpu(), [d[1] for _, d in decoded])
+
+
+def check_options(loaded: LoadedModel, top_k: int, bs: int) -> None:
+    """Refuse a top-k the run cannot give or a batch size below 1, before any image is read."""
+    n = len(loaded.classes)
+    if not 1 <= top_k <= n:
+        raise CamkitError(f"--top-k must be between 1 and the run's {n} classes, not {top_k}")
+    if bs < 1:
+        raise CamkitError(f"--bs must be at least 1, not {bs}")
+
+
+def to_prediction(path: Path, row: torch.Tensor, classes: list[str], top_k: int) -> Prediction:
+    """One softmax row as a Prediction (probabilities rounded to 6 digits for output)."""
+    values, order = row.topk(top_k)
+    top = [[classes[int(i)], round(float(v), 6)] for v, i in zip(values, order)]
+    return Prediction(image=str(Path(path).resolve()), pred=top[0][0], prob=top[0][1],
+                      probs={c: round(float(p), 6) for c, p in zip(classes, row)}, top=top)
+
+
+def predict(images: Sequence[str | Path] | str | Path, model: str | Path | LoadedModel, top_k: int = 2,
+            bs: int = 32, device: str | None = None) -> list[Prediction]:
+    """Class and probabilities of each image (files, or folders searched recursively), in the
+    order `camkit cam` would explain them."""
+    loaded = model if isinstance(model, LoadedModel) else load(model, device=device)
+    check_options(loaded, top_k, bs)
+    files, named = collect_files(images)
+    return [to_prediction(f, row, loaded.classes, top_k)
+            for batch in iter_scores(loaded, files, bs, named) for f, row in zip(batch.files, batch.probs)]

@@ -1,0 +1,207 @@
+"""camkit clean: rank label suspects, review them on an offline page, apply and undo decisions.
+
+The dataset fixtures are session-scoped and shared, so every test that moves files works on a
+copy in tmp_path."""
+
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from camkit.clean import CLEAN_LOG, apply, rank, undo, write_page
+from camkit.crawl import read_manifest
+from camkit.errors import CamkitError
+from camkit.run import read_valid
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+HOSTILE = "\"'><img src=x onerror=alert(1)>.png"
+
+
+def snapshot(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_line(code, err, message):
+    assert code == 2, err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in err, err
+
+
+@pytest.fixture
+def data(canvas_dir, tmp_path):
+    """A private copy of the shared canvas dataset (two classes: bag, trouser)."""
+    root = tmp_path / "data"
+    shutil.copytree(canvas_dir, root)
+    return root
+
+
+def decisions_file(path, decisions):
+    path.write_text(json.dumps({"version": 1, "run": "r", "data_root": "d", "decisions": decisions}))
+    return path
+
+
+# ---------------------------------------------------------------- ranking
+
+@pytest.fixture(scope="module")
+def colour_run(tmp_path_factory):
+    """A run that really separates its classes (the shared tiny run is near chance): red-tinted
+    against blue-tinted noise, 24 per class, trained on the clean folder."""
+    from camkit.train import train
+
+    root = tmp_path_factory.mktemp("colour") / "data"
+    rng = np.random.default_rng(0)
+    for k, cls in enumerate(("blue", "red")):
+        (root / cls).mkdir(parents=True)
+        for i in range(24):
+            a = rng.normal(110, 30, (32, 32, 3))
+            a[..., 2 - 2 * k] += 70
+            Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(root / cls / f"{i:03d}.png")
+    run = tmp_path_factory.mktemp("colour_run") / "run"
+    train(root, arch="resnet18", epochs=2, size=32, bs=16, out=run, pretrained=False, stride=8, quiet=True, aug="none")
+    return root, run
+
+
+def test_swapped_labels_rank_at_the_top(colour_run, tmp_path):
+    clean_root, run = colour_run
+    root = tmp_path / "noisy"
+    shutil.copytree(clean_root, root)
+    injected = set()
+    for src, dst in (("blue", "red"), ("red", "blue")):
+        for f in sorted((root / src).glob("*.png"))[:3]:
+            f.rename(root / dst / f"x{f.name}")
+            injected.add(f"{dst}/x{f.name}")
+    suspects = rank(run, data=root)
+    assert len(suspects) == 48
+    assert {s.rel for s in suspects[:8]} >= injected
+    assert all("mislabelled?" in s.reason for s in suspects if s.rel in injected)
+    assert [s.loss for s in suspects] == sorted((s.loss for s in suspects), reverse=True)
+
+
+def test_near_duplicates_across_classes_are_flagged(tiny_run, data):
+    twin = sorted((data / "bag").glob("*.png"))[0]
+    shutil.copy(twin, data / "trouser" / "twin.png")
+    flagged = {s.rel for s in rank(tiny_run, data=data) if "near-duplicate across classes" in s.reason}
+    assert {twin.relative_to(data).as_posix(), "trouser/twin.png"} <= flagged
+
+
+@pytest.mark.parametrize("split", ["valid", "train"])
+def test_split_picks_the_runs_held_out_images_or_the_rest(tiny_run, canvas_dir, split):
+    valid = {r.file.resolve() for r in read_valid(tiny_run)}
+    got = {s.image.resolve() for s in rank(tiny_run, split=split)}
+    assert got == valid if split == "valid" else (got and not got & valid and len(got) == 80 - len(valid))
+
+
+# ---------------------------------------------------------------- apply and undo
+
+def test_apply_moves_logs_and_undo_restores_the_tree(tiny_run, data, tmp_path):
+    (data / "manifest.jsonl").write_text("")
+    before = snapshot(data)
+    decisions = decisions_file(tmp_path / "decisions.json", {
+        "bag/0000.png": "delete", "bag/0001.png": "relabel:trouser", "trouser/0000.png": "relabel:bag",
+        "trouser/0001.png": "keep"})
+    moves = apply(tiny_run, decisions, data=data)
+    assert [(m["from"], m["to"]) for m in moves] == [
+        ("bag/0000.png", "_rejected/cleaned/bag/0000.png"), ("bag/0001.png", "trouser/0001-1.png"),
+        ("trouser/0000.png", "bag/0000.png")]
+    assert (data / "_rejected/cleaned/bag/0000.png").read_bytes() == before["bag/0000.png"]
+    assert (data / "bag/0000.png").read_bytes() == before["trouser/0000.png"]  # the freed name, reused
+    log = [json.loads(line) for line in (data / CLEAN_LOG).read_text().splitlines()]
+    assert [set(r) >= {"from", "to", "action", "time"} for r in log] == [True] * 3
+    statuses = [r["status"] for r in read_manifest(data)]
+    assert statuses == ["cleaned", "relabelled", "relabelled"]
+    assert len(undo(tiny_run, data=data)) == 3
+    after = snapshot(data)
+    assert {k: v for k, v in after.items() if k not in (CLEAN_LOG, "manifest.jsonl")} == \
+           {k: v for k, v in before.items() if k != "manifest.jsonl"}
+    assert undo(tiny_run, data=data) == []  # everything already undone
+
+
+@pytest.mark.parametrize("rel, action, message", [
+    ("../x.png", "delete", "leaves its folder"), ("/etc/passwd", "delete", "leaves its folder"),
+    ("bag/0002.png", "relabel:cat", "unknown action"), ("bag/0002.png", "burn", "unknown action"),
+    ("bag/nope.png", "delete", "is not an image"), ("boxes.json", "delete", "is not an image"),
+    ("bag/0002.png", 3, "unknown action"), ("bag/./0000.png", "keep", "twice")])
+def test_hostile_decisions_are_refused_before_any_move(tiny_run, data, tmp_path, rel, action, message):
+    before = snapshot(data)
+    decisions = decisions_file(tmp_path / "d.json", {"bag/0000.png": "delete", rel: action})
+    with pytest.raises(CamkitError, match=message):
+        apply(tiny_run, decisions, data=data)
+    assert snapshot(data) == before and not (data / CLEAN_LOG).exists()
+
+
+@pytest.mark.parametrize("content", ["{not json", "[]", '{"version": 2, "decisions": {}}', '{"version": 1}'])
+def test_a_malformed_decisions_file_is_a_one_line_error(cli, tiny_run, data, tmp_path, content):
+    path = tmp_path / "d.json"
+    path.write_text(content)
+    code, _, err = cli("clean", tiny_run, "--data", data, "--apply", path)
+    one_line(code, err, "decisions")
+
+
+def test_cli_apply_and_undo(cli, tiny_run, data, tmp_path):
+    before = snapshot(data)
+    decisions = decisions_file(tmp_path / "d.json", {"bag/0003.png": "delete"})
+    code, out, err = cli("clean", tiny_run, "--data", data, "--apply", decisions)
+    assert code == 0 and "1 file(s) moved" in out, err
+    code, out, err = cli("clean", tiny_run, "--data", data, "--undo", "--json")
+    assert code == 0 and json.loads(out)["action"] == "undo", err
+    assert {k: v for k, v in snapshot(data).items() if k != CLEAN_LOG} == before
+
+
+# ---------------------------------------------------------------- the page and --json
+
+@pytest.fixture
+def page(tiny_run, data, tmp_path):
+    shutil.copy(data / "bag" / "0000.png", data / "bag" / HOSTILE)
+    return write_page(rank(tiny_run, data=data), tiny_run, tmp_path / "clean.html", top=100, data=data)
+
+
+def test_page_escapes_a_hostile_file_name(page):
+    text = page.read_text()
+    assert "<img src=x" not in text
+    assert "&quot;&#x27;&gt;&lt;img src=x onerror=alert(1)&gt;.png" in text
+
+
+def test_page_has_the_controls_and_the_download_button(page):
+    text = page.read_text()
+    rows = re.findall(r"<tr data-rel=", text)
+    assert len(rows) == 81 and text.count("data:image/png;base64,") == 2 * 81
+    for control in ("value='keep'", "value='delete'", "value='relabel'", "<option value='trouser'>"):
+        assert text.count(control) >= 40, control
+    assert "Download decisions" in text and "decisions.json" in text and "localStorage" in text
+    assert "http://" not in text and "https://" not in text  # nothing fetched: works offline
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian package 'chromium' is not installed")
+def test_page_script_runs_in_headless_chromium(page, tmp_path):
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page.resolve().as_uri()], capture_output=True,
+                         text=True, timeout=120).stdout
+    assert 'data-ready="1"' in dom and "<img src=x" not in dom
+
+
+def test_page_is_not_written_over_a_users_file(tiny_run, data, tmp_path):
+    mine = tmp_path / "mine.html"
+    mine.write_text("<p>my notes</p>")
+    with pytest.raises(CamkitError, match="not written by camkit clean"):
+        write_page(rank(tiny_run, data=data)[:3], tiny_run, mine, data=data)
+    assert mine.read_text() == "<p>my notes</p>"
+
+
+def test_json_prints_one_ranked_line_per_image(cli, tiny_run):
+    code, out, err = cli("clean", tiny_run, "--json")
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert len(lines) == 80 and all(set(r) == {"image", "label", "pred", "prob", "loss", "reason"} for r in lines)
+    assert [r["loss"] for r in lines] == sorted((r["loss"] for r in lines), reverse=True)
+
+
+@pytest.mark.parametrize("args, message", [(["--split", "nope"], "nope"), (["--top", "0"], "--top"),
+                                           (["--apply", "x.json", "--undo"], "cannot be used together")])
+def test_bad_options_are_one_line_errors(cli, tiny_run, tmp_path, args, message):
+    code, _, err = cli("clean", tiny_run, "--out", tmp_path / "p.html", *args)
+    one_line(code, err, message)
