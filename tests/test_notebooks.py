@@ -1,0 +1,198 @@
+"""The example notebooks in examples/, executed as a reader runs them, in their small mode.
+
+Each notebook runs once (module-scoped cache) with nbclient on an ipykernel started from this
+interpreter (a kernel spec written to a temporary folder, so a `python3` spec installed elsewhere
+cannot pick another Python), in a temporary copy of examples/ so nothing is written into the
+repository, with CAMKIT_NOTEBOOK_SMALL=1 (tiny sizes) and CAMKIT_NOTEBOOK_OFFLINE=1 (no crawl,
+no weight download: the same path as offline, whatever the machine's network). The three
+together take about 21 s on an idle 2-core CPU (exam 12.5 s, course 5.5 s, regression 3 s).
+
+Select them with `pytest -m notebooks`; skip them with `-m "not notebooks"`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+pytestmark = pytest.mark.notebooks
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+CELL_TIMEOUT = 300
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+NUMBER = r"-?\d+\.\d+"
+
+
+class Executed:
+    """An executed notebook: its cells, the text it printed and the number of figures."""
+
+    def __init__(self, nb, seconds: float, workdir: Path):
+        self.nb, self.seconds, self.workdir = nb, seconds, workdir
+
+    def outputs(self):
+        return [o for c in self.nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+
+    @property
+    def text(self) -> str:
+        """stdout, and the plain text of results and displays (stderr left out: warnings)."""
+        parts = []
+        for o in self.outputs():
+            if o.output_type == "stream" and o.name == "stdout":
+                parts.append(o.text)
+            elif o.output_type in ("execute_result", "display_data"):
+                parts.append(o.get("data", {}).get("text/plain", ""))
+        return "\n".join(parts)
+
+    @property
+    def figures(self) -> int:
+        return sum("image/png" in o.get("data", {}) for o in self.outputs())
+
+
+def _kernel_manager(spec_root: Path):
+    """A KernelManager whose kernel is `sys.executable -m ipykernel_launcher`: the venv running
+    pytest, never whatever `python` a user-level `python3` kernel spec points at."""
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    spec = spec_root / "camkit-test-python"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "camkit tests", "language": "python"}))
+    return KernelManager(kernel_name="camkit-test-python",
+                         kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec_root)]))
+
+
+def _short_error(e: Exception) -> str:
+    text = ANSI.sub("", str(e))
+    return text if len(text) < 4000 else text[:1500] + "\n...\n" + text[-2500:]
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    """name -> Executed, each notebook run at most once (a failure is remembered, not rerun)."""
+    cache: dict[str, Executed | str] = {}
+
+    def run(name: str) -> Executed:
+        if isinstance(cache.get(name), str):
+            pytest.fail(cache[name], pytrace=False)
+        if name not in cache:
+            work = tmp_path_factory.mktemp(f"nb-{Path(name).stem}")
+            shutil.copy(EXAMPLES / name, work / name)
+            nb = nbformat.read(work / name, as_version=4)
+            env = {**os.environ, "CAMKIT_NOTEBOOK_SMALL": "1", "CAMKIT_NOTEBOOK_OFFLINE": "1"}
+            km = _kernel_manager(tmp_path_factory.mktemp("kernels"))
+            client = nbclient.NotebookClient(nb, km=km, timeout=CELL_TIMEOUT,
+                                             resources={"metadata": {"path": str(work)}})
+            start = time.perf_counter()
+            try:
+                client.execute(env=env)
+            except nbclient.exceptions.CellExecutionError as e:
+                cache[name] = f"{name}: a cell failed\n{_short_error(e)}"
+                pytest.fail(cache[name], pytrace=False)
+            finally:
+                if km.has_kernel:  # nbclient leaves a kernel manager it was given running
+                    km.shutdown_kernel(now=True)
+            cache[name] = Executed(nb, time.perf_counter() - start, work)
+            print(f"{name}: executed in {cache[name].seconds:.1f} s")
+        return cache[name]
+
+    return run
+
+
+NOTEBOOKS = {"exam.ipynb": 5, "regression.ipynb": 2, "course.ipynb": 4}  # name -> figures at least
+
+
+def test_every_example_notebook_is_tested():
+    assert sorted(p.name for p in EXAMPLES.glob("*.ipynb")) == sorted(NOTEBOOKS)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_without_an_error_cell(executed, name):
+    errors = [o for o in executed(name).outputs() if o.output_type == "error"]
+    assert not errors, f"{name}: {errors[0].ename}: {errors[0].evalue}"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_draws_its_figures(executed, name):
+    assert executed(name).figures >= NOTEBOOKS[name]
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_notebook_has_outputs_of_a_full_run(name):
+    """People read the committed notebooks on the web: outputs present, no error, not the small mode."""
+    nb = nbformat.read(EXAMPLES / name, as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.get("execution_count") for c in code), "every code cell executed"
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= NOTEBOOKS[name]
+    assert "full mode" in "".join(o.get("text", "") for o in outputs)
+    assert (EXAMPLES / name).stat().st_size < 1_500_000
+
+
+def test_exam_falls_back_offline_and_reports_its_numbers(executed):
+    run = executed("exam.ipynb")
+    text = run.text
+    assert "FELL BACK to the shipped data" in text
+    accuracies = dict(re.findall(rf"valid accuracy \(([^)]*)\): ({NUMBER})", text))
+    assert set(accuracies) == {"vision_learner resnet34, from scratch", "cam_learner resnet34, stride 8"}
+    assert all(0 <= float(a) <= 1 for a in accuracies.values())
+    predictions = re.findall(r"predicted (\w+) \((\d+)%\), map peak at x=(\d+), y=(\d+)", text)
+    assert len(predictions) == 8 and {p[0] for p in predictions} <= {"trouser", "bag"}
+    pointing = [int(p) for p in re.findall(r"CAM pointing game: (\d+)% of the maps", text)]
+    assert len(pointing) == 2 and all(0 <= p <= 100 for p in pointing)
+    for run_dir in ("runs/exam", "runs/exam-stride8"):
+        assert f"exported {run_dir}: resnet34" in text
+        assert f"report: {run_dir}/report.html" in text
+        assert (run.workdir / run_dir / "report.html").is_file()
+    agree = re.findall(r"agrees with the Learner on (\d+)/(\d+) predictions", text)
+    assert len(agree) == 2 and all(a == b for a, b in agree)
+
+
+def test_exam_export_keeps_the_training_history(executed):
+    """export_run runs right after each fit: fastai's validate / get_preds reset the Recorder."""
+    run = executed("exam.ipynb")
+    for run_dir in ("runs/exam", "runs/exam-stride8"):
+        history = (run.workdir / run_dir / "history.csv").read_text().splitlines()
+        assert len(history) == 1 + 2, history  # header + the small mode's 2 epochs
+
+
+def test_regression_prints_the_exams_trace_exactly(executed):
+    text = executed("regression.ipynb").text
+
+    def pair(label: str) -> tuple[str, str]:
+        m = re.search(rf"{re.escape(label)}\s+tensor\(\[\[\s*({NUMBER}),\s*({NUMBER})\]\]\)", text)
+        assert m, f"'{label}' not printed"
+        return m.group(1), m.group(2)
+
+    assert pair("first gradient:") == ("-15.7290", "14.7198")
+    assert pair("weight after step 1:") == ("-4.9000", "9.9000")
+    assert pair("weight after Adam (5):") == ("-4.5006", "9.5008")
+    assert pair("final weight:") == ("2.4925", "3.9607")
+    assert "Hessian eigenvalues: 1.9631, 2.3347" in text
+    assert "contraction factor rho = 0.6074" in text
+    assert "after step 15: distance to w* 0.0364  (bound 0.0612)" in text
+
+
+def test_course_prints_the_comparison_table(executed):
+    text = executed("course.ipynb").text
+    rows = re.findall(r"^\s+(\d)  (.+?)\s+(\d+\.\d\d)\s+(\d+\.\d{4})\s+(\d+)\s+\d+\.\d$", text, re.M)
+    assert [int(r[0]) for r in rows] == [0, 1, 5, 8]
+    assert [r[1] for r in rows] == ["baseline (tutorial net)", "arch 1: 4 conv 32", "BatchNorm after convs",
+                                    "NLL loss (log_softmax)"]
+    assert all(0 <= float(r[2]) <= 100 for r in rows)
+    baseline, nll = rows[0], rows[3]
+    assert (baseline[2], baseline[3]) == (nll[2], nll[3])  # CrossEntropy == NLL of log_softmax
+    assert re.search(r"Accuracy of the network on the \d+ test images: \d+ %", text)
