@@ -37,6 +37,21 @@ from camkit.render import Style, fit_for_drawing
 IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 
 
+def _keep_every_epoch() -> None:
+    """Learners made from now on record every epoch of every fit in `learn.epoch_history`
+    (fastai's Recorder keeps only the last fit, and `get_preds` replaces even that), so
+    `export_run` has the whole history whatever was run in between."""
+    from fastai.learner import defaults
+
+    from camkit.train import EpochHistory
+
+    if EpochHistory not in list(defaults.callbacks):
+        defaults.callbacks = [*defaults.callbacks, EpochHistory]
+
+
+_keep_every_epoch()
+
+
 # ---------------------------------------------------------------- a Learner with camkit's CAM head
 
 def cam_learner(dls, arch, stride: int = 32, pretrained: bool = True, normalize: bool = True,
@@ -273,9 +288,12 @@ def _stats(learn: Learner) -> tuple[list[float], list[float]]:
 
 
 def _history(learn: Learner) -> list[dict]:
-    """The last fit's epochs from fastai's Recorder. Any later `get_preds` or `validate` (an
-    interpretation, for one) replaces its values with one validation row, so only rows with a
-    number for every metric name count as epochs; otherwise there is no history to export."""
+    """Every epoch, from `learn.epoch_history` (Learners made after `import camkit.fastai`);
+    else the last fit's epochs from fastai's Recorder — which a later `get_preds` or `validate`
+    replaces with one validation row, so only rows with a number for every metric name count."""
+    kept = getattr(learn, "epoch_history", None)
+    if kept is not None and kept.rows:
+        return list(kept.rows)
     recorder = getattr(learn, "recorder", None)
     names = list(recorder.metric_names[1:-1]) if recorder is not None else []
     rows = [list(v) for v in getattr(recorder, "values", [])]

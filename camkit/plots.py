@@ -1,15 +1,29 @@
-"""Matplotlib figures shared by train, course and report (Agg backend: no display needed)."""
+"""Matplotlib figures shared by train, course and report.
+
+Outside a notebook the Agg backend is chosen (files only, no display needed); inside a Jupyter
+kernel, or when MPLBACKEND says otherwise, the backend is left alone so figures show inline.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+if "ipykernel" not in sys.modules and not os.environ.get("MPLBACKEND"):
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
+
+
+def returned(fig):
+    """A figure to return from a `show_*` / `plot_*` function: closed, so that Jupyter shows it
+    once (as the cell's value) and not a second time when the cell ends."""
+    plt.close(fig)
+    return fig
 
 
 def _save(fig, path: str | Path) -> Path:

@@ -141,7 +141,7 @@ def figure_png(fig) -> bytes:
 def plot_cams(results, ncols: int = 3, style: Style = Style()):
     """A matplotlib grid: for each result, its picture | the overlay, titled with the predicted
     class and probability (and the map's target when it is not the prediction)."""
-    from camkit.plots import plt
+    from camkit.plots import plt, returned
 
     n = len(results)
     if not n:
@@ -158,12 +158,12 @@ def plot_cams(results, ncols: int = 3, style: Style = Style()):
         target = r.classes[r.target]
         a.set_title(f"{r.pred} {r.prob:.0%}" + (f" (map: {target})" if target != r.pred else ""), fontsize=9, loc="left")
     fig.tight_layout()
-    return fig
+    return returned(fig)
 
 
 def plot_top_losses(by_pred, by_truth, losses: list[float], style: Style = Style()):
     """One row per image: the picture | map of the predicted class | map of the actual class."""
-    from camkit.plots import plt
+    from camkit.plots import plt, returned
 
     fig, axes = plt.subplots(len(by_pred), 3, figsize=(7.5, 2.6 * len(by_pred)), squeeze=False)
     for row, (p, t, loss) in zip(axes, zip(by_pred, by_truth, losses)):
@@ -177,7 +177,7 @@ def plot_top_losses(by_pred, by_truth, losses: list[float], style: Style = Style
         for ax in row:
             ax.axis("off")
     fig.tight_layout()
-    return fig
+    return returned(fig)
 
 
 def to_numpy(cam_map: Tensor) -> np.ndarray:

@@ -86,15 +86,40 @@ class Diverged(CamkitError):
     """The loss became NaN or infinite: the weights are garbage and must not be saved."""
 
 
-class EpochLog(Callback):
-    """Every epoch of every fit (fine_tune runs two) as one history row, and one line per
-    epoch on stderr when `verbose` (never a progress bar: logs stay small when redirected).
-    A non-finite training loss cancels the whole training, not only the current fit (fastai's
-    TerminateOnNaNCallback cancels one fit, and fine_tune would start its second)."""
+class EpochHistory(Callback):
+    """Every epoch of every fit (fine_tune runs two) as one row: epoch, phase (frozen body or
+    all), and the Recorder's losses and metrics. fastai's Recorder keeps only the last fit, and
+    a later `get_preds` or `validate` replaces even that; these rows stay."""
     order = 60  # after fastai's Recorder, which fills recorder.values at after_epoch
 
-    def __init__(self, total_epochs: int, verbose: bool):
+    def __init__(self):
         self.rows: list[dict] = []
+        self.trained = False
+
+    def after_train(self):
+        self.trained = True  # a fit's training phase ran (get_preds / validate end epochs too)
+
+    def after_epoch(self):
+        if not self.trained:
+            return
+        self.trained = False
+        names = self.learn.recorder.metric_names[1:-1]
+        row = {"epoch": len(self.rows), "phase": "frozen" if self._frozen() else "all"}
+        row.update({n: round(float(v), 6) for n, v in zip(names, self.learn.recorder.values[-1])})
+        self.rows.append(row)
+
+    def _frozen(self) -> bool:
+        return len(self.learn.opt.param_groups) > 1 and self.learn.opt.frozen_idx > 0
+
+
+class EpochLog(EpochHistory):
+    """EpochHistory, plus one line per epoch on stderr when `verbose` (never a progress bar:
+    logs stay small when redirected). A non-finite loss cancels the whole training, not only
+    the current fit (fastai's TerminateOnNaNCallback cancels one fit, and fine_tune would
+    start its second)."""
+
+    def __init__(self, total_epochs: int, verbose: bool):
+        super().__init__()
         self.total, self.verbose = total_epochs, verbose
         self.diverged: str | None = None
 
@@ -108,10 +133,11 @@ class EpochLog(Callback):
             raise CancelFitException
 
     def after_epoch(self):
-        names = self.learn.recorder.metric_names[1:-1]
-        row = {"epoch": len(self.rows), "phase": "frozen" if self._frozen() else "all"}
-        row.update({n: round(float(v), 6) for n, v in zip(names, self.learn.recorder.values[-1])})
-        self.rows.append(row)
+        before = len(self.rows)
+        super().after_epoch()
+        if len(self.rows) == before:
+            return
+        row = self.rows[-1]
         if self.verbose:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float))
             print(f"epoch {len(self.rows)}/{self.total} ({row['phase']}): {shown}", file=sys.stderr, flush=True)
@@ -120,8 +146,6 @@ class EpochLog(Callback):
             self.diverged = f"{bad[0]} became {row[bad[0]]} in epoch {len(self.rows)}"
             raise CancelFitException
 
-    def _frozen(self) -> bool:
-        return len(self.learn.opt.param_groups) > 1 and self.learn.opt.frozen_idx > 0
 
 
 # ---------------------------------------------------------------- the recipe

@@ -202,3 +202,22 @@ def test_explain_takes_a_learner_as_it_takes_a_run(cam_learner, dls):
     files = list(dls.valid.items)[:3]
     res = explain(cam_learner, files, target="bag")
     assert [r.classes[r.target] for r in res] == ["bag"] * 3 and res[0].image == files[0]
+
+
+def test_export_keeps_every_epoch_even_after_an_interpretation(dls, tmp_path):
+    """fastai's Recorder forgets the epochs once get_preds runs; learn.epoch_history does not."""
+    import camkit.fastai  # noqa: F401
+    from fastai.vision.all import error_rate, resnet18, vision_learner
+
+    learn = _fit(vision_learner(dls, resnet18, pretrained=False, metrics=error_rate))  # fine_tune: 2 epochs
+    learn.get_preds()
+    out = learn.export_run(tmp_path / "run")
+    rows = (out / "history.csv").read_text().splitlines()
+    assert len(rows) == 3 and [r.split(",")[1] for r in rows[1:]] == ["frozen", "all"]
+
+
+def test_show_functions_return_closed_figures(cam_learner):
+    import matplotlib.pyplot as plt
+
+    fig = cam_learner.show_cam(n=2, ncols=2)
+    assert fig.number not in plt.get_fignums() and len([a for a in fig.axes if a.images]) == 4
