@@ -29,7 +29,7 @@ def tiny_run(canvas_dir, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("run") / "run"
     train(canvas_dir, arch="resnet18", epochs=2, size=32, bs=16, out=out, pretrained=False,
-          stride=8, quiet=True)
+          stride=8, aug="flip", quiet=True)
     return out
 
 
@@ -40,7 +40,7 @@ def tiny_fastai_run(canvas_dir, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("run_fastai") / "run"
     train(canvas_dir, arch="resnet18", epochs=1, size=32, bs=16, out=out, pretrained=False,
-          head="fastai", quiet=True)
+          head="fastai", aug="flip", quiet=True)
     return out
 
 
