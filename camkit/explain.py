@@ -16,10 +16,9 @@ marker, a file of any name it would write stops the command before any work.
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -29,9 +28,12 @@ from camkit.cam import BaseCAM, get_layer, make_cam
 from camkit.device import autocast, resolve_precision
 from camkit.errors import CamkitError
 from camkit.files import atomic_write, confined, ensure_writable_dir, remove_if_empty
-from camkit.images import list_images, open_rgb
+from camkit.images import list_images, open_or_skip, open_rgb
 from camkit.render import Style, fit_for_drawing, gallery_html, overlay, peak_xy, to_numpy
 from camkit.run import LoadedModel, load
+
+if TYPE_CHECKING:
+    from fastai.learner import Learner
 
 CAMS_JSONL, GALLERY, MARKER = "cams.jsonl", "index.html", ".camkit-cams"
 
@@ -186,12 +188,8 @@ class Decoded:
 
 def _decode(index: int, path: Path, named: set[str], loaded: LoadedModel, max_side: int | None) -> Decoded | None:
     """One image, or None (with a warning) when a file found in a folder is unreadable."""
-    try:
-        image = open_rgb(path)
-    except CamkitError as e:
-        if str(path) in named:
-            raise
-        warnings.warn(f"skipping {e}", stacklevel=3)
+    image = open_or_skip(path, named)
+    if image is None:
         return None
     return Decoded(index, path, image.size, loaded.square(image), fit_for_drawing(image, max_side) if max_side else None)
 
@@ -220,7 +218,7 @@ def explain(model: "str | Path | LoadedModel | Learner", images: Sequence[str | 
     runs the passes under bf16 autocast, about twice as fast on such CPUs; maps are combined
     and normalised in fp32 either way."""
     if hasattr(model, "dls") and hasattr(model, "model"):  # a fastai Learner: the layer above serves it
-        import camkit.fastai  # noqa: F401  (adds Learner.cam)
+        from camkit.fastai import cam_learner  # noqa: F401  (importing the layer adds Learner.cam)
 
         return model.cam(images, method=method, target=target, layer=layer, bs=bs)
     loaded, extractor, precision = prepare(model, method, layer, bs, precision, device)

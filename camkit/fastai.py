@@ -18,9 +18,8 @@ normalisation), and drawn on the image as the model saw it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator
 
-import numpy as np
 import torch
 from fastai.interpret import ClassificationInterpretation
 from fastai.learner import Learner
@@ -32,7 +31,7 @@ from camkit.errors import CamkitError
 from camkit.explain import CamBatch, Decoded, Explanations, explain_batch, resolve_target
 from camkit.images import list_images, open_rgb
 from camkit.models import build_model
-from camkit.render import Style, fit_for_drawing
+from camkit.render import Style
 
 IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 

@@ -68,6 +68,18 @@ def open_rgb(path: str | Path) -> Image.Image:
         raise CamkitError(f"{path}: {e}") from None
 
 
+def open_or_skip(path: Path, named: set[str] | frozenset[str]) -> Image.Image | None:
+    """`open_rgb`, for a file that may have come from a folder: a file the user named is an
+    error when unreadable; one found in a folder is skipped with a warning (None)."""
+    try:
+        return open_rgb(path)
+    except CamkitError as e:
+        if str(path) in named:
+            raise
+        warnings.warn(f"skipping {e}", stacklevel=3)
+        return None
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any Pillow mode to RGB without losing the picture."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):

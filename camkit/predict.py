@@ -11,7 +11,6 @@ warning; an unreadable file named directly is an error.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -21,7 +20,7 @@ from PIL import Image
 
 from camkit.errors import CamkitError
 from camkit.explain import collect_files
-from camkit.images import open_rgb
+from camkit.images import open_or_skip
 from camkit.run import LoadedModel, load
 
 
@@ -53,12 +52,8 @@ def _decode(path: Path, named: set[str], loaded: LoadedModel, also: Callable[[Im
             ) -> tuple[Any, Any] | None:
     """(the model's square, also(image)) for one file; None with a warning when a file found
     in a folder is unreadable (a named one raises)."""
-    try:
-        image = open_rgb(path)
-    except CamkitError as e:
-        if str(path) in named:
-            raise
-        warnings.warn(f"skipping {e}", stacklevel=3)
+    image = open_or_skip(path, named)
+    if image is None:
         return None
     return loaded.square(image), also(image) if also else None
 

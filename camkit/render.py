@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

@@ -196,10 +196,10 @@ def _check_options(epochs: int, size: int, bs: int, valid_pct: float, freeze_epo
                    lr: float | None) -> None:
     if not 0 < valid_pct < 1:
         raise CamkitError(f"--valid-pct must be between 0 and 1 (exclusive), not {valid_pct}")
-    for name, value, low in (("epochs", epochs, 1), ("size", size, 8), ("bs", bs, 2), ("freeze-epochs", freeze_epochs, 0)):
-        if value < low:
+    for name, given, low in (("epochs", epochs, 1), ("size", size, 8), ("bs", bs, 2), ("freeze-epochs", freeze_epochs, 0)):
+        if given < low:
             why = " (BatchNorm needs two images per batch)" if name == "bs" else ""
-            raise CamkitError(f"--{name} must be at least {low}{why}, not {value}")
+            raise CamkitError(f"--{name} must be at least {low}{why}, not {given}")
     if lr is not None and not (math.isfinite(lr) and lr > 0):
         raise CamkitError(f"--lr must be a positive number, not {lr}")
 
