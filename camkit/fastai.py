@@ -221,12 +221,15 @@ def export_run(self: Learner, path: str | Path, overwrite: bool = False) -> Path
     held-out predictions, figures): never a pickle, so `camkit cam / report / cam-eval` and
     `camkit.run.load` work on a notebook-trained model. Refuses a non-empty folder that is not
     a run (and an existing run unless `overwrite`), and a model camkit cannot rebuild."""
-    from camkit.run import check_out, save_run
+    from camkit.run import check_out, discard_out, save_run
 
     path = Path(path)
-    contents = run_contents(self)
-    check_out(path, overwrite)
-    save_run(path, contents, overwrite)
+    created = check_out(path, overwrite)  # before the predictions pass, as train does
+    try:
+        save_run(path, run_contents(self), overwrite)
+    except BaseException:
+        discard_out(path, created)
+        raise
     return path
 
 

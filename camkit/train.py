@@ -27,9 +27,10 @@ from torch import nn
 import fastai.callback.fp16  # noqa: F401,E402  (Learner.to_fp16 / to_bf16)
 import fastai.callback.schedule  # noqa: F401,E402  (Learner.fit_one_cycle / fine_tune)
 from camkit.choices import value
-from camkit.data import IMAGENET_STATS, FolderData, TensorBatches, load_folder
+from camkit.data import IMAGENET_STATS, FolderData, TensorBatches, decode_folder, load_folder
 from camkit.device import resolve_device, resolve_precision
 from camkit.errors import CamkitError
+from camkit.images import open_rgb
 from camkit.models import BuiltModel, build_model
 from camkit.run import MODEL_FORMAT, RunContents, RunInfo, check_out, discard_out, save_run
 
@@ -256,8 +257,6 @@ def fastai_loaders(data_dir: Path, size: int, bs: int, valid_pct: float, seed: i
     from fastai.vision.augment import Flip, Normalize, Resize, aug_transforms
     from fastai.vision.data import ImageDataLoaders
 
-    from camkit.data import decode_folder
-    from camkit.images import open_rgb
 
     classes, kept, skipped = decode_folder(data_dir, lambda f: open_rgb(f).size)
     files, labels = [f for f, _, _ in kept], [classes[c] for _, c, _ in kept]

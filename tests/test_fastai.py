@@ -221,3 +221,16 @@ def test_show_functions_return_closed_figures(cam_learner):
 
     fig = cam_learner.show_cam(n=2, ncols=2)
     assert fig.number not in plt.get_fignums() and len([a for a in fig.axes if a.images]) == 4
+
+
+def test_export_of_a_model_camkit_cannot_rebuild_leaves_no_folder(dls, tmp_path):
+    from fastai.vision.all import Learner
+    from torch import nn
+
+    import camkit.fastai  # noqa: F401
+
+    learn = Learner(dls, nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)))
+    learn.arch = "resnet18"
+    with pytest.raises(CamkitError, match="not one camkit can rebuild"):
+        learn.export_run(tmp_path / "new" / "run")
+    assert not (tmp_path / "new").exists()
