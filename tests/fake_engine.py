@@ -1,5 +1,10 @@
-"""A loopback search engine for crawler tests and benchmarks: Bing's result-page format
-(`div.imgpt > a[m]` with JSON `murl`) plus image routes with scripted faults. 127.0.0.1 only."""
+"""A loopback search engine for crawler tests and benchmarks, 127.0.0.1 only, speaking each
+engine's documented format: Bing's result pages (`div.imgpt > a[m]` with JSON `murl`/`purl`),
+Baidu's `acjson`, Openverse's `/v1/images/` (results[] with url, foreign_landing_url, license,
+license_version, license_url, creator, attribution) and the MediaWiki API of Wikimedia Commons
+(generator=search, prop=imageinfo with extmetadata), plus image routes with scripted faults
+(status, delay, dribbling bodies, "fail the first n requests" with headers such as
+Retry-After) and the time of every request."""
 
 from __future__ import annotations
 
@@ -51,8 +56,15 @@ class FakeEngine:
     def __init__(self, latency: float = 0.0, page_size: int = 20):
         self.latency, self.page_size = latency, page_size
         self.routes: dict[str, dict] = {}
-        self.results: dict[str, list[str]] = {}
+        self.results: dict[str, list[str]] = {}          # Bing: keyword -> image URLs
+        self.baidu: dict[str, list[str]] = {}
+        self.openverse: dict[str, list[dict]] = {}       # keyword -> Openverse result objects
+        self.wikimedia: dict[str, list[dict]] = {}       # keyword -> MediaWiki page objects
+        self.faults: dict[str, list] = {}                # path -> [requests left, status, headers]
         self.hits: dict[str, int] = {}
+        self.times: dict[str, list[float]] = {}          # path -> time.monotonic() of each request
+        self.queries: dict[str, list[str]] = {}          # path -> the query string of each request
+        self.active = self.max_active = 0                # image requests in flight, and the most at once
         self.lock = threading.Lock()
 
     # -- scripting
@@ -71,6 +83,45 @@ class FakeEngine:
     def result(self, keyword: str, *urls: str) -> None:
         self.results.setdefault(keyword, []).extend(urls)
 
+    def requested_queries(self, path: str) -> list[str]:
+        return list(self.queries.get(path, []))
+
+    def fail_first(self, path: str, n: int, status: int = 429, headers: dict | None = None) -> None:
+        """The first `n` requests to `path` (an image or a search page) get `status` and `headers`."""
+        self.faults[path] = [n, status, headers or {}]
+
+    def openverse_result(self, keyword: str, url: str, license: str = "by-sa", version: str = "2.0",
+                         creator: str = "Jane Doe") -> dict:
+        """One Openverse image result with the documented fields; appended to `keyword`'s list."""
+        ident = len(self.openverse.get(keyword, []))
+        item = {"id": f"{keyword}-{ident}", "title": f"{keyword} {ident}", "url": url,
+                "foreign_landing_url": f"https://www.flickr.com/photos/jane/{ident}", "creator": creator,
+                "creator_url": "https://www.flickr.com/photos/jane", "license": license, "license_version": version,
+                "license_url": f"https://creativecommons.org/licenses/{license}/{version}/",
+                "provider": "flickr", "source": "flickr", "category": "photograph", "filetype": "jpg",
+                "attribution": f'"{keyword} {ident}" by {creator} is licensed under CC {license.upper()} {version}.',
+                "thumbnail": url, "width": 160, "height": 120}
+        self.openverse.setdefault(keyword, []).append(item)
+        return item
+
+    def wikimedia_result(self, keyword: str, url: str, license: str = "CC BY-SA 4.0", artist: str = "Ann Author",
+                         mime: str = "image/jpeg") -> dict:
+        """One Commons file page (formatversion=2) with imageinfo and extmetadata (Artist is HTML, as
+        Commons gives it); appended."""
+        ident = len(self.wikimedia.get(keyword, []))
+        title = f"File:{keyword.title()} {ident}.jpg"
+        ext = {"LicenseShortName": {"value": license, "source": "commons-desc-page"},
+               "LicenseUrl": {"value": "https://creativecommons.org/licenses/by-sa/4.0", "source": "commons-desc-page"},
+               "Artist": {"value": f'<a href="//commons.wikimedia.org/wiki/User:Ann">{artist}</a>',
+                          "source": "commons-desc-page"},
+               "UsageTerms": {"value": f"Creative Commons {license}", "source": "commons-desc-page"}}
+        item = {"pageid": 1000 + ident, "ns": 6, "title": title, "index": ident + 1,
+                "imageinfo": [{"size": 12345, "width": 160, "height": 120, "url": url, "thumburl": url,
+                               "descriptionurl": f"https://commons.wikimedia.org/wiki/{title.replace(' ', '_')}",
+                               "mime": mime, "extmetadata": ext}]}
+        self.wikimedia.setdefault(keyword, []).append(item)
+        return item
+
     # -- serving
     def __enter__(self) -> "FakeEngine":
         engine = self
@@ -85,18 +136,37 @@ class FakeEngine:
                 parts = urlsplit(self.path)
                 with engine.lock:
                     engine.hits[parts.path] = engine.hits.get(parts.path, 0) + 1
+                    engine.times.setdefault(parts.path, []).append(time.monotonic())
+                    engine.queries.setdefault(parts.path, []).append(parts.query)
+                    fault = engine.faults.get(parts.path)
+                    failing = bool(fault and fault[0] > 0)
+                    if failing:
+                        fault[0] -= 1
                 if engine.latency:
                     time.sleep(engine.latency)
-                if parts.path == "/images/async":
-                    return self.results_page(parse_qs(parts.query))
+                if failing:
+                    return self.reply(fault[1], b"slow down", "text/plain", fault[2])
+                query = parse_qs(parts.query)
+                search = {"/images/async": self.results_page, "/search/acjson": self.baidu_page,
+                          "/v1/images/": self.openverse_page, "/w/api.php": self.wikimedia_page}
+                if parts.path in search and parts.path not in engine.routes:
+                    return search[parts.path](query)
                 route = engine.routes.get(parts.path)
                 if route is None:
                     return self.reply(404, b"not found", "text/plain")
-                if route["delay"]:
-                    time.sleep(route["delay"])
-                if route["dribble"]:
-                    return self.dribble(route)
-                self.reply(route["status"], route["body"], route["content_type"], route["headers"], route["length"])
+                with engine.lock:
+                    engine.active += 1
+                    engine.max_active = max(engine.max_active, engine.active)
+                try:
+                    if route["delay"]:
+                        time.sleep(route["delay"])
+                    if route["dribble"]:
+                        return self.dribble(route)
+                    self.reply(route["status"], route["body"], route["content_type"], route["headers"],
+                               route["length"])
+                finally:
+                    with engine.lock:
+                        engine.active -= 1
 
             def results_page(self, query):
                 keyword = query.get("q", [""])[0]
@@ -104,9 +174,36 @@ class FakeEngine:
                 count = int(query.get("count", [str(engine.page_size)])[0])
                 urls = engine.results.get(keyword, [])[first:first + count]
                 items = "".join(
-                    f'<div class="imgpt"><a class="iusc" m="{html.escape(json.dumps({"murl": u, "turl": u}, separators=(",", ":")))}" '
+                    f'<div class="imgpt"><a class="iusc" m="{html.escape(json.dumps({"murl": u, "turl": u, "purl": u + "/page"}, separators=(",", ":")))}" '
                     f'href="#"><img src="{html.escape(u)}"></a></div>' for u in urls)
                 self.reply(200, f"<html><body>{items}</body></html>".encode(), "text/html; charset=utf-8")
+
+            def json_reply(self, data):
+                self.reply(200, json.dumps(data).encode(), "application/json")
+
+            def baidu_page(self, query):
+                first, count = int(query.get("pn", ["0"])[0]), int(query.get("rn", ["30"])[0])
+                urls = engine.baidu.get(query.get("word", [""])[0], [])[first:first + count]
+                self.json_reply({"queryExt": "", "listNum": len(urls), "data": [{"hoverURL": u} for u in urls] + [{}]})
+
+            def openverse_page(self, query):
+                items = engine.openverse.get(query.get("q", [""])[0], [])
+                page, size = int(query.get("page", ["1"])[0]), int(query.get("page_size", ["20"])[0])
+                if size > 20:  # the documented anonymous limit
+                    return self.reply(401, b'{"detail": "page_size > 20 needs a key"}', "application/json")
+                self.json_reply({"result_count": len(items), "page_count": -(-len(items) // size), "page_size": size,
+                                 "page": page, "results": items[(page - 1) * size:page * size]})
+
+            def wikimedia_page(self, query):
+                if query.get("generator") != ["search"] or query.get("gsrnamespace") != ["6"]:
+                    return self.json_reply({"error": {"code": "badvalue", "info": "unexpected query"}})
+                items = engine.wikimedia.get(query.get("gsrsearch", [""])[0], [])
+                offset, limit = int(query.get("gsroffset", ["0"])[0]), int(query.get("gsrlimit", ["10"])[0])
+                pages = items[offset:offset + limit]
+                answer = {"batchcomplete": True, "query": {"pages": pages}}
+                if offset + limit < len(items):
+                    answer["continue"] = {"gsroffset": offset + limit, "continue": "gsroffset||"}
+                self.json_reply(answer if pages else {"batchcomplete": True})
 
             def dribble(self, route):
                 body, end = route["body"], time.monotonic() + route["dribble_for"]

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 import camkit.crawl as crawl_mod
+import camkit.crawl.policy as policy_mod
 from camkit.crawl import crawl, slugify, verify
 from camkit.errors import CamkitError
 from fake_engine import FakeEngine, encode, noise_image, png_bomb, smooth_image
@@ -34,12 +35,12 @@ def files_on_disk(out: Path) -> set[str]:
 def private_resolver(monkeypatch):
     """Stub DNS: '*.internal.test' resolves to a private address, 127.0.0.1 stays itself.
     Nothing is ever sent to the private address: the crawler must refuse before connecting."""
-    real = crawl_mod.resolve
+    real = policy_mod.resolve
 
     def fake(host):
         return ["10.20.30.40"] if host.endswith("internal.test") else real(host)
 
-    monkeypatch.setattr(crawl_mod, "resolve", fake)
+    monkeypatch.setattr(policy_mod, "resolve", fake)
 
 
 @pytest.fixture
@@ -80,7 +81,7 @@ def faulty_results(engine, private_resolver):
 def test_only_valid_unique_images_land(faulty_results, tmp_path):
     e, urls, faults = faulty_results
     out = tmp_path / "images"
-    [summary] = crawl(["cats"], max_num=50, out=out, endpoint=e.endpoint, max_bytes="1MB", **FAST)
+    [summary] = crawl(["cats"], max_num=50, out=out, endpoint=e.endpoint, engine="bing", max_bytes="1MB", **FAST)
     assert summary.saved == 5, manifest(out)  # a.jpg b.png c.gif d.webp e.jpg
     records = {r["url"]: r for r in manifest(out)}
     expected = {faults["missing"]: "http_404", faults["http_500"]: "http_500", faults["timeout"]: "timeout",
@@ -107,7 +108,7 @@ def test_no_thread_dies_and_the_crawl_ends(faulty_results, tmp_path):
     e, _, _ = faulty_results
     before = threading.active_count()
     start = time.monotonic()
-    crawl(["cats"], max_num=50, out=tmp_path / "i", endpoint=e.endpoint, max_bytes="1MB", **FAST)
+    crawl(["cats"], max_num=50, out=tmp_path / "i", endpoint=e.endpoint, engine="bing", max_bytes="1MB", **FAST)
     assert time.monotonic() - start < 30
     time.sleep(0.5)
     assert threading.active_count() <= before + 1
@@ -121,7 +122,7 @@ def test_image_under_both_keywords_is_kept_out_of_both(engine, tmp_path):
     engine.result("cats", shared, *cats)
     engine.result("dogs", *dogs, shared_again)
     out = tmp_path / "images"
-    s_cats, s_dogs = crawl(["cats", "dogs"], max_num=10, out=out, endpoint=engine.endpoint, **FAST)
+    s_cats, s_dogs = crawl(["cats", "dogs"], max_num=10, out=out, endpoint=engine.endpoint, engine="bing", **FAST)
     assert s_cats.saved == 3 and s_dogs.saved == 3
     assert len(list((out / "cats").iterdir())) == 3 and len(list((out / "dogs").iterdir())) == 3
     moved = list((out / "_rejected" / "ambiguous").rglob("*.jpg"))
@@ -183,11 +184,11 @@ def test_engine_that_returns_nothing_ends_quickly(engine, tmp_path):
 
 
 def test_auto_falls_back_to_the_next_engine(engine, tmp_path, monkeypatch):
-    """bing finds nothing, so auto moves on; the next engine (baidu's JSON format) is served too."""
+    """bing finds nothing and openverse is not there (404), so auto moves on to baidu's JSON."""
     img = engine.add("/img/x.jpg", encode(smooth_image(7)))
     engine.add("/search/acjson", json.dumps({"data": [{"hoverURL": img}, {}]}).encode(), "application/json")
     [summary] = crawl(["zebra"], max_num=1, out=tmp_path / "i", engine="auto", endpoint=engine.endpoint, **FAST)
-    assert summary.engines == ["bing", "baidu"] and summary.saved == 1
+    assert summary.engines == ["bing", "openverse", "baidu"] and summary.saved == 1
 
 
 @pytest.mark.parametrize("keyword,slug", [("../x", "x"), ("cats", "cats"), (".hidden", "hidden"),

@@ -1,0 +1,43 @@
+"""Crawl image search engines into clean class folders, built on icrawler's Feeder/Parser/Downloader.
+
+What camkit adds over icrawler: more engines tried in turn, each topping up where the last ran
+dry (Bing, Openverse, Baidu, Flickr, Wikimedia; Google and DuckDuckGo when named); a licence,
+creator and source page per image where the engine gives them (`camkit credits`); every file
+verified in flight (content type, streamed size cap, full decode, pixel cap, minimum size),
+written atomically, deduplicated across classes (exact and perceptual), logged in
+`manifest.jsonl` (which also makes a rerun resume), refused when its URL resolves to a private
+address or its server opts out of AI use (`X-Robots-Tag: noai`); polite (a camkit User-Agent,
+per-host limits, `Retry-After` honoured); and the crawl always ends (idle / total timeouts and a
+deadline per download). A class left with no image at all is an error that says why.
+
+    crawl(["cats", "dogs"], max_num=100, out="data/images")
+    crawl(queries=["grizzly=grizzly bear,grizzly bear photo"], max_num=100, license="commercial")
+
+Modules: names (user input), policy (addresses, FetchPolicy, politeness), verify (one file,
+twins, a folder), ledger (manifest), licenses, engines/ (one per engine), download (the
+pipeline's threads), pipeline (crawl), check (--check), credits, progress.
+"""
+
+from camkit.crawl.check import EngineCheck, check_engines, require_default_chain
+from camkit.crawl.credits import Credit, credits, license_counts, to_csv, to_markdown
+from camkit.crawl.download import CamkitCrawler, VerifyingDownloader
+from camkit.crawl.engines import AUTO_ORDER, ENGINES, LICENSE_ORDER, Engine, SearchLog
+from camkit.crawl.ledger import MANIFEST, HashIndex, KeywordState, Ledger, read_manifest
+from camkit.crawl.licenses import LICENSE_CLASSES, license_code
+from camkit.crawl.names import ClassQueries, origin, parse_bytes, parse_endpoints, parse_query, slugify
+from camkit.crawl.pipeline import CrawlSummary, NothingSaved, crawl
+from camkit.crawl.policy import (AddressPolicy, Deadline, FetchPolicy, HostGate, Rejected, is_private, resolve,
+                                 retry_after, robots_tag_forbids)
+from camkit.crawl.progress import Progress
+from camkit.crawl.verify import (MAX_PIXELS, PHASH_THRESHOLD, Verified, VerifySummary, hamming, phash, pixel_sha256,
+                                 verify, verify_bytes)
+
+__all__ = [
+    "AUTO_ORDER", "ENGINES", "LICENSE_CLASSES", "LICENSE_ORDER", "MANIFEST", "MAX_PIXELS", "PHASH_THRESHOLD",
+    "AddressPolicy", "CamkitCrawler", "ClassQueries", "CrawlSummary", "Credit", "Deadline", "Engine", "EngineCheck",
+    "FetchPolicy", "HashIndex", "HostGate", "KeywordState", "Ledger", "NothingSaved", "Progress", "Rejected",
+    "SearchLog", "Verified", "VerifySummary", "VerifyingDownloader", "check_engines", "crawl", "credits", "hamming",
+    "is_private", "license_code", "license_counts", "origin", "parse_bytes", "parse_endpoints", "parse_query", "phash",
+    "pixel_sha256", "read_manifest", "require_default_chain", "resolve", "slugify", "to_csv", "to_markdown", "verify",
+    "verify_bytes",
+]
