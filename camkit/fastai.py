@@ -131,7 +131,7 @@ def _numbered(dl) -> Iterator[tuple[int, tuple]]:
         start += len(b[0])
 
 
-def learner_batches(learn: Learner, items: Any, extractor: BaseCAM, target: str | int = "pred",
+def learner_batches(learn: Learner, items: Any, extractor: BaseCAM, target: Any = "pred",
                     bs: int = 16) -> Iterator[CamBatch]:
     """CAM batches for `items` through the Learner's DataLoaders (see `Learner.cam`)."""
     classes = _classes(learn)
@@ -145,29 +145,34 @@ def learner_batches(learn: Learner, items: Any, extractor: BaseCAM, target: str 
 
 
 @patch
-def cam(self: Learner, items: Any = None, method: str | None = None, target: str | int = "pred",
-        layer: str | None = None, bs: int = 16) -> Explanations:
+def cam(self: Learner, items: Any = None, method: str | None = None, target: Any = "pred",
+        layer: str | None = None, bs: int = 16, **options) -> Explanations:
     """Class activation maps for `items`: image files or folders, PIL images, a TensorImage
     batch or a DataLoader (default: the validation set). Returns the same results as
     `camkit.explain.explain`: image, prediction, probability, target and map per item, each
     with the picture the model saw; they render inline as the last expression of a cell.
-    `method` None picks exact CAM for camkit's CAM head, else Grad-CAM."""
-    extractor = make_cam(method, self.model, layer)
+    `method` None picks exact CAM for camkit's CAM head, else Grad-CAM. `target`: 'pred', a
+    class name or index, 'contrast' or a camkit.targets target (ContrastTarget(a, b) ...);
+    `options`: signed, aug_smooth, eigen_smooth (camkit.cam.make_cam)."""
+    extractor = make_cam(method, self.model, layer, **options)
     items = _first_items(self.dls.valid, None) if items is None else items
     return Explanations(r for b in learner_batches(self, items, extractor, target, bs) for r in b.results)
 
 
 @patch
-def show_cam(self: Learner, items: Any = None, method: str | None = None, target: str | int = "pred",
-             n: int = 9, ncols: int = 3, alpha: float = 0.5, layer: str | None = None):
+def show_cam(self: Learner, items: Any = None, method: str | None = None, target: Any = "pred",
+             n: int = 9, ncols: int = 3, alpha: float = 0.5, layer: str | None = None, signed: bool = False,
+             **options):
     """A grid of original | overlay with the predicted class and probability as titles; with no
-    items, the first `n` images of the validation set. Returns the matplotlib figure."""
-    from camkit.render import plot_cams
+    items, the first `n` images of the validation set. Returns the matplotlib figure. `signed`
+    draws evidence for (red) and against (blue) with a diverging colormap."""
+    from camkit.render import DIVERGING, plot_cams
 
     if items is None:
         items = _first_items(self.dls.valid, n)
-    results = self.cam(items, method=method, target=target, layer=layer)[:n]
-    return plot_cams(results, ncols=ncols, style=Style(alpha=alpha))
+    results = self.cam(items, method=method, target=target, layer=layer, signed=signed, **options)[:n]
+    style = Style(alpha=alpha, colormap=DIVERGING, signed=True) if signed else Style(alpha=alpha)
+    return plot_cams(results, ncols=ncols, style=style)
 
 
 def _first_items(dl, n: int | None) -> Any:

@@ -71,11 +71,11 @@ def _make_backbone(arch: str, pretrained: bool | None, weights: str | Path | Non
     if fn is None:
         import timm
 
-        model = timm.create_model(arch, pretrained=False, num_classes=0, global_pool="")
+        model, options = _timm_create(arch)
         loaded = False
         if weights is None and pretrained is not False:
             try:
-                model = timm.create_model(arch, pretrained=True, num_classes=0, global_pool="")
+                model = timm.create_model(arch, pretrained=True, num_classes=0, **options)
                 loaded = True
             except Exception as e:  # offline, hub error: same handling as torchvision below
                 _no_weights(arch, pretrained, e)
@@ -95,6 +95,67 @@ def _make_backbone(arch: str, pretrained: bool | None, weights: str | Path | Non
         _load_state_dict_file(model, weights)
         loaded = True
     return model, loaded, splitter, cut
+
+
+TIMM_OPTIONS = ({"global_pool": "", "dynamic_img_size": True}, {"global_pool": ""}, {"dynamic_img_size": True}, {})
+
+
+def _timm_create(arch: str) -> tuple[nn.Module, dict]:
+    """A random-weight timm model without its classifier, and the options it accepted: any input
+    size for transformers that allow it (`dynamic_img_size`: camkit trains at --size, not the
+    arch's 224), no pooling where the arch allows none (a distilled DeiT insists on its own)."""
+    import timm
+
+    for options in TIMM_OPTIONS:
+        try:
+            return timm.create_model(arch, pretrained=False, num_classes=0, **options), options
+        except (TypeError, AssertionError):
+            continue
+    raise CamkitError(f"timm could not build '{arch}' without its classifier")
+
+
+class TimmGrid(nn.Module):
+    """A timm model's features as a channels-first (B, K, h, w) grid, whatever the arch gives:
+    patch tokens (ViT, DeiT: the class / distillation tokens dropped, the rest laid on the
+    patch grid), channels-last maps (Swin) or channels-first ones (ConvNeXt, EfficientNet).
+    The CAM head's GAP over this grid is the mean over patch tokens, so exact CAM holds."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.prefix = getattr(model, "num_prefix_tokens", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from camkit.cam.layers import layout_of  # the layout rules CAM uses for any layer
+
+        features = self.model.forward_features(x)
+        layout = layout_of(features.shape, tuple(x.shape[-2:]), self.prefix)
+        if layout is None:
+            raise CamkitError(f"the features of shape {tuple(features.shape)} are not a spatial map that camkit's "
+                              "CAM head can pool; use --head fastai")
+        return layout.to_cf(features)
+
+
+def _timm_body(backbone: nn.Module, arch: str, head: Head, loaded: bool) -> nn.Module:
+    """TimmGrid when the arch's features form a spatial grid (checked on one 64-px probe);
+    otherwise fastai's TimmBody, which only fastai's head can serve."""
+    from fastai.vision.learner import TimmBody
+
+    grid, was = TimmGrid(backbone), backbone.training
+    try:
+        backbone.eval()  # the probe must not move BatchNorm's running statistics
+        with torch.no_grad():
+            grid(torch.zeros(1, 3, 64, 64))
+        return grid
+    except CamkitError:
+        if head is Head.cam:
+            raise CamkitError(f"arch '{arch}' gives no spatial feature map for camkit's CAM head (GAP -> Linear); "
+                              "use --head fastai") from None
+    except Exception:  # noqa: BLE001  an arch that cannot run at 64 px: judged at training size instead
+        return grid
+    finally:
+        backbone.train(was)
+    return TimmBody(backbone, pretrained=loaded)
 
 
 def _no_weights(arch: str, pretrained: bool | None, error: Exception) -> None:
@@ -152,9 +213,7 @@ def build_model(arch: str, n_classes: int, head: str | Head = "cam", pretrained:
         raise CamkitError(f"--head must be one of {', '.join(h.value for h in Head)}, not '{head}'") from None
     backbone, loaded, splitter, cut = _make_backbone(arch, pretrained, weights)
     if type(backbone).__module__.startswith("timm."):
-        from fastai.vision.learner import TimmBody
-
-        body = TimmBody(backbone, pretrained=loaded)
+        body = _timm_body(backbone, arch, head, loaded)
         n_features = backbone.num_features
     else:
         body = create_body(backbone, 3, loaded, cut)

@@ -19,6 +19,7 @@ from torch import Tensor
 from camkit.errors import CamkitError
 
 MAX_SIDE = 2048
+DIVERGING = "RdBu_r"  # signed maps: red = evidence for the target, blue = evidence against, white = none
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Style:
     alpha: float = 0.5          # heatmap opacity in the overlay
     colormap: str = "jet"       # any matplotlib colormap name
     max_side: int = MAX_SIDE    # longest side of drawn images, in pixels
+    signed: bool = False        # maps in [-1, 1] (evidence for / against): 0 drawn at the colormap's middle
 
     def __post_init__(self) -> None:
         import matplotlib
@@ -88,7 +90,7 @@ def overlay(image, cam_map: Tensor, style: Style = Style()):
     base = fit_for_drawing(image, style.max_side)
     w, h = base.size
     heat = upsample(cam_map[None].detach().cpu(), (h, w))[0].numpy()
-    colored = colorize(heat, style.colormap)
+    colored = colorize((heat + 1) / 2 if style.signed else heat, style.colormap)
     blended = np.asarray(base, dtype=np.float32) * (1 - style.alpha) + colored.astype(np.float32) * style.alpha
     return Image.fromarray(colored), Image.fromarray(blended.round().astype(np.uint8))
 

@@ -1,12 +1,16 @@
-"""camkit CAM speed vs pytorch-grad-cam and torchcam, same model, layer and images, one run.
+"""camkit CAM speed vs pytorch-grad-cam and torchcam, a row per method against each peer that
+has it: same model, layer, images and targets, one run, interleaved.
 
     python scripts/bench_cam.py [--size 128] [--batch 80] [--arch resnet34] [--repeats 3]
+                                [--score-size 64] [--score-batch 2] [--samples 2] [--only gradcam,...]
 
-The model is camkit's resnet34 with the CAM head (weights do not change the cost). Every
-method explains the same batch for its predicted classes at the body's output layer. Prints
-images/s per method (best of --repeats) and the goal ratios:
-camkit cam / forward (goal >= 0.8), camkit gradcam / pytorch-grad-cam (goal >= 3),
-camkit gradcam / torchcam (goal >= 1).
+The model is camkit's resnet34 with the CAM head, random weights (weights do not change the
+cost); every method explains its images for their predicted classes at the body's output
+(layer "0"). Gradient methods use --batch images at --size px; the methods that re-run the
+model once per channel (score, ablation, SS/IS) use --score-batch images at --score-size px,
+and the noisy ones --samples noise samples in every library. Prints images/s (best of
+--repeats) per library and camkit's ratio to each peer (goal: >= 1 everywhere), then the
+exact-CAM and Grad-CAM goals of the earlier table.
 """
 
 from __future__ import annotations
@@ -20,9 +24,17 @@ import torch
 
 warnings.filterwarnings("ignore")
 
+PGC = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "xgradcam": "XGradCAM", "layercam": "LayerCAM",
+       "hirescam": "HiResCAM", "eigencam": "EigenCAM", "eigengradcam": "EigenGradCAM", "scorecam": "ScoreCAM",
+       "ablationcam": "AblationCAM", "fullgrad": "FullGrad"}
+TORCHCAM = {"cam": "CAM", "gradcam": "GradCAM", "gradcam++": "GradCAMpp", "xgradcam": "XGradCAM",
+            "layercam": "LayerCAM", "scorecam": "ScoreCAM", "sscam": "SSCAM", "iscam": "ISCAM",
+            "smoothgradcam++": "SmoothGradCAMpp"}
+PER_CHANNEL = {"scorecam", "sscam", "iscam", "ablationcam"}
 
-def best_rates(fns: dict, n_images: int, repeats: int) -> dict[str, float]:
-    """Images/s per entry, best of `repeats`, the entries interleaved so that a noisy machine
+
+def best_seconds(fns: dict, repeats: int) -> dict[str, float]:
+    """Seconds per entry, best of `repeats`, the entries interleaved so that a noisy machine
     slows all of them alike."""
     for fn in fns.values():
         fn()  # warm-up
@@ -34,7 +46,50 @@ def best_rates(fns: dict, n_images: int, repeats: int) -> dict[str, float]:
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             best[name] = min(best[name], time.perf_counter() - start)
-    return {name: n_images / t for name, t in best.items()}
+    return best
+
+
+def contenders(method: str, model, x: torch.Tensor, pred: list[int], samples: int) -> dict:
+    """camkit's and each peer's call for one method on the same inputs."""
+    from camkit.cam import make_cam
+
+    fns = {}
+    ours = make_cam(method, model, None if method == "fullgrad" else "0")
+    if hasattr(ours, "num_samples") and method != "smoothgradcam++":
+        ours.num_samples = samples
+    if method == "scorecam" or method in ("sscam", "iscam"):
+        ours.score = "logit"  # the peers' score (camkit's default follows the paper: same cost)
+    fns["camkit"] = lambda: ours(x, pred)
+    try:
+        import tqdm
+
+        tqdm.tqdm = lambda iterable, *_a, **_k: iterable  # pytorch-grad-cam's progress bars, not timed
+        import pytorch_grad_cam as pgc
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        if method in PGC:
+            theirs = getattr(pgc, PGC[method])(model=model, target_layers=[] if method == "fullgrad" else [model[0]])
+            targets = [ClassifierOutputTarget(c) for c in pred]
+            fns["pytorch-grad-cam"] = lambda: theirs(input_tensor=x, targets=targets)
+    except ImportError:
+        print("pytorch-grad-cam not installed: pip install grad-cam")
+    try:
+        import torchcam.methods as tc
+
+        if method in TORCHCAM:
+            kw = {"num_samples": samples} if method in ("sscam", "iscam") else {}
+            cls = getattr(tc, TORCHCAM[method])
+
+            def torchcam_run():
+                with cls(model, target_layer="0", input_shape=tuple(x.shape[1:]), **kw) as extractor:
+                    with torch.set_grad_enabled(method != "cam"):
+                        scores = model(x)
+                    extractor(pred, scores)
+
+            fns["torchcam"] = torchcam_run
+    except ImportError:
+        print("torchcam not installed: pip install torchcam")
+    return fns
 
 
 def main() -> None:
@@ -42,69 +97,55 @@ def main() -> None:
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--batch", type=int, default=80)
     p.add_argument("--arch", default="resnet34")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--score-size", type=int, default=64)
+    p.add_argument("--score-batch", type=int, default=2)
+    p.add_argument("--samples", type=int, default=2)
+    p.add_argument("--only", default="", help="comma-separated methods (default: all)")
     a = p.parse_args()
 
-    from camkit.cam import CAM, GradCAM
+    from camkit.cam import METHODS
     from camkit.models import build_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
-    model, _, _ = build_model(a.arch, 10, "cam", pretrained=False)
-    model = model.to(device).eval()
-    x = torch.randn(a.batch, 3, a.size, a.size, device=device)
-    layer = model[0]
-    with torch.no_grad():
-        pred = model(x).argmax(1)
-    fns = {}
-
-    def forward():
-        with torch.no_grad():
-            model(x)
-
-    def bf16(fn):
-        def run():
-            with torch.autocast(x.device.type, dtype=torch.bfloat16):
-                fn()
-        return run
-
-    cam, gradcam = CAM(model), GradCAM(model)
-    fns["forward only"] = forward
-    fns["camkit cam"] = lambda: cam(x)
-    fns["camkit gradcam"] = lambda: gradcam(x)
-    fns["camkit cam, bf16"] = bf16(lambda: cam(x))
-    fns["camkit gradcam, bf16"] = bf16(lambda: gradcam(x))
-    try:
-        from pytorch_grad_cam import GradCAM as PGCGradCAM
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-        targets = [ClassifierOutputTarget(int(c)) for c in pred]
-        pgc = PGCGradCAM(model=model, target_layers=[layer])
-        fns["pytorch-grad-cam gradcam"] = lambda: pgc(input_tensor=x, targets=targets)
-    except ImportError:
-        print("pytorch-grad-cam not installed: pip install grad-cam")
-    try:
-        from torchcam.methods import GradCAM as TCGradCAM
-
-        def torchcam_run():
-            with TCGradCAM(model, target_layer="0") as extractor:
-                scores = model(x)
-                extractor(pred.tolist(), scores)
-
-        fns["torchcam gradcam"] = torchcam_run
-    except ImportError:
-        print("torchcam not installed: pip install torchcam")
-    rates = best_rates(fns, a.batch, a.repeats)
+    model = build_model(a.arch, 10, "cam", pretrained=False).model.to(device).eval()
+    big = torch.randn(a.batch, 3, a.size, a.size, device=device)
+    small = torch.randn(a.score_batch, 3, a.score_size, a.score_size, device=device)
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{a.arch}, batch {a.batch} at {a.size}px, {name}, {platform.machine()}")
-    for k, v in rates.items():
-        print(f"{k:<26} {v:>8.1f} img/s")
-    print(f"ratio camkit cam / forward:              {rates['camkit cam'] / rates['forward only']:.2f}x (goal >= 0.8)")
-    for ours in ("camkit gradcam", "camkit gradcam, bf16"):
-        if "pytorch-grad-cam gradcam" in rates:
-            print(f"ratio {ours} / pytorch-grad-cam: {rates[ours] / rates['pytorch-grad-cam gradcam']:.2f}x (goal >= 3)")
-        if "torchcam gradcam" in rates:
-            print(f"ratio {ours} / torchcam:         {rates[ours] / rates['torchcam gradcam']:.2f}x (goal >= 1)")
+    print(f"{a.arch}, layer 0 (layer4), {name}, {platform.machine()}; gradient methods: batch {a.batch} at "
+          f"{a.size}px; per-channel methods: batch {a.score_batch} at {a.score_size}px; {a.samples} noise samples")
+    print(f"{'method':<16} {'camkit img/s':>12} {'pytorch-grad-cam':>17} {'torchcam':>9}   ratios (camkit / peer)")
+    methods = [m for m in METHODS if not a.only or m in a.only.split(",")]
+    for method in methods:
+        x = small if method in PER_CHANNEL else big
+        with torch.no_grad():
+            pred = model(x).argmax(1).tolist()
+        fns = contenders(method, model, x, pred, a.samples)
+        rate = {k: len(x) / v for k, v in best_seconds(fns, a.repeats).items()}
+        ratios = ", ".join(f"{rate['camkit'] / rate[peer]:.2f}x {peer}" for peer in ("pytorch-grad-cam", "torchcam")
+                           if peer in rate)
+        print(f"{method:<16} {rate['camkit']:>12.2f} {rate.get('pytorch-grad-cam', float('nan')):>17.2f} "
+              f"{rate.get('torchcam', float('nan')):>9.2f}   {ratios}", flush=True)
+    if "cam" in methods:  # the earlier goals: exact CAM costs a forward pass; bf16 autocast
+        from camkit.cam import make_cam
+
+        exact, grad = make_cam("cam", model), make_cam("gradcam", model)
+
+        def forward():
+            with torch.no_grad():
+                model(big)
+
+        def bf16(fn):
+            def run():
+                with torch.autocast(big.device.type, dtype=torch.bfloat16):
+                    fn()
+            return run
+        rate = {k: len(big) / v for k, v in best_seconds(
+            {"forward": forward, "cam": lambda: exact(big), "cam bf16": bf16(lambda: exact(big)),
+             "gradcam bf16": bf16(lambda: grad(big))}, a.repeats).items()}
+        print(f"forward only {rate['forward']:.1f} img/s; camkit cam / forward {rate['cam'] / rate['forward']:.2f}x "
+              f"(goal >= 0.8); bf16 autocast: cam {rate['cam bf16']:.1f}, gradcam {rate['gradcam bf16']:.1f} img/s")
 
 
 if __name__ == "__main__":
