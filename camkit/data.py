@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from camkit.cache import cache_key, decode_cached, release_rows
 from camkit.errors import CamkitError
 from camkit.images import is_dataset_image, open_rgb, resize_square
 
@@ -155,6 +156,8 @@ class FolderData:
     classes: list[str]
     files: list[Path]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    mapped: bool = False             # images is a memory map on disk (camkit.cache): index, never copy whole
+    decoded: int | None = None       # files this load decoded (0: all came from the cache)
 
     def split(self, valid_pct: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Seeded random split into (train indices, valid indices), stratified per class so that
@@ -226,6 +229,13 @@ def decode_folder(root: str | Path, read: Callable[[Path], Any], workers: int | 
 
     with ThreadPoolExecutor(workers or min(8, (os.cpu_count() or 2) * 2)) as pool:
         results = list(pool.map(attempt, items))
+    return _kept(classes, items, results)
+
+
+def _kept(classes: list[str], items: list[tuple[Path, int]], results: list[Any]
+          ) -> tuple[list[str], list[tuple[Path, int, Any]], list[tuple[Path, str]]]:
+    """Split decode results into kept and skipped (a CamkitError is a skip, warned once per
+    file); a class left without readable images is an error."""
     kept = [(f, c, r) for (f, c), r in zip(items, results) if not isinstance(r, CamkitError)]
     skipped = [(f, str(r)) for (f, _), r in zip(items, results) if isinstance(r, CamkitError)]
     for path, why in skipped:
@@ -237,12 +247,30 @@ def decode_folder(root: str | Path, read: Callable[[Path], Any], workers: int | 
     return classes, kept, skipped
 
 
-def load_folder(root: str | Path, size: int, workers: int | None = None) -> FolderData:
-    """Decode every image of a class-per-folder dataset once, squished to size x size."""
+def load_folder(root: str | Path, size: int, workers: int | None = None,
+                cache: str | Path | None = None) -> FolderData:
+    """Decode every image of a class-per-folder dataset once, squished to size x size: into
+    memory, or with `cache` (a folder) into camkit.cache's memory-mapped file there, which a
+    later call reuses (decoding only the files added or changed since)."""
+    if cache is not None:
+        return _load_cached(root, size, Path(cache), workers)
     classes, kept, skipped = decode_folder(root, lambda f: resize_square(open_rgb(f), size), workers)
     images = torch.from_numpy(np.stack([a for _, _, a in kept])).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor([c for _, c, _ in kept], dtype=torch.long)
-    return FolderData(images, labels, classes, [f for f, _, _ in kept], skipped)
+    return FolderData(images, labels, classes, [f for f, _, _ in kept], skipped, decoded=len(kept) + len(skipped))
+
+
+def _load_cached(root: str | Path, size: int, cache: Path, workers: int | None) -> FolderData:
+    """load_folder through the decode cache: the images tensor wraps the memory map (rows in
+    the order of the folder scan), so resident memory does not grow with the dataset."""
+    classes, per_class = scan_class_folders(root)
+    items = [(f, c) for c, fs in enumerate(per_class) for f in fs]
+    rows = decode_cached(cache, cache_key(Path(root).resolve(), size, "squish"), [f for f, _ in items],
+                         (3, size, size), lambda f: resize_square(open_rgb(f), size).transpose(2, 0, 1), workers)
+    classes, kept, skipped = _kept(classes, items, [CamkitError(e) if e else None for e in rows.errors])
+    labels = torch.tensor([c for _, c, _ in kept], dtype=torch.long)
+    return FolderData(torch.from_numpy(rows.images), labels, classes, [f for f, _, _ in kept], skipped,
+                      mapped=True, decoded=rows.decoded)
 
 
 class Normalizer:
@@ -278,14 +306,22 @@ class TensorBatches:
     none, a horizontal flip, or fastai's own `aug_transforms` — flip, rotate, zoom, warp,
     lighting — run on the whole batch on its device), normalised and converted to
     channels_last in one go. fastai's random draws use torch's global generator, seeded by
-    `train` before the run."""
+    `train` before the run.
+
+    `rows` (optional): the row of `images` for each label, for images that stay where they
+    are (a memory map from camkit.cache: each batch is gathered from it, then moved), instead
+    of a copied subset. `rank` / `world`: in data-parallel training, every rank draws the same
+    seeded permutation and takes every world-th item from its rank on (n // world items
+    each, so every rank runs the same number of steps, as DistributedSampler(drop_last=True))."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, bs: int, shuffle: bool,
                  stats: tuple[list[float], list[float]] = IMAGENET_STATS, aug: str = "none",
-                 seed: int = 0, device: torch.device | str = "cpu", channels_last: bool = False):
+                 seed: int = 0, device: torch.device | str = "cpu", channels_last: bool = False,
+                 rows: torch.Tensor | None = None, rank: int = 0, world: int = 1):
         if aug not in ("none", "flip", "fastai"):
             raise CamkitError(f"--aug must be none, flip or fastai, not '{aug}'")
-        self.images, self.labels = images, labels
+        self.images, self.labels, self.rows = images, labels, rows
+        self.rank, self.world = rank, world
         self.bs, self.shuffle, self.aug = bs, shuffle, aug
         self.fastai_tfms = _fastai_augmentations() if aug == "fastai" else []
         self.normalizer = Normalizer(stats)
@@ -304,13 +340,37 @@ class TensorBatches:
         return self
 
     def __len__(self) -> int:
-        return (self.n + self.bs - 1) // self.bs if not self.shuffle else max(1, self.n // self.bs)
+        return (self.n + self.bs - 1) // self.bs if not self.shuffle else max(1, self._per_rank() // self.bs)
+
+    def _per_rank(self) -> int:
+        return self.n // self.world if self.shuffle else self.n
 
     def to(self, device: torch.device | str) -> "TensorBatches":
         self.device = torch.device(device)
-        self.images, self.labels = self.images.to(self.device), self.labels.to(self.device)
+        if self.rows is None:  # a memory map stays on the host; its batches move
+            self.images = self.images.to(self.device)
+        self.labels = self.labels.to(self.device)
         self.normalizer.to(self.device)
         return self
+
+    def to_detach(self, b: Any, cpu: bool = True, gather: bool = True) -> Any:
+        """fastai's hook for a loader's outputs (losses, metrics, predictions): detached, never
+        gathered across ranks, since every rank validates the whole held-out set and the
+        training loss is averaged by camkit.distributed's callback (fastai gathers whenever
+        WORLD_SIZE is set, assuming its own sharded validation)."""
+        from fastai.torch_core import to_detach
+
+        return to_detach(b, cpu, gather=False)
+
+    def gather(self, idx: torch.Tensor) -> torch.Tensor:
+        """The uint8 images of positions `idx`, on the loader's device."""
+        if self.rows is None:
+            return self.images[idx]
+        rows = self.rows[idx.cpu()]
+        batch = self.images[rows]
+        # a cache's map: unmap the pages just read, so resident memory stays that of a batch
+        release_rows(self.images.data_ptr(), self.images[0].numel(), rows.tolist())
+        return batch.to(self.device, non_blocking=True)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 batch -> augmented (as chosen), normalised float batch."""
@@ -331,12 +391,13 @@ class TensorBatches:
     def __iter__(self):
         if self.shuffle:
             order = torch.randperm(self.n, generator=self.generator).to(self.device)
-            order = order[: len(self) * self.bs] if self.n >= self.bs else order
+            order = order[self.rank::self.world][:self._per_rank()]
+            order = order[: len(self) * self.bs] if len(order) >= self.bs else order
         else:
             order = torch.arange(self.n, device=self.device)
         for start in range(0, len(order), self.bs):
             idx = order[start:start + self.bs]
-            yield self.prepare(self.images[idx]), self.labels[idx]
+            yield self.prepare(self.gather(idx)), self.labels[idx]
 
 
 def _fastai_augmentations() -> list:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from PIL import Image
 
+from camkit.distributed import gather, in_group, shard
 from camkit.errors import CamkitError
 from camkit.explain import collect_files
 from camkit.images import open_or_skip
@@ -90,12 +91,16 @@ def to_prediction(path: Path, row: torch.Tensor, classes: list[str], top_k: int)
                       probs={c: round(float(p), 6) for c, p in zip(classes, row)}, top=top)
 
 
+@in_group
 def predict(images: Sequence[str | Path] | str | Path, model: str | Path | LoadedModel, top_k: int = 2,
             bs: int = 32, device: str | None = None) -> list[Prediction]:
     """Class and probabilities of each image (files, or folders searched recursively), in the
-    order `camkit cam` would explain them."""
+    order `camkit cam` would explain them (under torchrun, each rank scores its block and every
+    rank returns the whole list)."""
     loaded = model if isinstance(model, LoadedModel) else load(model, device=device)
     check_options(loaded, top_k, bs)
     files, named = collect_files(images)
-    return [to_prediction(f, row, loaded.classes, top_k)
-            for batch in iter_scores(loaded, files, bs, named) for f, row in zip(batch.files, batch.probs)]
+    part = shard(len(files))
+    return gather([to_prediction(f, row, loaded.classes, top_k)
+                   for batch in iter_scores(loaded, files[part.start:part.stop], bs, named)
+                   for f, row in zip(batch.files, batch.probs)])
