@@ -1,11 +1,19 @@
-"""Faithfulness of saliency maps: pointing game and RISE-style deletion / insertion AUC."""
+"""Faithfulness of saliency maps: pointing game, RISE-style deletion / insertion AUC, ROAD,
+Average Drop / Increase in Confidence, the model-randomisation sanity check, and the box-free
+absence-of-evidence signal (a class recognised by what is missing rather than what is there).
+
+Formulas in, numbers out: `evaluate` (boxes) and `evaluate_run` (no boxes) apply them to a
+run's images; `camkit.report` only reads the saved numbers."""
 
 from __future__ import annotations
 
 import json
+import math
+from itertools import zip_longest
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -67,6 +75,166 @@ def deletion_insertion(model: nn.Module, x: Tensor, maps: Tensor, target: Tensor
     return _auc(deletion_curve), _auc(insertion_curve), deletion_curve, insertion_curve
 
 
+# ---------------------------------------------------------------- ROAD (Rong et al. 2022)
+
+# the 8 neighbours' weights of ROAD's noisy linear imputation (pytorch-grad-cam metrics/road.py)
+NEIGHBOURS = ((1, 1, 1 / 12), (0, 1, 1 / 6), (-1, 1, 1 / 12), (1, -1, 1 / 12),
+              (0, -1, 1 / 6), (-1, -1, 1 / 12), (1, 0, 1 / 6), (-1, 0, 1 / 6))
+ROAD_PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
+
+
+def impute_linear(x: Tensor, removed: Tensor, noise: float = 0.01, generator: torch.Generator | None = None
+                  ) -> Tensor:
+    """ROAD's noisy linear imputation of one image x (C, H, W): every removed pixel (removed:
+    (H, W) bool) becomes the weighted mean of its in-image neighbours, v_i = sum_j w_ij v_j /
+    sum_j w_ij (weights 1/6 side, 1/12 diagonal), solved jointly as one sparse linear system
+    (removed neighbours are unknowns too), plus N(0, noise^2). The removed region carries no
+    shape of its own, so a model cannot read the removal mask itself (the "debias" of ROAD)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.linalg import spsolve
+
+    c, h, w = x.shape
+    gone = removed.cpu().numpy().reshape(-1)
+    unknown = np.flatnonzero(gone)
+    if len(unknown) == 0:
+        return x.clone()
+    img = x.detach().cpu().double().numpy().reshape(c, -1)
+    var = np.full(h * w, -1)
+    var[unknown] = np.arange(len(unknown))
+    r, q = unknown // w, unknown % w
+    rows, cols, vals = [np.arange(len(unknown))], [np.arange(len(unknown))], []
+    diag, rhs = np.zeros(len(unknown)), np.zeros((len(unknown), c))
+    for dr, dq, wt in NEIGHBOURS:
+        rr, qq = r + dr, q + dq
+        ok = (rr >= 0) & (rr < h) & (qq >= 0) & (qq < w)
+        nb = rr[ok] * w + qq[ok]
+        diag[ok] += wt
+        known = ~gone[nb]
+        rhs[np.flatnonzero(ok)[known]] -= wt * img[:, nb[known]].T
+        rows.append(np.flatnonzero(ok)[~known])
+        cols.append(var[nb[~known]])
+        vals.append(np.full((~known).sum(), wt))
+    vals.insert(0, -diag)
+    a = coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                   shape=(len(unknown), len(unknown))).tocsc()
+    solved = torch.from_numpy(np.asarray(spsolve(a, rhs)).reshape(len(unknown), c).T.copy()).to(x.dtype)
+    if noise:
+        solved = solved + noise * torch.randn(solved.shape, generator=generator, dtype=solved.dtype)
+    out = x.detach().cpu().reshape(c, -1).clone()
+    out[:, torch.from_numpy(unknown)] = solved
+    return out.reshape(c, h, w).to(x.device)
+
+
+class RoadResult(NamedTuple):
+    """Per image: ROAD's most-relevant-first and least-relevant-first scores (mean change of the
+    target's probability over the percentiles), their combination (lerf - morf) / 2 (higher is
+    more faithful), the unperturbed probability and the probability after removing the top
+    (100 - p) % for each percentile p (B, len(percentiles))."""
+    morf: Tensor
+    lerf: Tensor
+    combined: Tensor
+    base: Tensor
+    morf_probs: Tensor
+
+
+@torch.no_grad()
+def road(model: nn.Module, x: Tensor, maps: Tensor, target: Tensor,
+         percentiles: Sequence[float] = ROAD_PERCENTILES, noise: float = 0.01, seed: int = 0) -> RoadResult:
+    """ROAD (remove and debias, Rong et al. 2022), as pytorch-grad-cam's `ROADCombined`: for each
+    percentile p, MoRF removes the pixels whose map value is >= the map's p-th percentile (the
+    top 100 - p %), LeRF those whose value is <= its (100 - p)-th (the bottom 100 - p %), each
+    imputed by `impute_linear`; a score is P(target | perturbed) - P(target | x), averaged over
+    p. A faithful map makes MoRF negative and LeRF near 0: combined = (lerf - morf) / 2."""
+    b, _, h, w = x.shape
+    saliency = F.interpolate(maps[:, None].float(), size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+    idx = torch.arange(b, device=x.device)
+    base = model(x).softmax(1)[idx, target].float()
+    g = torch.Generator().manual_seed(seed)
+    curves = {}
+    for name, sign in (("morf", 1.0), ("lerf", -1.0)):
+        probs = []
+        for p in percentiles:
+            ranked = sign * saliency
+            threshold = torch.quantile(ranked.flatten(1), p / 100, dim=1)
+            removed = ranked >= threshold[:, None, None]
+            batch = torch.stack([impute_linear(x[i], removed[i], noise, g) for i in range(b)])
+            probs.append(model(batch).softmax(1)[idx, target].float())
+        curves[name] = torch.stack(probs, 1)
+    morf, lerf = (curves[k].mean(1) - base for k in ("morf", "lerf"))
+    return RoadResult(morf.cpu(), lerf.cpu(), ((lerf - morf) / 2).cpu(), base.cpu(), curves["morf"].cpu())
+
+
+# ---------------------------------------------------------------- Average Drop / Increase
+
+@torch.no_grad()
+def average_drop_increase(model: nn.Module, x: Tensor, maps: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Grad-CAM++'s (Chattopadhay et al. 2018) per-image terms: the input is multiplied by its
+    map (min-max scaled to [0, 1], upsampled; multiplying the normalised input, as
+    pytorch-grad-cam's `CamMultImageConfidenceChange`, sends masked pixels to the dataset
+    mean), Y = P(target | x), O = P(target | x * map). Returns (drop, increase): drop =
+    max(0, Y - O) / Y (Average Drop is its mean), increase = 1[O > Y] (Increase in Confidence
+    is its mean). A map that keeps the evidence keeps the confidence: low drop."""
+    b, _, h, w = x.shape
+    m = F.interpolate(maps[:, None].float(), size=(h, w), mode="bilinear", align_corners=False)
+    flat = m.flatten(1)
+    lo, hi = flat.min(1).values.view(b, 1, 1, 1), flat.max(1).values.view(b, 1, 1, 1)
+    m = (m - lo) / (hi - lo).clamp_min(1e-8)
+    idx = torch.arange(b, device=x.device)
+    y = model(x).softmax(1)[idx, target].float()
+    o = model(x * m).softmax(1)[idx, target].float()
+    return ((y - o).clamp_min(0) / y.clamp_min(1e-12)).cpu(), (o > y).float().cpu()
+
+
+# ---------------------------------------------------------------- sanity check (Adebayo et al. 2018)
+
+def rank_correlation(a: Tensor, b: Tensor) -> Tensor:
+    """Spearman's rank correlation of each pair of maps (B, h, w), ties given their average rank;
+    0 where either map is constant (a map that became flat has changed completely)."""
+    from scipy.stats import rankdata
+
+    ra = torch.from_numpy(rankdata(a.flatten(1).double().cpu().numpy(), axis=1))
+    rb = torch.from_numpy(rankdata(b.flatten(1).double().cpu().numpy(), axis=1))
+    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
+    den = (ra.norm(dim=1) * rb.norm(dim=1))
+    return torch.where(den > 0, (ra * rb).sum(1) / den.clamp_min(1e-12), torch.zeros_like(den)).float()
+
+
+RANDOMISED = ("head", "last stage")
+
+
+def randomised_copies(model: nn.Sequential, seed: int = 0) -> list[tuple[str, nn.Module]]:
+    """Cascading randomisation: a copy with the head re-initialised, then one with the head and
+    the body's last stage (its last child that has parameters) re-initialised, each module
+    through its own `reset_parameters` under a fixed seed."""
+    import copy
+
+    out, current = [], model
+    for name in RANDOMISED:
+        current = copy.deepcopy(current)
+        stages = [m for m in current[0].children() if any(True for _ in m.parameters())]
+        part = current[-1] if name == "head" else stages[-1]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for m in part.modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+                if hasattr(m, "reset_running_stats"):
+                    m.reset_running_stats()
+        out.append((name, current.eval()))
+    return out
+
+
+# ---------------------------------------------------------------- absence of evidence
+
+def retained_confidence(road_result: RoadResult, percentiles: Sequence[float] = ROAD_PERCENTILES,
+                        at: float = 80) -> Tensor:
+    """P(target | top (100 - at) % of the map removed) / P(target | x), per image, from ROAD's
+    MoRF pass (clamped to [0, 1]). Near 1 means the place the map points at was not needed:
+    the class is still recognised with it gone."""
+    k = list(percentiles).index(at)
+    return (road_result.morf_probs[:, k] / road_result.base.clamp_min(1e-12)).clamp(0, 1)
+
+
 def read_boxes(boxes_json: str | Path) -> dict[str, list[float]]:
     """{relative image path: [x0, y0, x1, y1]} from a boxes file, validated."""
     boxes_json = Path(boxes_json)
@@ -92,14 +260,7 @@ def evaluate(model_dir, boxes_json, methods: Sequence[str] = DEFAULT_METHODS, im
     from camkit.cam import make_cam
     from camkit.run import load, read_valid
 
-    from camkit.cam import METHODS
-
-    methods = [value(m) for m in methods]
-    if not methods:
-        raise CamkitError("no CAM method to evaluate; e.g. --methods cam,gradcam")
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise CamkitError(f"unknown method '{unknown[0]}'; choose from {', '.join(METHODS)}")
+    methods = _check_methods(methods)
     if steps < 1 or bs < 1:
         raise CamkitError(f"--steps and --bs must be at least 1, not {steps} and {bs}")
     root = Path(image_root) if image_root else Path(boxes_json).parent
@@ -126,14 +287,193 @@ def _score(loaded, extractor, files: list[Path], targets: list[int | None], boxe
     """One method's mean pointing game, deletion and insertion AUC over `files`."""
     from camkit.explain import iter_explain
 
-    pairs, dels, ins, correct = [], [], [], 0
+    pairs, dels, ins, hits, cls = [], [], [], [], []
     for batch in iter_explain(loaded, files, extractor, targets, bs, named={str(f) for f in files}):
         for r in batch.results:
             pairs.append((r.peak_xy, boxes[str(r.image)]))
-            correct += int(r.probs.argmax()) == r.target
+            hits.append(int(r.probs.argmax()) == r.target)
+            cls.append(r.target)
         d, i, _, _ = deletion_insertion(loaded.model, batch.x, batch.maps, batch.targets, steps=steps)
         dels += d.tolist()
         ins += i.tolist()
+    out = _summary(pairs, hits, dels, ins)
+    out["per_class"] = {name: _summary(*([v for v, t in zip(vs, cls) if t == c] for vs in (pairs, hits, dels, ins)))
+                        for c, name in enumerate(loaded.classes) if c in cls}
+    return out
+
+
+def _summary(pairs: list, hits: list[bool], dels: list[float], ins: list[float]) -> dict:
+    """Mean accuracy, pointing game, deletion and insertion AUC of one group of images."""
     n = max(1, len(pairs))
-    return {"images": len(pairs), "accuracy": round(correct / n, 4), "pointing_game": round(pointing_game(pairs), 4),
+    return {"images": len(pairs), "accuracy": round(sum(hits) / n, 4), "pointing_game": round(pointing_game(pairs), 4),
             "deletion_auc": round(sum(dels) / n, 4), "insertion_auc": round(sum(ins) / n, 4)}
+
+
+# ---------------------------------------------------------------- faithfulness without boxes
+
+SANITY_MAX = 0.5       # a map "changed" when its rank correlation with the trained model's is below this
+ABSENCE_AT = 80        # the absence signal removes the top 100 - 80 = 20 % of the map
+ABSENCE_MIN = 0.75     # flag a class whose confidence keeps >= 75 % with that region gone ...
+ABSENCE_GAP = 0.4      # ... and 0.4 more than another class keeps (validated in scripts/bench_evidence.py)
+TRUST_KEYS = ("deletion_auc", "insertion_auc", "road", "road_morf", "road_lerf", "average_drop",
+              "increase_in_confidence", "retained_confidence", "sanity_head", "sanity_last_stage")
+
+
+def run_images(model_dir, split: str = "valid") -> tuple[list[Path], list[int]]:
+    """The run's own images and their class indices: the held-out ones (valid.json), or the
+    training ones (the data root's class folders minus the held-out files), interleaved class
+    by class so that a `limit` keeps every class."""
+    from camkit.data import scan_class_folders
+    from camkit.run import data_root, read_info, read_valid
+
+    info = read_info(model_dir)
+    valid = read_valid(model_dir, info)
+    if split == "valid":
+        if not valid:
+            raise CamkitError(f"'{model_dir}' has no valid.json: give a boxes file, or --split train")
+        pairs = [(v.file, info.classes.index(v.label)) for v in valid]
+    elif split == "train":
+        root = data_root(model_dir, info)
+        held = {str(v.file.resolve()) for v in valid}
+        names, per_class = scan_class_folders(root)
+        pairs = [(f, info.classes.index(n)) for n, fs in zip(names, per_class) if n in info.classes
+                 for f in fs if str(f.resolve()) not in held]
+    else:
+        raise CamkitError(f"--split must be valid or train, not '{split}'")
+    if not pairs:
+        raise CamkitError(f"no {split} images to evaluate for '{model_dir}'")
+    by_class = [[p for p in pairs if p[1] == c] for c in range(len(info.classes))]
+    ordered = [p for group in zip_longest(*by_class) for p in group if p is not None]
+    return [f for f, _ in ordered], [c for _, c in ordered]
+
+
+def evaluate_run(model_dir, methods: Sequence[str] = DEFAULT_METHODS, split: str = "valid", steps: int = 16,
+                 limit: int | None = None, bs: int = 32, seed: int = 0,
+                 percentiles: Sequence[float] = ROAD_PERCENTILES) -> dict:
+    """Faithfulness of each CAM method on the run's own images, no boxes needed: deletion /
+    insertion AUC, ROAD, Average Drop / Increase in Confidence, the randomisation sanity check
+    (rank correlation of the maps with those of copies whose head, then also last stage, were
+    re-initialised) and the confidence retained when the top 20 % of the map is removed, per
+    method and per class; then `absence` (see `absence_of_evidence`). Targets are the true
+    classes. `percentiles`: ROAD's (they must include 80, where the absence signal is read)."""
+    from camkit.run import load
+
+    methods = _check_methods(methods)
+    if ABSENCE_AT not in percentiles:
+        raise CamkitError(f"the ROAD percentiles must include {ABSENCE_AT}")
+    if steps < 1 or bs < 1:
+        raise CamkitError(f"--steps and --bs must be at least 1, not {steps} and {bs}")
+    if limit is not None and limit < 1:
+        raise CamkitError(f"--limit must be at least 1, not {limit}")
+    split = value(split)
+    files, targets = run_images(model_dir, split)
+    files, targets = files[:limit], targets[:limit]
+    if not files:
+        raise CamkitError("no images to evaluate")
+    loaded = load(model_dir)
+    copies = randomised_copies(loaded.model, seed)
+    results = {m: _trust(loaded, m, copies, files, targets, steps, bs, seed, tuple(percentiles)) for m in methods}
+    return {"split": split, "images": len(files), "methods": results,
+            "absence": absence_of_evidence(results, loaded.classes)}
+
+
+def _check_methods(methods: Sequence[str]) -> list[str]:
+    from camkit.cam import METHODS
+
+    methods = [value(m) for m in methods]
+    if not methods:
+        raise CamkitError("no CAM method to evaluate; e.g. --methods cam,gradcam")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise CamkitError(f"unknown method '{unknown[0]}'; choose from {', '.join(METHODS)}")
+    return methods
+
+
+def _trust(loaded, method: str, copies: list[tuple[str, nn.Module]], files: list[Path], targets: list[int],
+           steps: int, bs: int, seed: int, percentiles: tuple[float, ...]) -> dict:
+    """One method's per-image numbers over `files`, averaged per method and per class."""
+    from camkit.cam import make_cam
+    from camkit.explain import iter_explain
+
+    rows: list[dict] = []
+    named = {str(f) for f in files}
+    for batch in iter_explain(loaded, files, make_cam(method, loaded.model), targets, bs, named=named):
+        rows += trust_rows(loaded.model, method, copies, batch.x, batch.maps, batch.targets, steps, seed, percentiles)
+    return summarize_trust(rows, loaded.classes)
+
+
+def trust_rows(model: nn.Module, method: str, copies: list[tuple[str, nn.Module]], x: Tensor, maps: Tensor,
+               target: Tensor, steps: int = 16, seed: int = 0,
+               percentiles: Sequence[float] = ROAD_PERCENTILES) -> list[dict]:
+    """Every box-free number of one batch, one dict per image: its class, whether the model
+    gets it right, deletion / insertion AUC, ROAD, the Average Drop / Increase terms, the
+    confidence retained without the map's top 20 % (correct images only, else None) and the
+    rank correlation of its map with each randomised copy's map for the same target."""
+    from camkit.cam import make_cam
+
+    d, i, _, _ = deletion_insertion(model, x, maps, target, steps=steps)
+    rr = road(model, x, maps, target, percentiles, seed=seed)
+    drop, inc = average_drop_increase(model, x, maps, target)
+    sims = [rank_correlation(maps.cpu(), make_cam(method, c)(x, target).cpu()) for _, c in copies]
+    kept = retained_confidence(rr, percentiles, at=ABSENCE_AT)
+    with torch.no_grad():
+        correct = (model(x).argmax(1) == target).cpu()
+    return [{"class": int(target[k]), "correct": bool(correct[k]), "deletion_auc": float(d[k]),
+             "insertion_auc": float(i[k]), "road": float(rr.combined[k]), "road_morf": float(rr.morf[k]),
+             "road_lerf": float(rr.lerf[k]), "average_drop": float(drop[k]), "increase_in_confidence": float(inc[k]),
+             "retained_confidence": float(kept[k]) if correct[k] else None,
+             "sanity_head": float(sims[0][k]), "sanity_last_stage": float(sims[1][k])} for k in range(len(x))]
+
+
+def summarize_trust(rows: list[dict], classes: Sequence[str]) -> dict:
+    """Per-image rows (`trust_rows`) -> the method's means, its sanity verdict (both rank
+    correlations below SANITY_MAX) and the same means per class."""
+    out = _trust_means(rows)
+    out["sanity_passed"] = bool(max(out["sanity_head"], out["sanity_last_stage"]) < SANITY_MAX)
+    out["per_class"] = {name: _trust_means([r for r in rows if r["class"] == c])
+                        for c, name in enumerate(classes) if any(r["class"] == c for r in rows)}
+    return out
+
+
+def _trust_means(rows: list[dict]) -> dict:
+    """Images, accuracy and the mean of every TRUST_KEYS number (retained confidence over the
+    correctly classified images only; NaN when there are none)."""
+    out = {"images": len(rows), "accuracy": round(sum(r["correct"] for r in rows) / max(1, len(rows)), 4)}
+    for key in TRUST_KEYS:
+        vals = [r[key] for r in rows if r[key] is not None]
+        out[key] = round(sum(vals) / len(vals), 4) if vals else float("nan")
+    return out
+
+
+def absence_of_evidence(results: dict[str, dict], classes: Sequence[str]) -> dict:
+    """The box-free signal of a class recognised by the absence of the others. For each class,
+    the confidence its correctly classified images keep when the top 20 % of the map is removed
+    (ROAD imputation), taken for the method whose removal hurts most (the lowest): if even the
+    most faithful map's region can go without the class dropping, nothing in the image is that
+    class's evidence. `flagged`: the classes keeping >= ABSENCE_MIN (validated on boxed sets in
+    scripts/bench_evidence.py against removing the object itself, where boxes are known) and
+    >= ABSENCE_GAP above the class that keeps least: a class that keeps its confidence while
+    another loses it is decided by that other class's object."""
+    per_class = {}
+    for name in classes:
+        scores = [(r["per_class"][name]["retained_confidence"], m) for m, r in results.items()
+                  if name in r.get("per_class", {}) and math.isfinite(r["per_class"][name]["retained_confidence"])]
+        if scores:
+            score, method = min(scores)
+            per_class[name] = {"score": round(score, 4), "method": method}
+    low = min((v["score"] for v in per_class.values()), default=math.nan)
+    flagged = [n for n, v in per_class.items() if v["score"] >= ABSENCE_MIN and v["score"] - low >= ABSENCE_GAP]
+    return {"threshold": ABSENCE_MIN, "gap": ABSENCE_GAP, "per_class": per_class, "flagged": flagged}
+
+
+def rank_methods(result: dict) -> list[str]:
+    """Methods of an `evaluate_run` result, most trustworthy first: those that pass the sanity
+    check before those that fail it (their maps do not depend on what the model learnt), then by
+    ROAD (higher: removing what the map points at costs the class more than removing the
+    rest), NaN last."""
+    def key(name: str) -> tuple:
+        r = result["methods"][name]
+        road_ = r["road"] if math.isfinite(r["road"]) else -math.inf
+        return (not r["sanity_passed"], -road_, name)
+
+    return sorted(result["methods"], key=key)

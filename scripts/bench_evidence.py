@@ -1,0 +1,175 @@
+"""Does each class's map point at its own object? Per-class pointing game for training recipes
+on two-class Fashion-MNIST canvas sets with known boxes, the truth about "recognised by the
+absence of the other" (the confidence kept when the object's own box is removed) and the
+box-free signal the report's trust section uses (camkit.metrics.absence_of_evidence).
+
+    python scripts/bench_evidence.py [--pairs shirt,ankle-boot sandal,bag] [--recipes plain,mosaic]
+                                     [--canvas 128] [--per-class 250] [--epochs 12] [--stride 32]
+
+Items from the full Fashion-MNIST training set (the Debian package's IDX files) are pasted at
+random places on noisy canvases (camkit.data.make_canvas_folder); 20 % of each class is held
+out and only held-out images are scored. Every run is `camkit train`'s defaults (CAM head,
+stride 32, fastai augmentation) with --arch resnet18 --no-pretrained --size CANVAS, and the
+recipe named in the row; `plain` is today's default. The anchor is `plain` itself: the ratio
+column is train seconds / plain's train seconds on the same set (goal: <= 2x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+warnings.filterwarnings("ignore")
+
+
+def object_removed_retained(run: Path, boxes_json: Path, margin: int = 2) -> dict[str, float]:
+    """The truth the box-free signal is checked against: per class, the confidence its correctly
+    classified held-out images keep when the object's own box (+ margin) is removed with ROAD's
+    imputation. Near 1: the class is decided without its object, i.e. by the other's absence."""
+    import torch
+
+    from camkit.metrics import impute_linear
+    from camkit.run import load, read_valid
+
+    boxes, root = json.loads(boxes_json.read_text()), boxes_json.parent.resolve()
+    loaded, g, kept = load(run), torch.Generator().manual_seed(0), {}
+    for v in read_valid(run):
+        x, c = loaded.preprocess([v.file]), loaded.classes.index(v.label)
+        with torch.no_grad():
+            p = loaded.model(x).softmax(1)[0]
+        if int(p.argmax()) != c:
+            continue
+        x0, y0, x1, y1 = boxes[v.file.resolve().relative_to(root).as_posix()]
+        removed = torch.zeros(x.shape[-2:], dtype=torch.bool)
+        removed[max(0, y0 - margin):y1 + margin, max(0, x0 - margin):x1 + margin] = True
+        with torch.no_grad():
+            q = loaded.model(impute_linear(x[0], removed, 0.01, g)[None]).softmax(1)[0, c]
+        kept.setdefault(v.label, []).append(min(1.0, float(q / p[c])))
+    return {k: round(sum(v) / len(v), 3) for k, v in kept.items()}
+
+
+def ceiling(boxes: dict, classes: list[str], canvas: int, stride: int) -> dict[str, float]:
+    """The best pointing game a map of stride `stride` can reach: a bilinearly upsampled map
+    peaks at a cell centre, so a box that contains no centre cannot be hit."""
+    centres = [(k + 0.5) * stride for k in range(canvas // stride)]
+    hit = {c: [] for c in classes}
+    for rel, (x0, y0, x1, y1) in boxes.items():
+        hit[rel.split("/")[0]].append(any(x0 <= u < x1 for u in centres) and any(y0 <= u < y1 for u in centres))
+    return {c: round(sum(h) / len(h), 2) for c, h in hit.items()}
+
+
+def step_timing(recipes: list[str], canvas: int, rounds: int = 3, steps: int = 4) -> dict[str, float]:
+    """Seconds per training step (recipe batch + forward + backward + SGD step, resnet18 at
+    `canvas` px, batch 32 of random images), best of `rounds`, recipes interleaved so that a
+    busy CPU slows them alike."""
+    import time
+
+    import torch
+
+    from camkit.evidence import get_recipe, make_batch, recipe_loss
+    from camkit.models import build_model
+
+    x, y = torch.randn(32, 3, canvas, canvas), torch.arange(32) % 2
+    best = {r: float("inf") for r in recipes}
+    for _ in range(rounds):
+        for name in recipes:
+            torch.manual_seed(0)
+            model = build_model("resnet18", 2, pretrained=False).model
+            opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+            loss_fn = recipe_loss(name) or torch.nn.CrossEntropyLoss()
+            g = torch.Generator().manual_seed(0)
+            start = time.perf_counter()
+            for _ in range(steps):
+                bx, bt = make_batch(x, y, 2, get_recipe(name), g) if not get_recipe(name).plain else (x, y)
+                loss = loss_fn(model(bx), bt)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            best[name] = min(best[name], (time.perf_counter() - start) / steps)
+    return best
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--pairs", nargs="+", default=["shirt,ankle-boot", "sandal,bag"])
+    p.add_argument("--recipes", default="plain,negatives,mosaic,bce")
+    p.add_argument("--canvas", type=int, default=128)
+    p.add_argument("--per-class", type=int, default=250)
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--stride", type=int, default=32)
+    p.add_argument("--weights", default=None, help="a local torchvision state_dict to start from (pretrained)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--absence-limit", type=int, default=40, help="held-out images for the box-free signal")
+    p.add_argument("--out", default=None, help="keep datasets and runs here")
+    p.add_argument("--jsonl", default=None, help="append one JSON line per row here")
+    p.add_argument("--negatives-from", default=None, help="comma-separated Fashion-MNIST classes: canvases of "
+                   "them (40 each, a stand-in for a generic third crawl) are passed as --negatives")
+    p.add_argument("--reuse", action="store_true", help="score runs already in --out instead of training them "
+                   "again (their train seconds are the ones recorded in their model.json)")
+    p.add_argument("--step-timing", action="store_true", help="only time one training step per recipe "
+                   "(interleaved, best of 3) and print the ratio to plain")
+    a = p.parse_args()
+    if a.step_timing:
+        best = step_timing(a.recipes.split(","), a.canvas)
+        for name, sec in best.items():
+            print(f"{name:<10} {sec:.3f} s/step  {sec / best[a.recipes.split(',')[0]]:.2f}x {a.recipes.split(',')[0]}")
+        return
+
+    from camkit.data import load_fashion_mnist, make_canvas_folder
+    from camkit.metrics import evaluate, evaluate_run
+    from camkit.run import read_info
+    from camkit.train import train
+
+    source = load_fashion_mnist()
+    root = Path(a.out or tempfile.mkdtemp(prefix="camkit-evidence-"))
+    print(f"{'pair':<18} {'recipe':<10} {'acc':>5} {'pointing A / B (ceiling)':>26} {'object-removed A / B':>21} "
+          f"{'box-free A / B':>15} {'flagged':>9} {'train s':>8} {'x plain':>7}", flush=True)
+    for pair in a.pairs:
+        classes = pair.split(",")
+        images = root / f"{'-'.join(classes)}-{a.canvas}"
+        if not (images / "boxes.json").exists():
+            make_canvas_folder(images, classes, a.per_class, canvas=a.canvas,
+                               item_range=(a.canvas * 5 // 16, a.canvas * 15 // 32), seed=a.seed, source=source)
+        top = ceiling(json.loads((images / "boxes.json").read_text()), classes, a.canvas, a.stride)
+        plain_seconds, negatives, tag = None, None, ""
+        if a.negatives_from:
+            negatives, tag = root / f"negatives-{a.negatives_from.replace(',', '-')}-{a.canvas}", "+neg"
+            if not negatives.is_dir():
+                make_canvas_folder(negatives, a.negatives_from.split(","), 40, canvas=a.canvas,
+                                   item_range=(a.canvas * 5 // 16, a.canvas * 15 // 32), seed=a.seed + 1,
+                                   source=source)
+        for recipe in a.recipes.split(","):
+            run = root / f"run-{'-'.join(classes)}-{a.canvas}-{recipe}{tag}-s{a.stride}{'-pre' if a.weights else ''}"
+            if a.reuse and (run / "model.json").is_file():
+                summary = read_info(run).summary
+                r = SimpleNamespace(valid_accuracy=summary["valid_accuracy"], train_seconds=summary["train_seconds"])
+            else:
+                r = train(images, arch="resnet18", epochs=a.epochs, size=a.canvas, bs=32, out=run,
+                          pretrained=bool(a.weights), weights=a.weights, stride=a.stride, seed=a.seed,
+                          recipe=recipe, overwrite=True, quiet=True, negatives=negatives)
+            plain_seconds = r.train_seconds if recipe == "plain" and not tag else plain_seconds
+            boxed = evaluate(run, images / "boxes.json", ["cam"], valid_only=True, steps=4)["cam"]["per_class"]
+            truth = object_removed_retained(run, images / "boxes.json")
+            free = evaluate_run(run, ["cam"], steps=1, limit=a.absence_limit, percentiles=(80,))["absence"]
+            point = " / ".join(f"{boxed[c]['pointing_game']:.2f} ({top[c]:.2f})" for c in classes)
+            removed = " / ".join(f"{truth.get(c, float('nan')):.3f}" for c in classes)
+            signal = " / ".join(f"{free['per_class'].get(c, {}).get('score', float('nan')):.3f}" for c in classes)
+            ratio = r.train_seconds / plain_seconds if plain_seconds else float("nan")
+            print(f"{pair:<18} {recipe + tag:<10} {r.valid_accuracy:>5.2f} {point:>26} {removed:>21} {signal:>15} "
+                  f"{','.join(free['flagged']) or '-':>9} {r.train_seconds:>8.0f} {ratio:>7.2f}", flush=True)
+            if a.jsonl:
+                row = {"pair": pair, "recipe": recipe, "canvas": a.canvas, "stride": a.stride, "epochs": a.epochs,
+                       "pretrained": bool(a.weights), "accuracy": r.valid_accuracy,
+                       "pointing": {c: boxed[c]["pointing_game"] for c in classes}, "ceiling": top,
+                       "object_removed_retained": truth, "absence": free, "train_seconds": r.train_seconds,
+                       "ratio": ratio}
+                with open(a.jsonl, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
