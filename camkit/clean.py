@@ -26,6 +26,7 @@ import numpy as np
 from camkit.choices import CleanSplit
 from camkit.crawl import MANIFEST, PHASH_THRESHOLD, phash
 from camkit.data import scan_class_folders
+from camkit.distributed import gather, in_group, shard
 from camkit.errors import CamkitError
 from camkit.files import confined, move_aside
 from camkit.images import REJECTED, is_dataset_image
@@ -115,10 +116,12 @@ def reasons(probs: np.ndarray, label: int, duplicate: bool) -> str:
     return "; ".join(why)
 
 
+@in_group
 def rank(run: str | Path | LoadedModel, data: str | Path | None = None, split: str = "all", bs: int = 64,
          device: str | None = None) -> list[Suspect]:
     """Score every image of the run's dataset (training images included) and sort them, most
-    suspicious first. `data` overrides the data root recorded in the run."""
+    suspicious first. `data` overrides the data root recorded in the run. Under torchrun each
+    rank scores its block of the images; every rank then ranks the whole gathered set."""
     split = _check_split(split)
     loaded = run if isinstance(run, LoadedModel) else load(run, device=device)
     root = data_root(loaded.path, loaded.info, data)
@@ -126,10 +129,12 @@ def rank(run: str | Path | LoadedModel, data: str | Path | None = None, split: s
     items = dataset_files(root, loaded.classes, split, valid)
     labels = dict(items)
     files, rows, hashes = [], [], []
-    for batch in iter_scores(loaded, [f for f, _ in items], bs, also=phash):
+    part = shard(len(items))
+    for batch in iter_scores(loaded, [f for f, _ in items[part.start:part.stop]], bs, also=phash):
         files += batch.files
         rows.append(batch.logits.double().log_softmax(1).numpy())  # exact losses where softmax underflows
         hashes += batch.extras
+    files, rows, hashes = gather(files), gather(rows), gather(hashes)
     if not rows:
         raise CamkitError(f"no readable images in '{root}'")
     log_probs = np.concatenate(rows)
@@ -186,6 +191,52 @@ def read_decisions(path: str | Path, root: Path, classes: list[str]) -> list[tup
         if action != f"relabel:{Path(rel).parts[0]}":
             todo.append((rel, file, action))
     return todo
+
+
+class DecisionFile:
+    """A decisions.json kept on disk and rewritten atomically at every decision (the app's
+    cleaner tab saves as the user clicks; `apply` reads the same format as the page's download:
+    {"version": 1, "run": ..., "data_root": ..., "decisions": {rel: action}})."""
+
+    def __init__(self, path: str | Path, run: str | Path, root: Path):
+        self.path, self.run, self.root = Path(path), Path(run), root
+        self.decisions: dict[str, str] = {}
+        if self.path.is_file():
+            self.decisions = self._read()
+
+    def _read(self) -> dict[str, str]:
+        try:
+            doc = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            doc = None
+        if not (isinstance(doc, dict) and isinstance(doc.get("decisions"), dict)
+                and all(isinstance(v, str) for v in doc["decisions"].values())):
+            aside = move_aside(self.path, self.path.with_name(self.path.name + ".unreadable"))
+            warnings.warn(f"'{self.path}' was not a decisions file; moved aside to '{aside}'", stacklevel=3)
+            return {}
+        return dict(doc["decisions"])
+
+    def get(self, rel: str) -> str:
+        return self.decisions.get(rel, "keep")
+
+    def count(self) -> int:
+        return sum(a != "keep" for a in self.decisions.values())
+
+    def set(self, rel: str, action: str) -> None:
+        from camkit.files import atomic_write
+
+        self.decisions[rel] = action
+        doc = {"version": 1, "run": str(self.run.resolve()), "data_root": str(self.root.resolve()),
+               "decisions": self.decisions}
+        atomic_write(self.path, json.dumps(doc, indent=1))
+
+    def archive(self) -> Path | None:
+        """After an apply: the file moved aside (kept, timestamped), the decisions forgotten."""
+        self.decisions = {}
+        if not self.path.is_file():
+            return None
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        return move_aside(self.path, self.path.with_name(f"{self.path.stem}.applied-{stamp}.json"))
 
 
 def _move(src: Path, dest: Path, root: Path) -> str:
@@ -299,7 +350,9 @@ function read(row){var r=row.querySelector('input[type=radio]:checked');if(!r)re
 var d=load();
 document.querySelectorAll('tr[data-rel]').forEach(function(row){
  show(row,d[row.dataset.rel]);
- row.addEventListener('change',function(ev){if(ev.target.tagName==='SELECT'){row.querySelector('input[value=relabel]').checked=true}
+ row.addEventListener('change',function(ev){var s=row.querySelector('select');
+ if(ev.target.tagName==='SELECT'){row.querySelector('input[value=relabel]').checked=true}
+ else if(ev.target.value==='relabel'&&!s.value){s.selectedIndex=1}
  var dd=load();dd[row.dataset.rel]=read(row);save(dd);show(row,dd[row.dataset.rel])});});
 document.getElementById('download').addEventListener('click',function(){
  var doc={version:1,run:b.dataset.run,data_root:b.dataset.root,decisions:load()};
@@ -322,9 +375,9 @@ def _data_uri(image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def overlays(loaded: LoadedModel, suspects: list[Suspect], side: int = 160) -> list[tuple[str, str]]:
-    """(original, CAM overlay) data URIs per suspect, the map of the predicted class drawn by
-    camkit.explain and camkit.render (the maps computed once, in batches)."""
+def overlay_pictures(loaded: LoadedModel, suspects: list[Suspect], side: int = 160) -> list[tuple]:
+    """(original, CAM overlay) PIL images per suspect, at most `side` pixels, the map of the
+    predicted class drawn by camkit.explain and camkit.render (maps computed once, in batches)."""
     from camkit.explain import explain
     from camkit.images import open_rgb
     from camkit.render import Style, fit_for_drawing, overlay
@@ -332,12 +385,16 @@ def overlays(loaded: LoadedModel, suspects: list[Suspect], side: int = 160) -> l
     if not suspects:
         return []
     style = Style(max_side=side)
-    results = explain(loaded, [s.image for s in suspects])
     out = []
-    for r in results:
+    for r in explain(loaded, [s.image for s in suspects]):
         picture = fit_for_drawing(open_rgb(r.image), side)
-        out.append((_data_uri(picture), _data_uri(overlay(picture, r.map, style)[1])))
+        out.append((picture, overlay(picture, r.map, style)[1]))
     return out
+
+
+def overlays(loaded: LoadedModel, suspects: list[Suspect], side: int = 160) -> list[tuple[str, str]]:
+    """(original, CAM overlay) data URIs per suspect, for the offline page."""
+    return [(_data_uri(a), _data_uri(b)) for a, b in overlay_pictures(loaded, suspects, side)]
 
 
 def _row(i: int, s: Suspect, uris: tuple[str, str], classes: list[str]) -> str:
@@ -346,7 +403,9 @@ def _row(i: int, s: Suspect, uris: tuple[str, str], classes: list[str]) -> str:
 
     e = html.escape
     name = f"d{i}"
-    options = "".join(f"<option value='{e(c)}'>{e(c)}</option>" for c in classes if c != s.label)
+    # a placeholder first, so that choosing the only other class of a two-class run is a change
+    options = "<option value='' disabled selected>class…</option>" + "".join(
+        f"<option value='{e(c)}'>{e(c)}</option>" for c in classes if c != s.label)
     controls = (f"<label><input type='radio' name='{name}' value='keep' checked> keep</label> "
                 f"<label><input type='radio' name='{name}' value='delete'> delete</label> "
                 f"<label><input type='radio' name='{name}' value='relabel'> relabel to</label> "

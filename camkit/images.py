@@ -42,15 +42,16 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageRejected("too_many_pixels", str(e)) from None
     except UnidentifiedImageError as e:
-        raise ImageRejected("not_an_image", f"not a readable image ({type(e).__name__}: {e})") from None
+        raise ImageRejected("not_an_image", "not a readable image (no known image format)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         reason = "truncated" if "truncated" in str(e).lower() else "corrupt"
         raise ImageRejected(reason, f"not a readable image ({type(e).__name__}: {e})") from None
 
 
-def open_rgb(path: str | Path) -> Image.Image:
+def open_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open an image as RGB: EXIF orientation applied, alpha composited on white,
-    palette expanded and 16-bit greyscale scaled (not clipped) to 8 bits.
+    palette expanded and 16-bit greyscale scaled (not clipped) to 8 bits; more than
+    `max_pixels` pixels is refused before decoding.
 
     Raises CamkitError for anything that is not a complete, decodable image."""
     path = Path(path)
@@ -63,7 +64,7 @@ def open_rgb(path: str | Path) -> Image.Image:
     except OSError as e:
         raise CamkitError(f"{path}: cannot be read ({e.strerror or e})") from None
     try:
-        return to_rgb(ImageOps.exif_transpose(decode(data)))
+        return to_rgb(ImageOps.exif_transpose(decode(data, max_pixels)))
     except ImageRejected as e:
         raise CamkitError(f"{path}: {e}") from None
 

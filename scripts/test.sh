@@ -8,6 +8,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     need=""
     [ -d /usr/share/datasets/fashion-mnist ] || need="$need dataset-fashion-mnist"
     command -v chromium >/dev/null 2>&1 || need="$need chromium"
+    command -v chromedriver >/dev/null 2>&1 || need="$need chromium-driver"
     if [ -n "$need" ]; then
         echo "test.sh: installing optional test packages:$need" >&2
         (timeout 600 apt-get update -qq && DEBIAN_FRONTEND=noninteractive timeout 900 \

@@ -70,3 +70,36 @@ def engine():
 
     with FakeEngine() as e:
         yield e
+
+
+# ---------------------------------------------------------------- real-browser tests (test_app.py,
+# test_clean.py): headless Chromium driven by selenium, skipped with the reason when missing
+
+@pytest.fixture(scope="session")
+def browser_downloads(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("downloads")
+
+
+@pytest.fixture(scope="session")
+def browser(browser_downloads):
+    """A headless Chromium (Debian's chromium + chromium-driver) with downloads into a temp folder."""
+    import shutil
+
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if not chromium or not driver_path:
+        pytest.skip("headless browser tests need Debian's chromium and chromium-driver (scripts/test.sh installs them)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1280,1000", "--allow-file-access-from-files"):
+        options.add_argument(arg)
+    options.add_experimental_option("prefs", {"download.default_directory": str(browser_downloads),
+                                              "download.prompt_for_download": False})
+    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()

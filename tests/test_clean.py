@@ -175,13 +175,50 @@ def test_page_has_the_controls_and_the_download_button(page):
     assert "http://" not in text and "https://" not in text  # nothing fetched: works offline
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian package 'chromium' is not installed")
-def test_page_script_runs_in_headless_chromium(page, tmp_path):
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
-             f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page.resolve().as_uri()], capture_output=True,
-                         text=True, timeout=120).stdout
-    assert 'data-ready="1"' in dom and "<img src=x" not in dom
+def _wait(driver, condition, seconds=30):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, seconds).until(lambda d: condition(d))
+
+
+def _row(driver, rel):
+    from selenium.webdriver.common.by import By
+
+    return next(r for r in driver.find_elements(By.CSS_SELECTOR, "tr[data-rel]") if r.get_attribute("data-rel") == rel)
+
+
+def test_page_decisions_survive_a_reload_and_download_as_apply_reads_them(browser, browser_downloads, tiny_run,
+                                                                           data, tmp_path):
+    """Clicked in a real browser: a delete and a relabel are kept across a reload (localStorage),
+    the downloaded decisions.json is what --apply reads, and the hostile name stays inert."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    shutil.copy(data / "bag" / "0000.png", data / "bag" / HOSTILE)
+    page = write_page(rank(tiny_run, data=data), tiny_run, tmp_path / "clean.html", top=6, data=data)
+    browser.get(page.resolve().as_uri())
+    _wait(browser, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+    rels = [r.get_attribute("data-rel") for r in browser.find_elements(By.CSS_SELECTOR, "tr[data-rel]")]
+    first, second = rels[0], rels[1]
+    _row(browser, first).find_element(By.CSS_SELECTOR, "input[value=delete]").click()
+    other = "trouser" if second.startswith("bag/") else "bag"
+    Select(_row(browser, second).find_element(By.TAG_NAME, "select")).select_by_value(other)
+    browser.refresh()
+    _wait(browser, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+    assert _row(browser, first).find_element(By.CSS_SELECTOR, "input[value=delete]").is_selected()
+    assert _row(browser, first).get_attribute("class") == "delete"
+    assert _row(browser, second).find_element(By.CSS_SELECTOR, "input[value=relabel]").is_selected()
+    assert _row(browser, rels[2]).find_element(By.CSS_SELECTOR, "input[value=keep]").is_selected()
+    for old in browser_downloads.glob("decisions*.json"):
+        old.unlink()   # the browser's own download folder from an earlier test (a temp folder)
+    browser.find_element(By.ID, "download").click()
+    got = _wait(browser, lambda d: next(browser_downloads.glob("decisions*.json"), None))
+    doc = json.loads(_wait(browser, lambda d: got.read_text() or None))
+    assert doc["decisions"] == {first: "delete", second: f"relabel:{other}"}
+    assert browser.execute_script("return typeof window.alerted") == "undefined"
+    moves = apply(tiny_run, got, data)
+    assert {m["from"]: m["action"] for m in moves} == doc["decisions"]
+    browser.execute_script("localStorage.clear()")
 
 
 def test_page_is_not_written_over_a_users_file(tiny_run, data, tmp_path):

@@ -1,0 +1,115 @@
+"""`camkit app RUN --export-space DIR`: a folder that is a ready Hugging Face Space running the
+same app as `camkit app` (push it to a Space with the Gradio SDK, or run `python app.py`).
+
+    DIR/app.py            launches camkit.app on the model below
+    DIR/requirements.txt  camkit's own dependencies and the Gradio it was exported with
+    DIR/README.md         the Space header (sdk: gradio, sdk_version, app_file) and a model card
+    DIR/model/            the run's weights (plain tensors) and model.json without the local data path
+    DIR/examples/         a few of the run's held-out images, renamed example-N.ext
+    DIR/camkit/           camkit's source, so the Space needs nothing that is not on PyPI
+
+The folder is assembled in a temporary folder beside DIR and renamed into place at the end, so
+a failed export leaves no half-made Space; an existing DIR is never written into.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import camkit
+from camkit.errors import CamkitError
+from camkit.files import TMP_PREFIX, ensure_writable_dir
+from camkit.run import export_model, read_info
+
+APP_PY = '''"""A camkit app as a Hugging Face Space (written by `camkit app RUN --export-space`).
+
+`python app.py` serves it on http://127.0.0.1:7860; Spaces set GRADIO_SERVER_NAME=0.0.0.0.
+"""
+import os
+from pathlib import Path
+
+from camkit.app import launch
+
+HERE = Path(__file__).resolve().parent
+launch(HERE / "model", host=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+       port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), examples=HERE / "examples")
+'''
+
+
+def requirements() -> list[str]:
+    """camkit's core dependencies (as installed camkit declares them) and the running Gradio,
+    pinned to the version the Space header names."""
+    gr = __import__("camkit.app", fromlist=["require_gradio"]).require_gradio()
+    try:
+        declared = metadata.requires("camkit") or []
+    except metadata.PackageNotFoundError:
+        raise CamkitError("camkit is not installed as a package (pip install camkit) so its "
+                          "requirements cannot be written") from None
+    core = [r.split(";")[0].strip() for r in declared if "extra ==" not in r]
+    return [*core, f"gradio=={gr.__version__}"]
+
+
+def readme(run: Path, gradio_version: str) -> str:
+    """The Space's README: YAML header (values JSON-quoted, which YAML reads as strings) and a
+    short model card from model.json."""
+    info = read_info(run)
+    title = " vs ".join(info.classes)[:60] if len(info.classes) <= 4 else f"{len(info.classes)}-class CAM classifier"
+    header = {"title": title, "emoji": "🔥", "colorFrom": "indigo", "colorTo": "red", "sdk": "gradio",
+              "sdk_version": gradio_version, "app_file": "app.py", "pinned": False}
+    lines = ["---", *(f"{k}: {json.dumps(v, ensure_ascii=False)}" for k, v in header.items()), "---", ""]
+    acc = info.summary.get("valid_accuracy")
+    lines += [f"# {title}", "",
+              f"A {info.arch} ({'pretrained, ' if info.pretrained else ''}{info.head} head, {info.size}-px input) "
+              f"trained with camkit on {len(info.classes)} classes: "
+              + ", ".join(info.classes) + "."
+              + (f" Held-out accuracy: {acc:.1%}." if isinstance(acc, (int, float)) else ""), "",
+              "Upload, paste or take a picture: the app shows the class probabilities and a class activation "
+              "map of where the model looked.", "",
+              "Run it locally: `pip install -r requirements.txt && python app.py`, then open http://127.0.0.1:7860.",
+              "", "If the training images were crawled, credit their authors: `camkit credits DATA` lists them.", ""]
+    return "\n".join(lines)
+
+
+def _copy_examples(run: Path, dest: Path, per_class: int) -> int:
+    from camkit.app import CamApp
+
+    files = CamApp(run).examples(per_class)
+    dest.mkdir()
+    for i, f in enumerate(files):
+        shutil.copyfile(f, dest / f"example-{i}{Path(f).suffix.lower()}")
+    return len(files)
+
+
+def _copy_package(dest: Path) -> None:
+    """camkit's own source (Python files and py.typed, no caches) into dest/camkit."""
+    src = Path(camkit.__file__).resolve().parent
+    shutil.copytree(src, dest / "camkit", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", f"{TMP_PREFIX}*"))
+
+
+def export_space(run: str | Path, out: str | Path, examples_per_class: int = 2) -> Path:
+    """Write the Space folder `out` (which must not exist yet) for the run; returns it."""
+    run, out = Path(run), Path(out)
+    if out.exists():
+        raise CamkitError(f"'{out}' already exists; --export-space writes a new folder")
+    reqs = requirements()
+    created = ensure_writable_dir(out.parent, "Space's parent folder")
+    staging = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}space-", dir=out.parent))
+    try:
+        export_model(run, staging / "model")
+        _copy_examples(run, staging / "examples", examples_per_class)
+        _copy_package(staging)
+        (staging / "app.py").write_text(APP_PY, encoding="utf-8")
+        (staging / "requirements.txt").write_text("\n".join(reqs) + "\n", encoding="utf-8")
+        (staging / "README.md").write_text(readme(run, reqs[-1].split("==")[1]), encoding="utf-8")
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)   # our own temporary folder, never a user's file
+        if created is not None:
+            from camkit.files import remove_if_empty
+            remove_if_empty(out.parent, created)
+        raise
+    return out
