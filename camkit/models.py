@@ -124,12 +124,17 @@ class TimmGrid(nn.Module):
         super().__init__()
         self.model = model
         self.prefix = getattr(model, "num_prefix_tokens", None)
+        self.kind: str | None = None    # the layout seen at the probe: nchw, nhwc or tokens
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from camkit.cam.layers import layout_of  # the layout rules CAM uses for any layer
 
         features = self.model.forward_features(x)
         layout = layout_of(features.shape, tuple(x.shape[-2:]), self.prefix)
+        if layout is None and self.kind == "nchw" and features.dim() == 4:
+            return features   # a CNN whose map is 1 x 1 at this size: still channels-first (CAM falls back)
+        if layout is not None:
+            self.kind = self.kind or layout.kind
         if layout is None:
             raise CamkitError(f"the features of shape {tuple(features.shape)} are not a spatial map that camkit's "
                               "CAM head can pool; use --head fastai")

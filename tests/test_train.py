@@ -145,7 +145,7 @@ def test_timm_names_work_when_timm_is_installed(canvas_dir, tmp_path):
     r = train(canvas_dir, arch="resnet10t", epochs=1, size=32, bs=16, out=tmp_path / "t", pretrained=False,
               quiet=True)
     assert r.arch == "resnet10t"
-    assert load(tmp_path / "t").model[0].__class__.__name__ == "TimmBody"
+    assert load(tmp_path / "t").model[0].__class__.__name__ == "TimmGrid"   # a CNN's grid, served by the CAM head
 
 
 def test_tensor_batches_flip_some_images_and_keep_the_rest(canvas_dir):
@@ -280,3 +280,25 @@ def test_device_order_is_cuda_then_apple_gpu_then_cpu(monkeypatch):
     assert d.default_device().type == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert d.default_device().type == "cuda"
+
+
+def test_an_error_in_the_forward_pass_leaves_autocast_off(canvas_dir, tmp_path):
+    """fastai skips after_batch when the model raises; bf16 autocast must still be switched off,
+    or every later pass in the process runs in bf16."""
+    from fastai.vision.all import DataLoaders  # noqa: F401  (fastai's Learner below)
+
+    from camkit.data import load_folder
+    from camkit.train import fit, make_learner, make_loaders
+
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            assert torch.is_autocast_cpu_enabled()   # inside the batch, bf16 is on
+            raise CamkitError("broken model")
+
+    built = build_model("resnet18", 2, "cam", False)
+    built.model[1] = torch.nn.Sequential(Broken())
+    dls, _ = make_loaders(load_folder(canvas_dir, 16), 16, 0.2, 0, "none", torch.device("cpu"), "bf16")
+    learn = make_learner(dls, built, tmp_path, "bf16")
+    with pytest.raises(CamkitError, match="broken model"):
+        fit(learn, False, 1, 0, None, verbose=False)
+    assert not torch.is_autocast_cpu_enabled()
