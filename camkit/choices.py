@@ -32,6 +32,14 @@ class Method(str, Enum):
     xgradcam = "xgradcam"
     layercam = "layercam"
     scorecam = "scorecam"
+    hirescam = "hirescam"
+    eigencam = "eigencam"
+    eigengradcam = "eigengradcam"
+    ablationcam = "ablationcam"
+    sscam = "sscam"
+    iscam = "iscam"
+    smoothgradcampp = "smoothgradcam++"
+    fullgrad = "fullgrad"
 
 
 class Engine(str, Enum):
@@ -41,6 +49,23 @@ class Engine(str, Enum):
     baidu = "baidu"
     flickr = "flickr"
     google = "google"
+    openverse = "openverse"
+    wikimedia = "wikimedia"
+    ddg = "ddg"          # optional: pip install 'camkit[ddg]'
+
+
+class License(str, Enum):
+    """Licence classes for `camkit crawl --license` (camkit.crawl.licenses.LICENSE_CLASSES)."""
+    creativecommons = "creativecommons"   # any Creative Commons licence or public domain
+    publicdomain = "publicdomain"         # CC0 or the Public Domain Mark
+    commercial = "commercial"             # allows commercial use
+    modification = "modification"         # allows adaptations
+    noncommercial = "noncommercial"       # allows non-commercial use (every CC licence)
+
+
+class CreditsFormat(str, Enum):
+    markdown = "markdown"
+    csv = "csv"
 
 
 class TrainLoader(str, Enum):
@@ -53,6 +78,22 @@ class Aug(str, Enum):
     fastai = "fastai"  # fastai's aug_transforms: flip, rotate, zoom, warp, lighting
     flip = "flip"      # a horizontal flip only
     none = "none"
+
+
+class Recipe(str, Enum):
+    """How the CAM head is trained so that each class is found by its own evidence
+    (camkit.evidence.RECIPES)."""
+    plain = "plain"          # cross-entropy on the images as they are
+    negatives = "negatives"  # + patch-shuffled copies as a hidden "neither" (a fixed zero logit)
+    mosaic = "mosaic"        # + negatives + 2x2 mosaics of whole images, both classes' targets
+    bce = "bce"              # per-class sigmoid (multi-label BCE) + negatives + mosaics
+    erasing = "erasing"      # random erasing of one rectangle per image
+
+
+class EvalSplit(str, Enum):
+    """Which of the run's images `camkit cam-eval` scores when no boxes are given."""
+    valid = "valid"
+    train = "train"
 
 
 class CleanSplit(str, Enum):

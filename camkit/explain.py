@@ -24,13 +24,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from camkit.cam import BaseCAM, get_layer, make_cam
+from camkit.cam import BaseCAM, get_layer, make_cam, split_layers
 from camkit.device import autocast, resolve_precision
+from camkit.distributed import gather, in_group, main_first, rank_world, shard
 from camkit.errors import CamkitError
 from camkit.files import atomic_write, confined, ensure_writable_dir, remove_if_empty
 from camkit.images import list_images, open_or_skip, open_rgb
-from camkit.render import Style, fit_for_drawing, gallery_html, overlay, peak_xy, to_numpy
+from camkit.render import DIVERGING, Style, fit_for_drawing, gallery_html, overlay, peak_xy, to_numpy
 from camkit.run import LoadedModel, load
+from camkit.targets import ContrastTarget, OutputTarget
 
 if TYPE_CHECKING:
     from fastai.learner import Learner
@@ -69,6 +71,7 @@ class CamResult:
     method: str
     model_size: int | tuple[int, int]
     picture: object = field(default=None, repr=False)
+    versus: int | None = None  # a contrast's other class: the map answers "why target and not versus"
 
     @property
     def pred(self) -> str:
@@ -89,7 +92,8 @@ class CamResult:
 
     def record(self) -> Explanation:
         image = str(self.image.resolve()) if isinstance(self.image, Path) else self.image
-        return Explanation(image=image, pred=self.pred, prob=self.prob, target=self.classes[self.target],
+        target = self.classes[self.target] + ("" if self.versus is None else f" vs {self.classes[self.versus]}")
+        return Explanation(image=image, pred=self.pred, prob=self.prob, target=target,
                            method=self.method, peak_xy=self.peak_xy)
 
 
@@ -122,10 +126,18 @@ class Explanations(list):
 
 # ---------------------------------------------------------------- computing
 
-def resolve_target(target: str | int | None, classes: list[str]) -> int | None:
-    """'pred' (or None) -> None; a class name or index -> its index."""
+def resolve_target(target: "str | int | OutputTarget | None", classes: list[str]) -> "int | OutputTarget | None":
+    """'pred' (or None) -> None; a class name or index -> its index; 'contrast' -> "why the
+    prediction and not the most likely other class" (camkit.targets.ContrastTarget); a target
+    object or callable (camkit.targets) is used as it is."""
     if target in (None, "pred"):
         return None
+    if isinstance(target, (list, tuple)):  # one per image
+        return [resolve_target(t, classes) for t in target]
+    if target == "contrast":
+        return ContrastTarget()
+    if isinstance(target, OutputTarget) or callable(target):
+        return target
     if isinstance(target, int) and 0 <= target < len(classes):
         return target
     if target in classes:
@@ -145,12 +157,15 @@ def collect_files(images: Sequence[str | Path] | str | Path) -> tuple[list[Path]
 
 def iter_explain(loaded: LoadedModel, files: list[Path], extractor: BaseCAM,
                  targets: Sequence[int | None] | int | None = None, bs: int = 32, precision: str = "fp32",
-                 named: set[str] = frozenset(), max_side: int | None = None) -> Iterator[CamBatch]:
+                 named: set[str] = frozenset(), max_side: int | None = None,
+                 part: range | None = None) -> Iterator[CamBatch]:
     """Decode, batch and explain `files` (targets: None = prediction, an index, or one per file).
-    With `max_side`, each result keeps a drawing-sized copy of its image for saving."""
+    With `max_side`, each result keeps a drawing-sized copy of its image for saving. `part`:
+    only these positions of `files` (a rank's shard; results keep their index in `files`)."""
+    span = part if part is not None else range(len(files))
     with extractor:
-        for start in range(0, len(files), bs):
-            chunk = [(i, f) for i, f in enumerate(files[start:start + bs], start)]
+        for start in range(span.start, span.stop, bs):
+            chunk = [(i, files[i]) for i in range(start, min(start + bs, span.stop))]
             decoded = [d for d in (_decode(i, f, named, loaded, max_side) for i, f in chunk) if d is not None]
             if not decoded:
                 continue
@@ -164,13 +179,19 @@ def explain_batch(extractor: BaseCAM, x: Tensor, items: list["Decoded"], targets
     """One pass over a prepared batch `x` (one Decoded per row; targets indexed by Decoded.index
     when a sequence). `model_size` is the input side the map is scaled to for peak_xy (default:
     x's own height and width)."""
-    wanted = [targets[d.index] if isinstance(targets, Sequence) else targets for d in items]
+    if isinstance(targets, OutputTarget) or callable(targets):  # one target object for the batch
+        wanted = targets
+    else:
+        wanted = [targets[d.index] if isinstance(targets, Sequence) else targets for d in items]
+        wanted = wanted if any(t is not None for t in wanted) else None
     with autocast(x.device, precision):
-        maps = extractor(x, wanted if any(t is not None for t in wanted) else None)
+        maps = extractor(x, wanted)
     probs, tgt = extractor.logits.softmax(1).cpu(), extractor.targets
+    other = getattr(extractor.target, "other", None)
     size = model_size or (x.shape[-2], x.shape[-1])
     results = [CamResult(d.index, d.path, d.size, maps[k].detach().float().cpu(), probs[k], int(tgt[k]), classes,
-                         extractor.name, size, d.picture) for k, d in enumerate(items)]
+                         extractor.name, size, d.picture, None if other is None else int(other[k]))
+               for k, d in enumerate(items)]
     return CamBatch(results, x, maps, tgt)
 
 
@@ -195,8 +216,9 @@ def _decode(index: int, path: Path, named: set[str], loaded: LoadedModel, max_si
 
 
 def prepare(model: str | Path | LoadedModel, method: str | None, layer: str | None, bs: int,
-            precision: str, device: str | None) -> tuple[LoadedModel, BaseCAM, str]:
-    """Load the run and make the extractor, checking every option before any image is read."""
+            precision: str, device: str | None, **options) -> tuple[LoadedModel, BaseCAM, str]:
+    """Load the run and make the extractor, checking every option before any image is read
+    (`options`: signed, aug_smooth, eigen_smooth, for camkit.cam.make_cam)."""
     loaded = model if isinstance(model, LoadedModel) else load(model, device=device)
     precision = resolve_precision(precision, loaded.device)
     if precision == "fp16":
@@ -204,43 +226,54 @@ def prepare(model: str | Path | LoadedModel, method: str | None, layer: str | No
     if bs < 1:
         raise CamkitError(f"--bs must be at least 1, not {bs}")
     probe = torch.zeros(1, 3, loaded.size, loaded.size, device=loaded.device)
-    if layer is not None:
-        get_layer(loaded.model, layer, probe)
-    return loaded, make_cam(method, loaded.model, layer, probe), precision
+    for name in split_layers(layer) or []:  # 'a,b': several layers, fused
+        get_layer(loaded.model, name, probe)
+    return loaded, make_cam(method, loaded.model, layer, probe, **options), precision
 
 
 def explain(model: "str | Path | LoadedModel | Learner", images: Sequence[str | Path] | str | Path, method: str | None = None,
-            target: str | int = "pred", layer: str | None = None, bs: int = 32, device: str | None = None,
-            precision: str = "fp32") -> Explanations:
+            target: "str | int | OutputTarget" = "pred", layer: str | None = None, bs: int = 32,
+            device: str | None = None, precision: str = "fp32", signed: bool = False, aug_smooth: bool = False,
+            eigen_smooth: bool = False) -> Explanations:
     """Explain images (files or folders, recursively) with a run saved by `camkit train` (or a
     fastai `Learner`, handed to `learn.cam` of the notebook layer): computes and returns the
     results, writes nothing. `precision` "bf16" (or "auto" where the hardware has native bf16)
     runs the passes under bf16 autocast, about twice as fast on such CPUs; maps are combined
-    and normalised in fp32 either way."""
+    and normalised in fp32 either way. `target`: 'pred', a class name or index, 'contrast' (the
+    prediction against the most likely other class) or a camkit.targets target; `signed` keeps
+    the evidence against (maps in [-1, 1]); `layer` 'a,b' fuses layers."""
+    options = dict(signed=signed, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
     if hasattr(model, "dls") and hasattr(model, "model"):  # a fastai Learner: the layer above serves it
         from camkit.fastai import cam_learner  # noqa: F401  (importing the layer adds Learner.cam)
 
-        return model.cam(images, method=method, target=target, layer=layer, bs=bs)
-    loaded, extractor, precision = prepare(model, method, layer, bs, precision, device)
+        return model.cam(images, method=method, target=target, layer=layer, bs=bs, **options)
+    loaded, extractor, precision = prepare(model, method, layer, bs, precision, device, **options)
     tgt = resolve_target(target, loaded.classes)
     files, named = collect_files(images)
     return Explanations(r for b in iter_explain(loaded, files, extractor, tgt, bs, precision, named) for r in b.results)
 
 
+@in_group
 def cam(images: Sequence[str | Path] | str | Path, model: str | Path | LoadedModel, method: str | None = None,
-        target: str | int = "pred", out: str | Path = "cams", layer: str | None = None, alpha: float = 0.5,
-        colormap: str = "jet", bs: int = 32, device: str | None = None, precision: str = "fp32",
-        quiet: bool = False) -> list[Explanation]:
+        target: "str | int | OutputTarget" = "pred", out: str | Path = "cams", layer: str | None = None,
+        alpha: float = 0.5, colormap: str | None = None, bs: int = 32, device: str | None = None,
+        precision: str = "fp32", quiet: bool = False, signed: bool = False, aug_smooth: bool = False,
+        eigen_smooth: bool = False) -> list[Explanation]:
     """What `camkit cam` runs: explain and save into `out`, batch by batch (each image decoded
     once, memory bounded by the batch). Returns the cams.jsonl records. Unless `quiet`, a line
-    per tenth of the work goes to stderr."""
-    style = Style(alpha, colormap)
-    loaded, extractor, precision = prepare(model, method, layer, bs, precision, device)
+    per tenth of the work goes to stderr. Under torchrun / accelerate launch each rank explains
+    and draws its contiguous block of the images, and rank 0 writes cams.jsonl and index.html
+    in input order: the folder equals a single process's."""
+    style = Style(alpha, colormap or (DIVERGING if signed else "jet"), signed=signed)
+    loaded, extractor, precision = prepare(model, method, layer, bs, precision, device, signed=signed,
+                                           aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
     tgt = resolve_target(target, loaded.classes)
     files, named = collect_files(images)
-    writer = CamWriter(out, [stem(f, i) for i, f in enumerate(files)], style)
-    batches = iter_explain(loaded, files, extractor, tgt, bs, precision, named, max_side=style.max_side)
-    return writer.write_all(batches if quiet else _with_progress(batches, len(files), bs))
+    writer = main_first(lambda: CamWriter(out, [stem(f, i) for i, f in enumerate(files)], style))
+    part = shard(len(files))
+    batches = iter_explain(loaded, files, extractor, tgt, bs, precision, named, max_side=style.max_side, part=part)
+    quiet = quiet or rank_world()[0] != 0  # progress once: rank 0's share
+    return writer.write_all(batches if quiet else _with_progress(batches, len(part), bs))
 
 
 def _with_progress(batches: Iterable[CamBatch], n: int, bs: int) -> Iterator[CamBatch]:
@@ -292,8 +325,10 @@ class CamWriter:
                 for r in batch.results if isinstance(batch, CamBatch) else batch:
                     records.append(self.write(r))
                     r.picture = None  # drawn: let it go
-            atomic_write(self.out / CAMS_JSONL, "".join(json.dumps(asdict(e)) + "\n" for e in records))
-            atomic_write(self.out / GALLERY, gallery_html(asdict(e) for e in records))
+            records = gather(records)  # the ranks' blocks in rank order: input order
+            if rank_world()[0] == 0:
+                atomic_write(self.out / CAMS_JSONL, "".join(json.dumps(asdict(e)) + "\n" for e in records))
+                atomic_write(self.out / GALLERY, gallery_html(asdict(e) for e in records))
         except BaseException as e:
             if self.created is not None and not records:
                 (self.out / MARKER).unlink(missing_ok=True)

@@ -11,6 +11,7 @@ import base64
 import html
 import io
 import json
+import math
 from pathlib import Path
 
 from camkit.errors import CamkitError
@@ -18,11 +19,13 @@ from camkit.explain import read_cams
 from camkit.files import atomic_write
 from camkit.run import (HISTORY, META, VALID, RunInfo, ValidRecord, check_run_dir, read_cam_eval, read_history,
                         read_info, read_valid)
+from camkit.run import read_cam_trust
 from camkit.run import data_root as data_root_of
 
 TOP_LOSSES = 8
 GALLERY = 12
 TOP_LOSSES_DIR = "top_losses"
+TOP_LOSSES_ACTUAL_DIR = "top_losses_actual"  # the same images, mapped for their actual class
 
 
 def _uri(image) -> str:
@@ -147,6 +150,11 @@ def report(run_dir: str | Path, cams: str | Path | None = None, out: str | Path 
         from camkit.explain import cam
 
         cam([v.file for v in top], model=view.run_dir, out=folder, quiet=True)
+    actual = view.run_dir / TOP_LOSSES_ACTUAL_DIR
+    if top and (view.run_dir / "model.pth").is_file() and view.info is not None and _stale(actual, view.run_dir):
+        from camkit.explain import cam
+
+        cam([v.file for v in top], model=view.run_dir, out=actual, target=[v.label for v in top], quiet=True)
     return write_page(view, cams, out)
 
 
@@ -165,7 +173,8 @@ def write_page(view: RunView, cams_dir: str | Path | None = None, out: str | Pat
     """The page for an already-read run, one section after the other."""
     cams_dir = Path(cams_dir) if cams_dir else view.run_dir / "cams"
     body = (_header(view) + _dataset(view) + _training(view) + _evaluation(view)
-            + _gallery(view, cams_dir) + _methods_side_by_side(view.run_dir, cams_dir) + _faithfulness(view.run_dir))
+            + _gallery(view, cams_dir) + _methods_side_by_side(view.run_dir, cams_dir) + _faithfulness(view.run_dir)
+            + _trust(view.run_dir))
     target = Path(out) if out else view.run_dir / "report.html"
     try:
         atomic_write(target, PAGE.format(body=body))
@@ -196,6 +205,7 @@ def _dataset(view: RunView) -> str:
         manifest = _crawl_manifest(Path(view.info.data_root))
         if manifest:
             parts.append("<h3>Crawl</h3>" + _table(manifest))
+        parts.append(crawl_credits(Path(view.info.data_root)))
     for cls in view.classes:
         files = [v.file for v in view.valid if v.label == cls and v.file.exists()][:8]
         if files:
@@ -225,13 +235,18 @@ def _evaluation(view: RunView) -> str:
     parts.append(_figure_file(view.run_dir / "confusion.png", "confusion matrix"))
     parts.append(_table(view.per_class()))
     explained = {Path(e.image).resolve(): e for e in read_cams(view.run_dir / TOP_LOSSES_DIR)}
-    top = [(v, explained.get(v.file.resolve())) for v in view.top_losses()]
+    actual = {Path(e.image).resolve(): e for e in read_cams(view.run_dir / TOP_LOSSES_ACTUAL_DIR)}
+    top = [(v, explained.get(v.file.resolve()), actual.get(v.file.resolve())) for v in view.top_losses()]
     if top:
-        parts.append("<h3>Top losses (look at these to clean the data)</h3><div class='grid'>")
-        for v, e in top:
+        parts.append("<h3>Top losses (look at these to clean the data)</h3><p>Each image, then the map of the "
+                     "predicted class (why the model said it), then the map of the actual class (the evidence "
+                     "it found for the right answer).</p><div class='grid'>")
+        for v, e, a in top:
             overlay = view.run_dir / TOP_LOSSES_DIR / e.overlay if e and e.overlay else None
+            second = view.run_dir / TOP_LOSSES_ACTUAL_DIR / a.overlay if a and a.overlay else None
             parts.append(_figure(v.file, overlay, f"actual {v.label}, predicted {v.pred} ({v.prob:.1%}), "
-                                                  f"loss {v.loss:.3f}" + (f"; {e.method} map" if e else "")))
+                                                  f"loss {v.loss:.3f}" + (f"; {e.method} maps: why {v.pred}" if e else "")
+                                 + (f" | evidence for {v.label}" if a else ""), second))
         parts.append("</div>")
     return "".join(parts) + "</section>"
 
@@ -260,8 +275,80 @@ def _gallery(view: RunView, cams_dir: Path) -> str:
 
 def _faithfulness(run_dir: Path) -> str:
     evaluation = read_cam_eval(run_dir)
-    table = "<h3>Faithfulness</h3>" + _table([{"method": k, **v} for k, v in evaluation.items()]) if evaluation else ""
+    rows = [{"method": k, **{n: x for n, x in v.items() if n != "per_class"}} for k, v in evaluation.items()]
+    rows += [{"method": f"{k}: {c}", **r} for k, v in evaluation.items() for c, r in v.get("per_class", {}).items()]
+    table = "<h3>Faithfulness</h3>" + _table(rows) if evaluation else ""
     return table + "</section>"
+
+
+def _num(x, digits: int = 3, scale: float = 1.0) -> str:
+    return f"{x * scale:.{digits}f}" if isinstance(x, (int, float)) and math.isfinite(x) else "–"
+
+
+def _trust(run_dir: Path) -> str:
+    """"Can these heatmaps be trusted?": the plain-words warning for each class recognised by the
+    absence of the others, then the methods ranked (sanity check, then ROAD) with their numbers
+    per class. Reads RUN/cam_trust.json (`camkit cam-eval RUN`); runs no model."""
+    from camkit.metrics import rank_methods
+
+    parts = ["<section id='trust'><h2>Can these heatmaps be trusted?</h2>"]
+    result = read_cam_trust(run_dir)
+    if result is None:
+        parts.append("<p>Not evaluated yet: run <code>camkit cam-eval RUN</code> (no boxes needed) to check, on "
+                     "the run's own images, whether each method's maps show what the model uses.</p>")
+        return "".join(parts) + "</section>"
+    parts += _absence_notes(result["absence"])
+    ranked = rank_methods(result)
+    best = ranked[0]
+    parts.append(f"<p>On {result['images']} {html.escape(result['split'])} images, the most faithful method is "
+                 f"<b>{html.escape(best)}</b>" + ("" if result["methods"][best]["sanity_passed"] else
+                                                   " — but no method passes the sanity check") + ".</p>")
+    failed = [m for m in ranked if not result["methods"][m]["sanity_passed"]]
+    if failed:
+        parts.append(f"<p class='warn'>{html.escape(', '.join(failed))}: the maps barely change when the model's "
+                     "head and last stage are re-initialised, so they show the image more than the model; do not "
+                     "read them as the model's reasons.</p>")
+    parts.append(_table(_trust_rows(result, ranked)))
+    return "".join(parts) + "</section>"
+
+
+def _absence_notes(absence: dict) -> list[str]:
+    """One warning per class recognised by the absence of the others, or one line saying that
+    every class has evidence of its own."""
+    notes = []
+    for cls in absence["flagged"]:
+        name, score = html.escape(cls), absence["per_class"][cls]["score"]
+        notes.append(f"<p class='warn absence'><b>'{name}' is recognised by the absence of the other "
+                     f"class{'es' if len(absence['per_class']) > 2 else ''}, not by anything of its own.</b> Its "
+                     f"images keep {score:.0%} of their confidence when the top 20% of the map is erased, for "
+                     f"every method: the model decides '{name}' because the other object is missing, so its "
+                     f"heatmaps point at background and say nothing about what a '{name}' looks like. Retrain "
+                     f"with <code>--negatives DIR</code> (images of neither class) or another "
+                     f"<code>--recipe</code>, and check again.</p>")
+    if not absence["flagged"] and absence["per_class"]:
+        notes.append("<p>Every class is recognised by evidence of its own: erasing the top 20% of the best map "
+                     "costs each class confidence (" + ", ".join(
+                         f"{html.escape(c)} keeps {v['score']:.0%}" for c, v in absence["per_class"].items())
+                     + ").</p>")
+    return notes
+
+
+def _trust_rows(result: dict, ranked: list[str]) -> list[dict]:
+    """The trust table: per method (in rank order) its overall row, then one row per class."""
+    rows = []
+    for rank, m in enumerate(ranked, 1):
+        r = result["methods"][m]
+        verdict = " pass" if r["sanity_passed"] else " FAIL"
+        for cls, c in [("all", r), *r["per_class"].items()]:
+            rows.append({"rank": rank if cls == "all" else "", "method": m, "class": cls, "images": c["images"],
+                         "ROAD ↑": _num(c["road"]), "deletion ↓": _num(c["deletion_auc"]),
+                         "insertion ↑": _num(c["insertion_auc"]), "avg drop % ↓": _num(c["average_drop"], 1, 100),
+                         "increase % ↑": _num(c["increase_in_confidence"], 1, 100),
+                         "kept without top 20% ↓": _num(c["retained_confidence"]),
+                         "sanity: head / last stage ↓": f"{_num(c['sanity_head'], 2)} / "
+                                                         f"{_num(c['sanity_last_stage'], 2)}"
+                                                         + (verdict if cls == "all" else "")})
+    return rows
 
 
 PAGE = ("<!doctype html><html><head><meta charset='utf-8'><meta name='generator' content='camkit'>"
@@ -278,9 +365,10 @@ PAGE = ("<!doctype html><html><head><meta charset='utf-8'><meta name='generator'
         "document.body.setAttribute('data-images',document.images.length)}});</script></body></html>")
 
 
-def _figure(original: str | Path, overlay: Path | None, caption: str) -> str:
-    """Original | overlay side by side (the original alone when no overlay was saved)."""
-    shown = _img(_thumb(overlay, 160), "overlay", 120) if overlay is not None and overlay.exists() else ""
+def _figure(original: str | Path, overlay: Path | None, caption: str, second: Path | None = None) -> str:
+    """Original | overlay (| a second overlay, e.g. another class's map) side by side (the
+    original alone when no overlay was saved)."""
+    shown = "".join(_img(_thumb(o, 160), "overlay", 120) for o in (overlay, second) if o is not None and o.exists())
     return (f"<figure>{_img(_thumb(original, 160), 'original', 120)}{shown}"
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
@@ -310,6 +398,24 @@ def _methods_side_by_side(run_dir: Path, cams_dir: Path, n_images: int = 4) -> s
         rows.append(f"<div class='strip'><b>{html.escape(Path(image).name)}</b> " + "".join(cells) + "</div>")
     return ("<h3 id='methods'>Methods side by side</h3><p>original, " + ", ".join(map(html.escape, methods))
             + "</p>" + "".join(rows))
+
+
+def crawl_credits(root: Path, limit: int = 200) -> str:
+    """Licence counts and the credits (creator, licence, source page) of the crawled images
+    still in the dataset, from the crawl's manifest; '' when there is no crawl or it is unreadable."""
+    from camkit.crawl.credits import credits, license_counts
+
+    try:
+        items = credits(root)
+    except CamkitError:
+        return ""
+    if not items:
+        return ""
+    counts = ", ".join(f"{html.escape(k)} {n}" for k, n in license_counts(items).items())
+    rows = [{"file": c.file, "creator": c.creator or "unknown", "licence": c.license or "unknown",
+             "source": c.source_page or "-"} for c in items[:limit]]
+    more = f"<p>… and {len(items) - limit} more (camkit credits DIR).</p>" if len(items) > limit else ""
+    return (f"<h3 id='credits'>Licences and credits</h3><p>Licences: {counts}.</p>" + _table(rows) + more)
 
 
 def _crawl_manifest(root: Path) -> list[dict]:

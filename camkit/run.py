@@ -7,6 +7,8 @@
     RUN/valid.json     per held-out image: file (relative to the data root), label, pred, prob, loss
     RUN/loss.png, RUN/confusion.png
     RUN/cam_eval.json  faithfulness per CAM method (`camkit cam-eval`), merged per method
+    RUN/cam_trust.json faithfulness without boxes (`camkit cam-eval RUN`): per method and class,
+                       the sanity check, and the classes recognised by the absence of the others
 
 Everything read from these files is validated here, so a malformed or hostile run folder is a
 one-line CamkitError, and every path read from them stays inside its folder. A new run is
@@ -41,6 +43,7 @@ MODEL_FORMAT = "camkit-model/2"
 READABLE_FORMATS = ("camkit-model/1", MODEL_FORMAT)   # /1: paths in valid.json relative to the cwd
 META, WEIGHTS, HISTORY, VALID, CAM_EVAL = "model.json", "model.pth", "history.csv", "valid.json", "cam_eval.json"
 STAGING = ".camkit-staging"
+CAM_TRUST = "cam_trust.json"
 
 
 # ---------------------------------------------------------------- model.json
@@ -62,6 +65,7 @@ class RunInfo:
     data_root: str | None = None
     format: str = MODEL_FORMAT
     resize: str = "squish"   # how images reach size x size: squish (camkit train) or crop (fastai's Resize)
+    world_size: int = 1      # processes that trained it (data-parallel under torchrun / accelerate)
 
     def to_json(self) -> dict:
         return {"format": self.format, **{k: v for k, v in asdict(self).items() if k != "format"}}
@@ -97,7 +101,9 @@ class RunInfo:
             confusion=need("confusion", lambda v: _matrix(v, len(classes)), "a square matrix of counts", []),
             summary=need("summary", lambda v: isinstance(v, dict), "an object", {}),
             data_root=need("data_root", lambda v: v is None or isinstance(v, str), "a folder path", None),
-            format=meta["format"], resize=need("resize", lambda v: v in ("squish", "crop"), "'squish' or 'crop'", "squish"))
+            format=meta["format"], resize=need("resize", lambda v: v in ("squish", "crop"), "'squish' or 'crop'", "squish"),
+            world_size=need("world_size", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                            "a positive integer", 1))
 
 
 def _finite(x: Any) -> bool:
@@ -251,11 +257,50 @@ def read_cam_eval(run_dir: str | Path) -> dict[str, dict]:
     if not path.is_file():
         return {}
     data = _read_json(path, "CAM evaluation")
-    if not isinstance(data, dict) or not all(isinstance(v, dict) and isinstance(v.get("images"), int)
-                                             and all(_finite(x) for k, x in v.items() if k != "images")
+    if not isinstance(data, dict) or not all(_scores(v) and all(_scores(c) for c in v.get("per_class", {}).values())
                                              for v in data.values()):
         raise CamkitError(f"'{path}' must map method names to results (images and scores as numbers)")
     return data
+
+
+def _scores(v: Any, flags: tuple[str, ...] = ()) -> bool:
+    """A result: images (int) and scores as finite numbers (NaN allowed: a score with no image
+    to average over), optional per_class results of the same shape, and `flags` as booleans."""
+    return isinstance(v, dict) and isinstance(v.get("images"), int) and all(
+        (isinstance(x, dict) and all(_scores(c) for c in x.values())) if k == "per_class"
+        else isinstance(x, bool) if k in flags
+        else (isinstance(x, float) and math.isnan(x)) or _finite(x)
+        for k, x in v.items() if k != "images")
+
+
+def read_cam_trust(run_dir: str | Path) -> dict | None:
+    """RUN/cam_trust.json (`camkit cam-eval RUN` without boxes), validated; None when absent."""
+    path = Path(run_dir) / CAM_TRUST
+    if not path.is_file():
+        return None
+    data = _read_json(path, "CAM evaluation without boxes")
+    absence = data.get("absence") if isinstance(data, dict) else None
+    if not (isinstance(data, dict) and data.get("split") in ("valid", "train") and isinstance(data.get("images"), int)
+            and isinstance(data.get("methods"), dict)
+            and all(_scores(v, ("sanity_passed",)) for v in data["methods"].values())
+            and isinstance(absence, dict) and isinstance(absence.get("flagged"), list)
+            and all(isinstance(c, str) for c in absence["flagged"]) and isinstance(absence.get("per_class"), dict)
+            and all(isinstance(v, dict) and _finite(v.get("score")) and isinstance(v.get("method"), str)
+                    for v in absence["per_class"].values())):
+        raise CamkitError(f"'{path}' is not a camkit evaluation (split, images, methods, absence)")
+    return data
+
+
+def save_cam_trust(run_dir: str | Path, result: dict) -> bool:
+    """Write RUN/cam_trust.json atomically, unless it holds an evaluation of the same split over
+    more images (a quick `--limit` check never replaces a full one); returns whether it was
+    written. NaN (a class with no correctly classified image) is written as JSON's NaN, which
+    Python's json reads back."""
+    saved = read_cam_trust(run_dir)
+    if saved and saved["split"] == result["split"] and saved["images"] > result["images"]:
+        return False
+    atomic_write(Path(run_dir) / CAM_TRUST, json.dumps(result, indent=1))
+    return True
 
 
 def save_cam_eval(run_dir: str | Path, results: dict[str, dict]) -> list[str]:
@@ -323,6 +368,8 @@ def save_run(out: Path, contents: RunContents, overwrite: bool) -> None:
             os.replace(staging / name, out / name)
         if (out / CAM_EVAL).exists():
             move_aside(out / CAM_EVAL, out / "cam_eval.previous.json")
+        if (out / CAM_TRUST).exists():
+            move_aside(out / CAM_TRUST, out / "cam_trust.previous.json")
         os.replace(staging / META, out / META)
     except OSError as e:
         raise CamkitError(f"cannot write the run to '{out}' ({e.strerror or e})") from None
@@ -345,6 +392,29 @@ def _write_files(folder: Path, c: RunContents) -> list[str]:
     plot_confusion(np.array(c.info.confusion), c.info.classes, folder / "confusion.png")
     (folder / META).write_text(json.dumps(c.info.to_json(), indent=1), encoding="utf-8")
     return [WEIGHTS, HISTORY, VALID, "loss.png", "confusion.png"]
+
+
+def export_model(run_dir: str | Path, dest: str | Path) -> Path:
+    """Copy what is needed to use the run elsewhere (a Hugging Face Space, a colleague) into
+    the new folder `dest`: the weights and model.json, whose local paths are dropped (the
+    data root, the run folder, skipped files: paths of the author's machine have no place in a
+    public copy). The weights are checked to
+    be plain tensors first, so nothing pickled is passed on."""
+    from camkit.models import read_state_dict
+
+    info = read_info(run_dir)
+    weights = Path(run_dir) / WEIGHTS
+    read_state_dict(weights, "weights")
+    dest = Path(dest)
+    if dest.exists():
+        raise CamkitError(f"'{dest}' already exists; the model is copied into a new folder")
+    dest.mkdir(parents=True)
+    shutil.copyfile(weights, dest / WEIGHTS)
+    private = ("out", "skipped")    # local paths: the run folder, files skipped in the dataset
+    public = {**info.to_json(), "data_root": None,
+              "summary": {k: v for k, v in info.summary.items() if k not in private}}
+    atomic_write(dest / META, json.dumps(public, indent=1))
+    return dest
 
 
 def discard_out(out: Path, created: Path | None) -> None:

@@ -105,3 +105,16 @@ def test_crawl_manifest_rejects_are_summarised(tiny_run, canvas_dir, tmp_path):
         manifest.unlink()
     crawl = page[page.index("<h3>Crawl</h3>"):page.index("id='training'")]
     assert "<td>bag</td><td>duplicate</td><td>2</td>" in crawl and "<td>trouser</td><td>truncated</td><td>1</td>" in crawl
+
+
+def test_top_losses_show_the_predicted_and_the_actual_class_maps(report_path):
+    from camkit.explain import read_cams
+    from camkit.report import TOP_LOSSES_ACTUAL_DIR, TOP_LOSSES_DIR
+
+    run = report_path.parent
+    pred, actual = read_cams(run / TOP_LOSSES_DIR), read_cams(run / TOP_LOSSES_ACTUAL_DIR)
+    labels = {str(v.file.resolve()): v.label for v in read_valid(run)}
+    assert pred and [e.image for e in actual] == [e.image for e in pred]
+    assert all(e.target == labels[e.image] for e in actual)
+    section = report_path.read_text().split("id='evaluation'")[1].split("</section>")[0]
+    assert section.count("evidence for") == len(pred)

@@ -15,11 +15,13 @@ from typing import Annotated, List, Optional
 import typer
 
 from camkit import __version__
-from camkit.choices import Aug, CleanSplit, Engine, Head, Method, Precision, TrainLoader
+from camkit.choices import Aug, CleanSplit, EvalSplit, Head, Method, Precision, Recipe, TrainLoader
 from camkit.cli._boundary import Boundary
 from camkit.cli._options import DataRootOpt, JsonOpt, ModelOpt, SeedOpt, emit, finite, split_list, stdout_for
 from camkit.cli.calc import calc_app
 from camkit.cli.course import course_app
+from camkit.cli.crawl import register as register_crawl_commands
+from camkit.errors import CamkitError
 
 app = typer.Typer(cls=Boundary, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="fastai transfer learning with Class Activation Maps.")
@@ -39,60 +41,7 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
     """fastai transfer learning with Class Activation Maps."""
 
 
-@app.command()
-def crawl(
-    keywords: Annotated[List[str], typer.Argument(help="one class folder per keyword, e.g. cats dogs")],
-    max_num: Annotated[int, typer.Option(help="images wanted per keyword (a rerun continues to this)")] = 100,
-    out: Annotated[Path, typer.Option(help="dataset folder")] = Path("data/images"),
-    engine: Annotated[Engine, typer.Option(help="search engine (auto falls back when one finds nothing)")] = Engine.auto,
-    endpoint: Annotated[Optional[str], typer.Option(help="replace the engine's scheme and host (mirror, test server)")] = None,
-    threads: Annotated[int, typer.Option(help="download threads")] = 8,
-    min_size: Annotated[int, typer.Option(help="reject images whose shorter side is smaller")] = 64,
-    max_side: Annotated[int, typer.Option(help="resize so the longer side is at most this (0: keep)")] = 512,
-    max_bytes: Annotated[str, typer.Option(help="reject files larger than this (streamed, stops early)")] = "20MB",
-    license: Annotated[Optional[str], typer.Option(help="creativecommons|publicdomain|commercial|noncommercial")] = None,
-    allow_private: Annotated[bool, typer.Option(help="allow image URLs on private/loopback addresses")] = False,
-    timeout: Annotated[float, typer.Option(help="seconds to connect, and to wait for each piece of a response")] = 10.0,
-    file_timeout: Annotated[Optional[float], typer.Option(help="seconds for a whole download, redirects and "
-                                                          "retries included (default 3 x --timeout)")] = None,
-    idle_timeout: Annotated[float, typer.Option(help="stop a keyword after this long without any result")] = 60.0,
-    total_timeout: Annotated[float, typer.Option(help="stop a keyword after this long in all")] = 3600.0,
-    as_json: JsonOpt = False,
-):
-    """Search images for each keyword into verified, deduplicated class folders."""
-    from camkit.crawl import crawl as crawl_fn
-
-    with stdout_for(as_json):
-        summaries = crawl_fn(keywords, max_num=max_num, out=out, engine=engine.value, endpoint=endpoint,
-                             threads=threads, min_size=min_size, max_side=max_side or None, max_bytes=max_bytes,
-                             license=license, allow_private=allow_private, timeout=timeout, file_timeout=file_timeout,
-                             idle_timeout=idle_timeout, total_timeout=total_timeout, quiet=as_json)
-    if as_json:
-        emit([asdict(s) for s in summaries])
-        return
-    print(f"{'keyword':<20} {'requested':>9} {'saved':>6}  rejected by reason")
-    for s in summaries:
-        reasons = ", ".join(f"{k} {v}" for k, v in s.rejected.items()) or "-"
-        print(f"{s.keyword:<20} {s.requested:>9} {s.saved:>6}  {reasons}"
-              + (f"  (stopped: {s.timed_out} timeout)" if s.timed_out else ""))
-    print(f"manifest: {out / 'manifest.jsonl'}")
-
-
-@app.command()
-def verify(
-    folder: Annotated[Path, typer.Argument(help="class-per-folder dataset")],
-    min_size: Annotated[int, typer.Option(help="reject images whose shorter side is smaller")] = 64,
-    as_json: JsonOpt = False,
-):
-    """The crawl's checks and dedup on an existing folder; rejects go to FOLDER/_rejected/."""
-    from camkit.crawl import verify as verify_fn
-
-    summary = verify_fn(folder, min_size=min_size)
-    if as_json:
-        emit(asdict(summary))
-        return
-    reasons = ", ".join(f"{k} {v}" for k, v in summary.rejected.items()) or "none"
-    print(f"checked {summary.checked}, kept {summary.kept}; moved to {folder / '_rejected'}: {reasons}")
+register_crawl_commands(app)  # crawl, verify, credits (camkit/cli/crawl.py)
 
 
 @app.command()
@@ -117,16 +66,25 @@ def train(
                                                 "course builds them")] = TrainLoader.tensor,
     aug: Annotated[Aug, typer.Option(help="training augmentation: fastai's aug_transforms, a flip, or none")] = Aug.fastai,
     overwrite: Annotated[bool, typer.Option(help="replace a run already in --out (kept until the new one is complete)")] = False,
+    cache: Annotated[Optional[Path], typer.Option(help="folder for the decoded images (memory-mapped; the next run "
+                                                  "decodes only new or changed files)")] = None,
+    recipe: Annotated[Recipe, typer.Option(help="what training batches add so that each class's map finds its own "
+                                           "evidence (see camkit.evidence)")] = Recipe.plain,
+    negatives: Annotated[Optional[Path], typer.Option(help="folder of images of neither class (e.g. a generic "
+                                                      "crawl): a hidden 'neither' in every batch")] = None,
     as_json: JsonOpt = False,
 ):
-    """Train a classifier on an image folder and save it in a safe format."""
+    """Train a classifier on an image folder and save it in a safe format (several processes under torchrun)."""
     from camkit.train import train as train_fn
 
     with stdout_for(as_json):
         result = train_fn(data_dir, arch=arch, epochs=epochs, size=size, bs=bs, valid_pct=valid_pct, seed=seed,
                           out=out, lr=lr, head=head.value, pretrained=pretrained, weights=weights, stride=stride,
                           freeze_epochs=freeze_epochs, precision=precision.value, loader=loader.value, aug=aug.value,
-                          overwrite=overwrite, quiet=as_json)
+                          overwrite=overwrite, quiet=as_json, cache=cache, recipe=recipe.value,
+                          negatives=negatives)
+    if not main_rank():
+        return  # under torchrun / accelerate launch, rank 0 reports
     if as_json:
         emit({k: v for k, v in result.to_dict().items() if k != "history"})
     else:
@@ -134,26 +92,54 @@ def train(
               f"{result.images_per_sec:.1f} images/s on {result.device} ({result.precision}); saved to {result.out}")
 
 
+def _list_methods(value: bool) -> None:
+    """`camkit cam --list-methods`: one line per method, then exit (before any other option is read)."""
+    if not value:
+        return
+    from camkit.cam import describe_methods
+
+    print(f"{'method':<16} {'paper':<44} {'peers':<28} needs")
+    for name, paper, needs, peers in describe_methods():
+        print(f"{name:<16} {paper[:44]:<44} {peers:<28} {needs}")
+    raise typer.Exit()
+
+
 @app.command()
 def cam(
     images: Annotated[List[Path], typer.Argument(help="image files or folders (searched recursively)")],
     model: ModelOpt,
-    method: Annotated[Optional[Method], typer.Option(help="default: cam when the head allows, else gradcam")] = None,
-    target: Annotated[str, typer.Option(help="'pred' or a class name")] = "pred",
+    method: Annotated[Optional[Method], typer.Option(metavar="METHOD", help=", ".join(m.value for m in Method)
+                                                     + " (default: cam when the head allows, else gradcam; "
+                                                     "--list-methods: what each needs)")] = None,
+    target: Annotated[str, typer.Option(help="'pred', a class name, or 'contrast': why the prediction and not "
+                                        "the most likely other class")] = "pred",
     out: Annotated[Path, typer.Option(help="output folder (empty, or one camkit wrote)")] = Path("cams"),
-    layer: Annotated[Optional[str], typer.Option(help="module name to explain (default: last spatial layer)")] = None,
+    layer: Annotated[Optional[str], typer.Option(help="module name to explain (default: last spatial layer; "
+                                                 "a,b fuses several)")] = None,
     alpha: Annotated[float, typer.Option(help="heatmap opacity in the overlay")] = 0.5,
-    colormap: Annotated[str, typer.Option(help="matplotlib colormap")] = "jet",
+    colormap: Annotated[Optional[str], typer.Option(help="matplotlib colormap (default jet; RdBu_r with "
+                                                    "--signed)")] = None,
+    signed: Annotated[bool, typer.Option("--signed", help="keep evidence against (blue) beside evidence for "
+                                         "(red): maps in [-1, 1]")] = False,
+    aug_smooth: Annotated[bool, typer.Option("--aug-smooth", help="average the maps of 6 flipped / rescaled "
+                                             "copies (6x the passes)")] = False,
+    eigen_smooth: Annotated[bool, typer.Option("--eigen-smooth", help="first principal component of the "
+                                               "weighted activations")] = False,
     bs: Annotated[int, typer.Option(help="batch size")] = 32,
     precision: Annotated[Precision, typer.Option(help="fp32, bf16 (faster on CPUs with native bf16) or auto")] = Precision.fp32,
     as_json: Annotated[bool, typer.Option("--json", help="print the cams.jsonl lines")] = False,
+    list_methods: Annotated[bool, typer.Option("--list-methods", is_eager=True, callback=_list_methods,
+                                               help="list the methods, what each needs and the peers that have it")] = False,
 ):
     """Heatmaps of where the model looked: overlays, raw maps, cams.jsonl and index.html."""
     from camkit.explain import cam as cam_fn
 
     with stdout_for(as_json):
         results = cam_fn(images, model=model, method=method.value if method else None, target=target, out=out,
-                         layer=layer, alpha=alpha, colormap=colormap, bs=bs, precision=precision.value, quiet=as_json)
+                         layer=layer, alpha=alpha, colormap=colormap, bs=bs, precision=precision.value, quiet=as_json,
+                         signed=signed, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
+    if not main_rank():
+        return  # under torchrun / accelerate launch, rank 0 reports
     if as_json:
         for r in results:
             print(json.dumps(finite(asdict(r)), allow_nan=False))
@@ -166,25 +152,37 @@ def cam(
 
 @app.command("cam-eval")
 def cam_eval(
-    boxes: Annotated[Path, typer.Argument(help="boxes.json: {relative/path.png: [x0, y0, x1, y1]}")],
-    model: ModelOpt,
+    path: Annotated[Optional[Path], typer.Argument(help="a run folder (faithfulness without boxes, on its own images), "
+                                                   "or boxes.json: {relative/path.png: [x0, y0, x1, y1]} with --model")] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="run folder written by camkit train")] = None,
     methods: Annotated[Optional[List[str]], typer.Option(help="methods, repeated or comma-separated "
                                                           "(default cam,gradcam,gradcam++,xgradcam,layercam)")] = None,
     image_root: Annotated[Optional[Path], typer.Option(help="folder the box paths are relative to (default: boxes.json's)")] = None,
     steps: Annotated[int, typer.Option(help="deletion/insertion steps")] = 16,
     limit: Annotated[Optional[int], typer.Option(help="score only the first N images")] = None,
-    valid_only: Annotated[bool, typer.Option("--valid-only", help="only the run's held-out images")] = False,
+    valid_only: Annotated[bool, typer.Option("--valid-only", help="with boxes: only the run's held-out images")] = False,
+    split: Annotated[EvalSplit, typer.Option(help="without boxes: the run's held-out (valid) or training images")] = EvalSplit.valid,
     as_json: JsonOpt = False,
 ):
-    """Faithfulness per method: pointing game and deletion / insertion AUC (merged into RUN/cam_eval.json)."""
-    from camkit.metrics import DEFAULT_METHODS, evaluate
-    from camkit.run import save_cam_eval
+    """Faithfulness per method. With boxes: pointing game and deletion / insertion AUC (merged into
+    RUN/cam_eval.json). Without: deletion / insertion, ROAD, Average Drop / Increase in Confidence,
+    the randomisation sanity check, per method and class, and the classes recognised by the absence
+    of the others (RUN/cam_trust.json)."""
+    from camkit.metrics import DEFAULT_METHODS, evaluate, evaluate_run
+    from camkit.run import save_cam_eval, save_cam_trust
 
     names = split_list(methods, "--methods") if methods else list(DEFAULT_METHODS)
+    boxes, run = _eval_inputs(path, model)
+    if boxes is None:
+        with stdout_for(as_json):
+            result = evaluate_run(run, names, split=split.value, steps=steps, limit=limit)
+            saved = save_cam_trust(run, result)
+        emit(result) if as_json else _print_trust(result, run, saved)
+        return
     with stdout_for(as_json):
-        results = evaluate(model, boxes, names, image_root=image_root, steps=steps, limit=limit,
+        results = evaluate(run, boxes, names, image_root=image_root, steps=steps, limit=limit,
                            valid_only=valid_only)
-        kept = save_cam_eval(model, results)
+        kept = save_cam_eval(run, results)
     if as_json:
         emit(results)
         return
@@ -192,7 +190,45 @@ def cam_eval(
     for name, r in results.items():
         print(f"{name:<11} {r['images']:>6} {r['pointing_game']:>9.3f} {r['deletion_auc']:>9.3f} {r['insertion_auc']:>10.3f}")
     if kept:
-        print(f"not saved over a larger earlier evaluation in {model / 'cam_eval.json'}: {', '.join(kept)}")
+        print(f"not saved over a larger earlier evaluation in {run / 'cam_eval.json'}: {', '.join(kept)}")
+
+
+def _eval_inputs(path: Optional[Path], model: Optional[Path]) -> tuple[Optional[Path], Path]:
+    """(boxes file or None, run folder) from `cam-eval PATH [--model RUN]`."""
+    if path is not None and path.is_dir():
+        if model is not None and model.resolve() != path.resolve():
+            raise CamkitError(f"'{path}' is a run folder and --model names another; give one run")
+        return None, path
+    if path is not None:
+        if model is None:
+            raise CamkitError("a boxes file needs --model RUN (or give a run folder alone: camkit cam-eval RUN)")
+        return path, model
+    if model is None:
+        raise CamkitError("give a run folder: camkit cam-eval RUN (or camkit cam-eval BOXES.json --model RUN)")
+    return None, model
+
+
+def _print_trust(result: dict, run: Path, saved: bool) -> None:
+    """One row per method and per class: the box-free faithfulness numbers, then the warning."""
+    print(f"{result['images']} {result['split']} images, no boxes; deletion: lower is better, the rest higher "
+          f"(drop and retained: lower); sanity: rank correlation after re-initialising head / last stage")
+    print(f"{'method':<11} {'class':<14} {'images':>6} {'acc':>6} {'deletion':>8} {'insertion':>9} {'ROAD':>7} "
+          f"{'drop %':>7} {'incr %':>7} {'retained':>8} {'sanity':>13}")
+    for name, r in result["methods"].items():
+        verdict = "pass" if r["sanity_passed"] else "FAIL"
+        for cls, c in [("all", r), *r["per_class"].items()]:
+            sanity = f"{c['sanity_head']:.2f}/{c['sanity_last_stage']:.2f}" + (f" {verdict}" if cls == "all" else "")
+            print(f"{name:<11} {cls:<14} {c['images']:>6} {c['accuracy']:>6.3f} {c['deletion_auc']:>8.3f} "
+                  f"{c['insertion_auc']:>9.3f} {c['road']:>7.3f} {100 * c['average_drop']:>7.1f} "
+                  f"{100 * c['increase_in_confidence']:>7.1f} {c['retained_confidence']:>8.3f} {sanity:>13}")
+    for cls in result["absence"]["flagged"]:
+        print(f"warning: '{cls}' is recognised by the absence of the other class(es), not by evidence of its own: "
+              f"its images keep {result['absence']['per_class'][cls]['score']:.0%} of their confidence with the "
+              f"top 20% of every map removed, so its heatmaps point at background")
+    if not saved:
+        print(f"not saved over a larger earlier evaluation of the same split in {run / 'cam_trust.json'}")
+    else:
+        print(f"saved to {run / 'cam_trust.json'}")
 
 
 @app.command()
@@ -252,7 +288,7 @@ def predict(
 
     with stdout_for(as_json):
         results = predict_fn(images, model=model, top_k=top_k, bs=bs)
-    for r in results:
+    for r in results if main_rank() else []:
         if as_json:
             print(json.dumps(finite({"image": r.image, "pred": r.pred, "prob": r.prob, "probs": r.probs}),
                              allow_nan=False))
@@ -277,6 +313,8 @@ def clean(
 
     if apply is not None and undo:
         raise CamkitError("--apply and --undo cannot be used together")
+    if (apply is not None or undo) and _launched():
+        raise CamkitError("--apply and --undo move files: run them in one process, not under a launcher")
     if apply is not None or undo:
         moves = clean_mod.apply(run_dir, apply, data) if apply is not None else clean_mod.undo(run_dir, data)
         for m in moves:
@@ -287,6 +325,8 @@ def clean(
     page = None if as_json and out is None else clean_mod.check_page(out or run_dir / "clean.html", top)
     with stdout_for(as_json):
         suspects = clean_mod.rank(run_dir, data=data, split=split.value)
+        if not main_rank():
+            return  # under torchrun / accelerate launch, rank 0 writes the page and reports
         if page is not None:
             page = clean_mod.write_page(suspects, run_dir, page, top, data)
     if as_json:
@@ -296,6 +336,44 @@ def clean(
     for s in suspects[:10]:
         print(f"{s.loss:7.3f}  {s.rel}: label {s.label}, predicted {s.pred} ({s.prob:.1%}) {s.reason}")
     print(f"{len(suspects)} images ranked; review page: {page}")
+
+
+@app.command("app")
+def app_command(
+    run_dir: Annotated[Path, typer.Argument(help="run folder written by camkit train")],
+    port: Annotated[int, typer.Option(help="port to serve on")] = 7860,
+    host: Annotated[str, typer.Option(help="address to bind: 127.0.0.1 serves this machine only; "
+                                           "0.0.0.0 every network this machine is on")] = "127.0.0.1",
+    share: Annotated[bool, typer.Option("--share", help="also ask Gradio for a public *.gradio.live link")] = False,
+    data: DataRootOpt = None,
+    export_space: Annotated[Optional[Path], typer.Option("--export-space", help="write a Hugging Face Space "
+                                                         "folder (app.py, requirements.txt, model, README) instead of serving")] = None,
+):
+    """Serve the run as a web app: upload / paste / webcam -> prediction and CAM overlay, plus the cleaner."""
+    if export_space is not None:
+        from camkit.space import export_space as export
+
+        folder = export(run_dir, export_space)
+        print(f"Space written to {folder}; try it with: cd {folder} && python app.py")
+        return
+    from camkit.app import launch, require_gradio
+
+    require_gradio()   # the install hint before the model is loaded
+    print(f"camkit app on http://{host}:{port} (Ctrl-C stops it)", flush=True)
+    launch(run_dir, port=port, host=host, share=share, data=data)
+
+
+def main_rank() -> bool:
+    """Whether this process prints results: always, except on ranks other than 0 of a launcher."""
+    from camkit.distributed import launch
+
+    return launch().main
+
+
+def _launched() -> bool:
+    from camkit.distributed import launch
+
+    return launch().active
 
 
 def main() -> None:
