@@ -127,18 +127,23 @@ class CamApp:
         return Answer(probs, drawn, caption)
 
     def examples(self, per_class: int = 2) -> list[str]:
-        """Up to `per_class` held-out images per class that still exist, for the example row."""
-        from camkit.run import read_valid
+        return held_out_examples(self.loaded.path, per_class)
 
-        try:
-            records = read_valid(self.loaded.path, self.loaded.info)
-        except CamkitError:
-            return []
-        out: dict[str, list[str]] = {}
-        for r in records:
-            if r.file.is_file() and len(out.setdefault(r.label, [])) < per_class:
-                out[r.label].append(str(r.file))
-        return [f for files in out.values() for f in files]
+
+def held_out_examples(run: str | Path, per_class: int = 2) -> list[str]:
+    """Up to `per_class` of the run's held-out images per class that still exist (the app's
+    example row, the Space's examples/); none when valid.json is missing or unreadable."""
+    from camkit.run import read_valid
+
+    try:
+        records = read_valid(run)
+    except CamkitError:
+        return []
+    out: dict[str, list[str]] = {}
+    for r in records:
+        if r.file.is_file() and len(out.setdefault(r.label, [])) < per_class:
+            out[r.label].append(str(r.file))
+    return [f for files in out.values() for f in files]
 
 
 def readable(picture, side: int = 256):

@@ -43,7 +43,9 @@ launch(HERE / "model", host=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
 def requirements() -> list[str]:
     """camkit's core dependencies (as installed camkit declares them) and the running Gradio,
     pinned to the version the Space header names."""
-    gr = __import__("camkit.app", fromlist=["require_gradio"]).require_gradio()
+    from camkit.app import require_gradio
+
+    gr = require_gradio()
     try:
         declared = metadata.requires("camkit") or []
     except metadata.PackageNotFoundError:
@@ -75,9 +77,9 @@ def readme(run: Path, gradio_version: str) -> str:
 
 
 def _copy_examples(run: Path, dest: Path, per_class: int) -> int:
-    from camkit.app import CamApp
+    from camkit.app import held_out_examples
 
-    files = CamApp(run).examples(per_class)
+    files = held_out_examples(run, per_class)
     dest.mkdir()
     for i, f in enumerate(files):
         shutil.copyfile(f, dest / f"example-{i}{Path(f).suffix.lower()}")
