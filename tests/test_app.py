@@ -5,7 +5,6 @@ browser, the cleaner tab's decisions, and the exported Hugging Face Space starte
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,21 +13,12 @@ import pytest
 from PIL import Image
 
 from camkit.errors import CamkitError
+from helpers import free_port, snapshot
 
 gradio = pytest.importorskip("gradio", reason="camkit[app] (gradio) is not installed")
 from gradio_client import Client, handle_file  # noqa: E402
 
 from camkit.app import APP_MAX_PIXELS, CamApp, Cleaner, launch  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def snapshot(folder):
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ copy in tmp_path."""
 import json
 import re
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -16,13 +15,9 @@ from camkit.clean import CLEAN_LOG, apply, rank, undo, write_page
 from camkit.crawl import read_manifest
 from camkit.errors import CamkitError
 from camkit.run import read_valid
+from helpers import snapshot
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 HOSTILE = "\"'><img src=x onerror=alert(1)>.png"
-
-
-def snapshot(folder):
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def one_line(code, err, message):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import camkit.crawl as crawl_mod
 from camkit.crawl import NothingSaved, Progress, crawl, slugify, verify, verify_bytes
 from camkit.errors import CamkitError
 from fake_engine import FakeEngine, encode, smooth_image
+from helpers import free_port
 from test_crawl import FAST, files_on_disk, manifest
 
 
@@ -34,12 +34,6 @@ def hashes(data: bytes) -> dict:
 def write_manifest(out: Path, *records: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def one_line_error(excinfo) -> str:
@@ -295,7 +289,7 @@ def test_the_same_url_under_two_keywords_is_ambiguous(engine, tmp_path, resumed)
 def test_a_dead_endpoint_is_an_error_that_says_why(tmp_path):
     out = tmp_path / "i"
     with pytest.raises(NothingSaved) as caught:
-        crawl(["cats"], max_num=5, out=out, endpoint=f"http://127.0.0.1:{closed_port()}", **FAST)
+        crawl(["cats"], max_num=5, out=out, endpoint=f"http://127.0.0.1:{free_port()}", **FAST)
     message = one_line_error(caught)
     assert message == ("no images saved for 'cats': bing: connection refused to the search page (2 pages); "
                        "openverse: connection refused to the search page (2 pages); "
@@ -326,7 +320,7 @@ def test_images_from_an_earlier_run_count(engine, tmp_path):
     engine.result("cats", *(engine.add(f"/img/{i}.jpg", encode(smooth_image(1300 + i))) for i in range(2)))
     out = tmp_path / "i"
     crawl(["cats"], max_num=2, out=out, endpoint=engine.endpoint, **FAST)
-    [again] = crawl(["cats"], max_num=5, out=out, endpoint=f"http://127.0.0.1:{closed_port()}", engine="bing", **FAST)
+    [again] = crawl(["cats"], max_num=5, out=out, endpoint=f"http://127.0.0.1:{free_port()}", engine="bing", **FAST)
     assert again.saved == 2
 
 
@@ -432,7 +426,7 @@ def test_an_unwritable_output_folder_is_a_one_line_error(engine, tmp_path, where
 
 def test_the_cli_exits_2_with_one_error_line_when_nothing_is_saved(cli, tmp_path):
     code, out, err = cli("crawl", "cats", "--max-num", "2", "--out", tmp_path / "o", "--engine", "bing",
-                         "--endpoint", f"http://127.0.0.1:{closed_port()}", "--timeout", "1")
+                         "--endpoint", f"http://127.0.0.1:{free_port()}", "--timeout", "1")
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert code == 2 and errors == ["error: no images saved for 'cats': bing: connection refused to the search "
                                     "page (2 pages)"] and err.endswith(errors[0] + "\n"), err

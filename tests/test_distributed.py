@@ -3,7 +3,6 @@ started by torchrun and by accelerate launch for `camkit train` and a sharded `c
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,6 +17,7 @@ from camkit.data import TensorBatches, load_folder
 from camkit.distributed import Launch, block, gather, launch, main_first, on_main, process_group
 from camkit.errors import CamkitError
 from camkit.run import load
+from helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,12 +89,6 @@ def _env() -> dict:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(launcher: str, *args, timeout: int = 300) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc-per-node 2` or `accelerate launch --multi_gpu
     --num_processes 2` (torch's elastic launcher underneath; on a machine without GPUs camkit
@@ -104,7 +98,7 @@ def _launch(launcher: str, *args, timeout: int = 300) -> subprocess.CompletedPro
     else:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port())]
+               "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port())]
     return subprocess.run([*cmd, *map(str, args)], cwd=ROOT, env=_env(), capture_output=True, text=True,
                           timeout=timeout)
 

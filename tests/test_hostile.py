@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from camkit.errors import CamkitError
+from helpers import snapshot
 
 TRAIN = ("--epochs", "1", "--size", "16", "--bs", "8", "--arch", "resnet18", "--no-pretrained")
 
@@ -22,10 +23,6 @@ def one_line(code, err, message):
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and err.endswith(errors[0] + "\n") and message in errors[0], err
     assert "Traceback" not in err
-
-
-def snapshot(folder):
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture
