@@ -118,7 +118,7 @@ class CamApp:
             batch = explain_batch(extractor, self.loaded.batch([item.square]), [item],
                                   resolve_target(target, self.classes), self.classes, "fp32", self.loaded.size)
         r = batch.results[0]
-        drawn = overlay(readable(fit_for_drawing(picture, self.max_side)), r.map, style)[1]
+        drawn = overlay(readable(fit_for_drawing(picture, self.max_side)), r.map, style, r.grid)[1]
         probs = {c: round(float(p), 6) for c, p in zip(self.classes, r.probs)}
         versus = "" if r.versus is None else f" and not **{self.classes[r.versus]}**"
         caption = (f"**{r.pred}** ({r.prob:.1%}); heatmap: {method} for class "

@@ -388,7 +388,7 @@ def overlay_pictures(loaded: LoadedModel, suspects: list[Suspect], side: int = 1
     out = []
     for r in explain(loaded, [s.image for s in suspects]):
         picture = fit_for_drawing(open_rgb(r.image), side)
-        out.append((picture, overlay(picture, r.map, style)[1]))
+        out.append((picture, overlay(picture, r.map, style, r.grid)[1]))
     return out
 
 

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from camkit.cam import BaseCAM, get_layer, make_cam, split_layers
 from camkit.device import autocast, resolve_precision
+from camkit.geometry import Grid
 from camkit.distributed import gather, in_group, main_first, rank_world, shard
 from camkit.errors import CamkitError
 from camkit.files import atomic_write, confined, ensure_writable_dir, remove_if_empty
@@ -72,6 +73,7 @@ class CamResult:
     model_size: int | tuple[int, int]
     picture: object = field(default=None, repr=False)
     versus: int | None = None  # a contrast's other class: the map answers "why target and not versus"
+    grid: Grid | None = None   # where the map's cells look in the model's input (camkit.geometry)
 
     @property
     def pred(self) -> str:
@@ -83,7 +85,7 @@ class CamResult:
 
     @property
     def peak_xy(self) -> list[int]:
-        return peak_xy(self.map, self.model_size, *self.size)
+        return peak_xy(self.map, self.model_size, *self.size, grid=self.grid)
 
     def _repr_png_(self) -> bytes:
         from camkit.render import figure_png, plot_cams
@@ -104,6 +106,7 @@ class CamBatch:
     x: Tensor
     maps: Tensor
     targets: Tensor
+    grid: Grid | None = None
 
 
 class Explanations(list):
@@ -190,9 +193,9 @@ def explain_batch(extractor: BaseCAM, x: Tensor, items: list["Decoded"], targets
     other = getattr(extractor.target, "other", None)
     size = model_size or (x.shape[-2], x.shape[-1])
     results = [CamResult(d.index, d.path, d.size, maps[k].detach().float().cpu(), probs[k], int(tgt[k]), classes,
-                         extractor.name, size, d.picture, None if other is None else int(other[k]))
+                         extractor.name, size, d.picture, None if other is None else int(other[k]), extractor.grid)
                for k, d in enumerate(items)]
-    return CamBatch(results, x, maps, tgt)
+    return CamBatch(results, x, maps, tgt, extractor.grid)
 
 
 @dataclass
@@ -341,7 +344,7 @@ class CamWriter:
     def write(self, r: CamResult) -> Explanation:
         """heatmap, overlay (capped resolution) and the raw map of one result."""
         picture = r.picture if r.picture is not None else fit_for_drawing(open_rgb(r.image), self.style.max_side)
-        heat, over = overlay(picture, r.map, self.style)
+        heat, over = overlay(picture, r.map, self.style, r.grid)
         name = stem(r.image, r.index)
         e = r.record()
         e.heatmap, e.overlay, e.map = f"{name}_heatmap.png", f"{name}_overlay.png", f"{name}.npy"

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from camkit.choices import value
 from camkit.errors import CamkitError
 from camkit.files import confined
+from camkit.geometry import Grid, upsample
 
 DEFAULT_METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam")
 
@@ -46,7 +47,7 @@ def _auc(curve: Tensor) -> Tensor:
 
 @torch.no_grad()
 def deletion_insertion(model: nn.Module, x: Tensor, maps: Tensor, target: Tensor, steps: int = 16,
-                       blur_kernel: int = 11) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                       blur_kernel: int = 11, grid: Grid | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """RISE-style curves (Petsiuk et al. 2018) for a batch: returns (deletion AUC, insertion
     AUC, deletion curve, insertion curve), each per image.
 
@@ -54,7 +55,7 @@ def deletion_insertion(model: nn.Module, x: Tensor, maps: Tensor, target: Tensor
     normalisation) and a faithful map makes the target's probability drop fast (low AUC).
     Insertion adds them to a blurred copy and a faithful map makes it rise fast (high AUC)."""
     b, _, h, w = x.shape
-    saliency = F.interpolate(maps[:, None].float(), size=(h, w), mode="bilinear", align_corners=False).flatten(1)
+    saliency = upsample(maps, (h, w), grid).flatten(1)
     order = saliency.argsort(1, descending=True)
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(h * w, device=x.device).expand(b, -1))
@@ -139,14 +140,15 @@ class RoadResult(NamedTuple):
 
 @torch.no_grad()
 def road(model: nn.Module, x: Tensor, maps: Tensor, target: Tensor,
-         percentiles: Sequence[float] = ROAD_PERCENTILES, noise: float = 0.01, seed: int = 0) -> RoadResult:
+         percentiles: Sequence[float] = ROAD_PERCENTILES, noise: float = 0.01, seed: int = 0,
+         grid: Grid | None = None) -> RoadResult:
     """ROAD (remove and debias, Rong et al. 2022), as pytorch-grad-cam's `ROADCombined`: for each
     percentile p, MoRF removes the pixels whose map value is >= the map's p-th percentile (the
     top 100 - p %), LeRF those whose value is <= its (100 - p)-th (the bottom 100 - p %), each
     imputed by `impute_linear`; a score is P(target | perturbed) - P(target | x), averaged over
     p. A faithful map makes MoRF negative and LeRF near 0: combined = (lerf - morf) / 2."""
     b, _, h, w = x.shape
-    saliency = F.interpolate(maps[:, None].float(), size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+    saliency = upsample(maps, (h, w), grid)
     idx = torch.arange(b, device=x.device)
     base = model(x).softmax(1)[idx, target].float()
     g = torch.Generator().manual_seed(seed)
@@ -167,7 +169,8 @@ def road(model: nn.Module, x: Tensor, maps: Tensor, target: Tensor,
 # ---------------------------------------------------------------- Average Drop / Increase
 
 @torch.no_grad()
-def average_drop_increase(model: nn.Module, x: Tensor, maps: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+def average_drop_increase(model: nn.Module, x: Tensor, maps: Tensor, target: Tensor,
+                          grid: Grid | None = None) -> tuple[Tensor, Tensor]:
     """Grad-CAM++'s (Chattopadhay et al. 2018) per-image terms: the input is multiplied by its
     map (min-max scaled to [0, 1], upsampled; multiplying the normalised input, as
     pytorch-grad-cam's `CamMultImageConfidenceChange`, sends masked pixels to the dataset
@@ -175,7 +178,7 @@ def average_drop_increase(model: nn.Module, x: Tensor, maps: Tensor, target: Ten
     max(0, Y - O) / Y (Average Drop is its mean), increase = 1[O > Y] (Increase in Confidence
     is its mean). A map that keeps the evidence keeps the confidence: low drop."""
     b, _, h, w = x.shape
-    m = F.interpolate(maps[:, None].float(), size=(h, w), mode="bilinear", align_corners=False)
+    m = upsample(maps, (h, w), grid)[:, None]
     flat = m.flatten(1)
     lo, hi = flat.min(1).values.view(b, 1, 1, 1), flat.max(1).values.view(b, 1, 1, 1)
     m = (m - lo) / (hi - lo).clamp_min(1e-8)
@@ -293,7 +296,7 @@ def _score(loaded, extractor, files: list[Path], targets: list[int | None], boxe
             pairs.append((r.peak_xy, boxes[str(r.image)]))
             hits.append(int(r.probs.argmax()) == r.target)
             cls.append(r.target)
-        d, i, _, _ = deletion_insertion(loaded.model, batch.x, batch.maps, batch.targets, steps=steps)
+        d, i, _, _ = deletion_insertion(loaded.model, batch.x, batch.maps, batch.targets, steps=steps, grid=batch.grid)
         dels += d.tolist()
         ins += i.tolist()
     out = _summary(pairs, hits, dels, ins)
@@ -398,22 +401,23 @@ def _trust(loaded, method: str, copies: list[tuple[str, nn.Module]], files: list
     rows: list[dict] = []
     named = {str(f) for f in files}
     for batch in iter_explain(loaded, files, make_cam(method, loaded.model), targets, bs, named=named):
-        rows += trust_rows(loaded.model, method, copies, batch.x, batch.maps, batch.targets, steps, seed, percentiles)
+        rows += trust_rows(loaded.model, method, copies, batch.x, batch.maps, batch.targets, steps, seed, percentiles,
+                           batch.grid)
     return summarize_trust(rows, loaded.classes)
 
 
 def trust_rows(model: nn.Module, method: str, copies: list[tuple[str, nn.Module]], x: Tensor, maps: Tensor,
                target: Tensor, steps: int = 16, seed: int = 0,
-               percentiles: Sequence[float] = ROAD_PERCENTILES) -> list[dict]:
+               percentiles: Sequence[float] = ROAD_PERCENTILES, grid: Grid | None = None) -> list[dict]:
     """Every box-free number of one batch, one dict per image: its class, whether the model
     gets it right, deletion / insertion AUC, ROAD, the Average Drop / Increase terms, the
     confidence retained without the map's top 20 % (correct images only, else None) and the
     rank correlation of its map with each randomised copy's map for the same target."""
     from camkit.cam import make_cam
 
-    d, i, _, _ = deletion_insertion(model, x, maps, target, steps=steps)
-    rr = road(model, x, maps, target, percentiles, seed=seed)
-    drop, inc = average_drop_increase(model, x, maps, target)
+    d, i, _, _ = deletion_insertion(model, x, maps, target, steps=steps, grid=grid)
+    rr = road(model, x, maps, target, percentiles, seed=seed, grid=grid)
+    drop, inc = average_drop_increase(model, x, maps, target, grid)
     sims = [rank_correlation(maps.cpu(), make_cam(method, c)(x, target).cpu()) for _, c in copies]
     kept = retained_confidence(rr, percentiles, at=ABSENCE_AT)
     with torch.no_grad():

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-import torch.nn.functional as F
 from torch import Tensor
 
 from camkit.errors import CamkitError
+from camkit.geometry import Grid, upsample
 
 MAX_SIDE = 2048
 DIVERGING = "RdBu_r"  # signed maps: red = evidence for the target, blue = evidence against, white = none
@@ -41,16 +41,13 @@ class Style:
             raise CamkitError(f"the drawing size must be at least 16 pixels, not {self.max_side}")
 
 
-def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """(B, h, w) maps -> (B, H, W), bilinear, float32."""
-    return F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
-
-
-def peak_xy(cam_map: Tensor, model_size: int | tuple[int, int], width: int, height: int) -> list[int]:
+def peak_xy(cam_map: Tensor, model_size: int | tuple[int, int], width: int, height: int,
+            grid: Grid | None = None) -> list[int]:
     """[x, y] of the map's maximum in the pixels of a width x height image that the model saw
-    squished to `model_size` (a side, or (height, width))."""
+    squished to `model_size` (a side, or (height, width)); `grid`: where the map's cells look
+    (camkit.geometry; None: on their footprints)."""
     mh, mw = (model_size, model_size) if isinstance(model_size, int) else model_size
-    fine = upsample(cam_map[None], (mh, mw))[0]
+    fine = upsample(cam_map[None], (mh, mw), grid)[0]
     iy, ix = divmod(int(fine.flatten().argmax()), mw)
     return [min(width - 1, int((ix + 0.5) * width / mw)), min(height - 1, int((iy + 0.5) * height / mh))]
 
@@ -82,14 +79,15 @@ def fit_for_drawing(image, max_side: int = MAX_SIDE):
     return image if size == image.size else image.resize(size, Image.BILINEAR, reducing_gap=2.0)
 
 
-def overlay(image, cam_map: Tensor, style: Style = Style()):
+def overlay(image, cam_map: Tensor, style: Style = Style(), grid: Grid | None = None):
     """The heatmap laid over the image: returns (heatmap, overlay) PIL images, drawn at the
-    image's resolution capped to `style.max_side`: overlay = (1 - alpha) image + alpha heat."""
+    image's resolution capped to `style.max_side`: overlay = (1 - alpha) image + alpha heat.
+    `grid`: where the map's cells look in the model's input (camkit.geometry), resized with it."""
     from PIL import Image
 
     base = fit_for_drawing(image, style.max_side)
     w, h = base.size
-    heat = upsample(cam_map[None].detach().cpu(), (h, w))[0].numpy()
+    heat = upsample(cam_map[None].detach().cpu(), (h, w), grid)[0].numpy()
     colored = colorize((heat + 1) / 2 if style.signed else heat, style.colormap)
     blended = np.asarray(base, dtype=np.float32) * (1 - style.alpha) + colored.astype(np.float32) * style.alpha
     return Image.fromarray(colored), Image.fromarray(blended.round().astype(np.uint8))
@@ -155,7 +153,7 @@ def plot_cams(results, ncols: int = 3, style: Style = Style()):
         a, b = axes[i // ncols, 2 * (i % ncols)], axes[i // ncols, 2 * (i % ncols) + 1]
         picture = picture_of(r, style.max_side)
         a.imshow(picture)
-        b.imshow(overlay(picture, r.map, style)[1])
+        b.imshow(overlay(picture, r.map, style, r.grid)[1])
         target = r.classes[r.target]
         a.set_title(f"{r.pred} {r.prob:.0%}" + (f" (map: {target})" if target != r.pred else ""), fontsize=9, loc="left")
     fig.tight_layout()
@@ -171,9 +169,9 @@ def plot_top_losses(by_pred, by_truth, losses: list[float], style: Style = Style
         row[0].imshow(p.picture)
         row[0].set_title(f"predicted {p.pred} ({p.prob:.0%}), actual {t.classes[t.target]}, loss {loss:.2f}",
                          fontsize=8, loc="left")
-        row[1].imshow(overlay(p.picture, p.map, style)[1])
+        row[1].imshow(overlay(p.picture, p.map, style, p.grid)[1])
         row[1].set_title(f"why {p.pred}", fontsize=8)
-        row[2].imshow(overlay(t.picture, t.map, style)[1])
+        row[2].imshow(overlay(t.picture, t.map, style, t.grid)[1])
         row[2].set_title(f"evidence for {t.classes[t.target]}", fontsize=8)
         for ax in row:
             ax.axis("off")

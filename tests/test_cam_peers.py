@@ -223,14 +223,21 @@ def test_aug_smooth_matches_pytorch_grad_cam(resnet, x128):
     assert corr(up(ours, x128), theirs) >= 0.99
 
 
-def test_layer_fusion_matches_torchcam(resnet, x128):
+def test_layer_fusion_matches_torchcam_on_footprints_and_differs_by_the_grid_only(resnet, x128, monkeypatch):
+    """torchcam resizes layer4's map onto layer3's cells as footprints; camkit lays it where its
+    cells look (camkit.geometry): the same fusion once camkit is given footprints too."""
+    import camkit.cam.base as base
+
     with torchcam.GradCAM(resnet, target_layer=["layer3", "layer4"], input_shape=(3, 128, 128)) as extractor:
         with torch.enable_grad():
             scores = resnet(x128)
         maps = extractor(TARGETS, scores)
         theirs = normalise(extractor.fuse_cams(maps))
     ours = make_cam("gradcam", resnet, "layer3,layer4")(x128, TARGETS)
-    assert ours.shape == (3, 8, 8) and torch.allclose(ours, theirs, atol=1e-4)
+    assert ours.shape == (3, 8, 8) and not torch.allclose(ours, theirs, atol=1e-2)
+    monkeypatch.setattr(base, "probe", lambda *a, **k: {})
+    footprints = make_cam("gradcam", resnet, "layer3,layer4")(x128, TARGETS)
+    assert torch.allclose(footprints, theirs, atol=1e-4)
 
 
 def test_every_method_is_cross_checked_or_has_no_peer():

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from camkit.cam.layers import (Layout, candidates, find_layer, get_layer, layout_of, prefix_tokens,
                                split_layers)
 from camkit.errors import CamkitError
+from camkit.geometry import Grid, grid_for, probe, regrid
 from camkit.targets import OutputTarget, as_target
 
 EPS = 1e-8
@@ -57,16 +58,25 @@ def first_component(weighted: Tensor) -> Tensor:
     return torch.where(flip[:, None], -proj, proj).view(b, h, w)
 
 
-def to_finest(maps: list[Tensor]) -> list[Tensor]:
-    """Maps of several layers, each upsampled (bilinear) to the finest one's size."""
-    size = max((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])
-    return [m if m.shape[-2:] == size else
-            F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0] for m in maps]
+def finest(maps: list[Tensor]) -> int:
+    """Index of the map with the most cells."""
+    return max(range(len(maps)), key=lambda k: maps[k].shape[-2] * maps[k].shape[-1])
 
 
-def fuse(maps: list[Tensor]) -> Tensor:
+def to_finest(maps: list[Tensor], grids: Sequence[Grid] | None = None) -> list[Tensor]:
+    """Maps of several layers, each upsampled (bilinear) to the finest one's cells: between cell
+    centres as `grids` place them (camkit.geometry), else as footprints."""
+    top = finest(maps)
+    size = maps[top].shape[-2:]
+    if grids is None:
+        return [m if m.shape[-2:] == size else
+                F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0] for m in maps]
+    return [m if k == top else regrid(m, grids[k], grids[top], tuple(size)) for k, m in enumerate(maps)]
+
+
+def fuse(maps: list[Tensor], grids: Sequence[Grid] | None = None) -> Tensor:
     """Maps of several layers -> one: upsampled to the finest, element-wise max (torchcam)."""
-    return maps[0] if len(maps) == 1 else torch.stack(to_finest(maps)).max(0).values
+    return maps[0] if len(maps) == 1 else torch.stack(to_finest(maps, grids)).max(0).values
 
 
 class BaseCAM:
@@ -98,6 +108,10 @@ class BaseCAM:
         self.logits: Tensor | None = None
         self.targets: Tensor | None = None
         self.target: OutputTarget | None = None
+        self.grid: Grid | None = None      # where the last maps' cells look in the input (camkit.geometry)
+        self._grids: dict[tuple, dict] = {}   # (channels, height, width) -> probe's table
+        self._table: dict = {}
+        self._size: tuple[int, int] = (0, 0)
 
     @property
     def layer_name(self) -> str | None:
@@ -149,6 +163,11 @@ class BaseCAM:
         `self.targets`, the bound target in `self.target`."""
         grad_mode = torch.is_grad_enabled()
         try:
+            self._size = tuple(x.shape[-2:])
+            key = (x.shape[1], *self._size)
+            if key not in self._grids:  # once per input size: a pass on the meta device
+                self._grids[key] = probe(self.model, self._size, x.shape[1])
+            self._table = self._grids[key]
             if not self._handles:
                 self._register(x)
             if not self.aug_smooth:
@@ -177,10 +196,12 @@ class BaseCAM:
     def _post(self, maps: list[Tensor]) -> Tensor:
         """ReLU + min-max per layer, then fused by the max; signed: scaled by max |m| per layer,
         fused by the mean (a max would drop the evidence against), scaled again."""
+        grids = [grid_for(self._table, tuple(m.shape[-2:]), self._size) for m in maps]
+        self.grid = grids[finest(maps)]
         if not self.signed:
-            return normalise(fuse([normalise(F.relu(m)) for m in maps]))
+            return normalise(fuse([normalise(F.relu(m)) for m in maps], grids))
         scaled = [scale_signed(m) for m in maps]
-        return scaled[0] if len(scaled) == 1 else scale_signed(torch.stack(to_finest(scaled)).mean(0))
+        return scaled[0] if len(scaled) == 1 else scale_signed(torch.stack(to_finest(scaled, grids)).mean(0))
 
     def _raw_maps(self, x: Tensor, target: OutputTarget) -> list[Tensor]:
         """One pass: the un-normalised map of every layer (B, h, w), fp32."""
