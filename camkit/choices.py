@@ -83,11 +83,13 @@ class Aug(str, Enum):
 class Recipe(str, Enum):
     """How the CAM head is trained so that each class is found by its own evidence
     (camkit.evidence.RECIPES)."""
+    auto = "auto"            # counterfactual with the CAM head, plain with fastai's
     plain = "plain"          # cross-entropy on the images as they are
     negatives = "negatives"  # + patch-shuffled copies as a hidden "neither" (a fixed zero logit)
     mosaic = "mosaic"        # + negatives + 2x2 mosaics of whole images, both classes' targets
     bce = "bce"              # per-class sigmoid (multi-label BCE) + negatives + mosaics
     erasing = "erasing"      # random erasing of one rectangle per image
+    counterfactual = "counterfactual"  # + each image with its own class's map region erased, as "neither"
 
 
 class EvalSplit(str, Enum):

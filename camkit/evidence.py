@@ -32,12 +32,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fastai.callback.core import Callback
 from fastai.data.core import DataLoaders
 from torch import Tensor, nn
 
 from camkit.choices import Recipe, value
 from camkit.data import IMAGENET_STATS, Normalizer
 from camkit.errors import CamkitError
+from camkit.geometry import Grid, grid_for, probe, upsample
 
 
 @dataclass(frozen=True)
@@ -50,11 +52,18 @@ class EvidenceRecipe:
     negatives: float = 0.0
     mosaics: float = 0.0
     erase: float = 0.0
+    counterfactual: float = 0.0
     grid: int = 4
+    area: float = 0.3
 
     @property
     def plain(self) -> bool:
-        return self.loss == "softmax" and not (self.negatives or self.mosaics or self.erase)
+        return self.loss == "softmax" and not (self.negatives or self.mosaics or self.erase or self.counterfactual)
+
+    @property
+    def neither(self) -> bool:
+        """Whether some training images belong to no class (the hidden zero logit is needed)."""
+        return bool(self.negatives or self.mosaics or self.counterfactual)
 
 
 RECIPES: dict[str, EvidenceRecipe] = {r.name: r for r in (
@@ -63,15 +72,21 @@ RECIPES: dict[str, EvidenceRecipe] = {r.name: r for r in (
     EvidenceRecipe("mosaic", negatives=0.25, mosaics=0.25),
     EvidenceRecipe("bce", loss="bce", negatives=0.25, mosaics=0.25),
     EvidenceRecipe("erasing", erase=0.5),
+    EvidenceRecipe("counterfactual", counterfactual=0.25),
 )}
 
 
-def get_recipe(recipe: str | Recipe | EvidenceRecipe) -> EvidenceRecipe:
+def get_recipe(recipe: str | Recipe | EvidenceRecipe, head: str = "cam") -> EvidenceRecipe:
+    """The recipe named; `auto` is counterfactual for camkit's CAM head (the recipe under which
+    each class's map points at its own object, docs/benchmarks.md#issue-20) and plain for
+    fastai's head (the counterfactual recipe reads the CAM head's weights)."""
     if isinstance(recipe, EvidenceRecipe):
         return recipe
     name = value(recipe)
+    if name == "auto":
+        name = "counterfactual" if value(head) == "cam" else "plain"
     if name not in RECIPES:
-        raise CamkitError(f"--recipe must be one of {', '.join(RECIPES)}, not '{name}'")
+        raise CamkitError(f"--recipe must be one of auto, {', '.join(RECIPES)}, not '{name}'")
     return RECIPES[name]
 
 
@@ -211,6 +226,113 @@ def load_negatives(folder: str | Path, size: int) -> Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
+# ---------------------------------------------------------------- counterfactual negatives
+
+def neither_probs(logits: Tensor) -> Tensor:
+    """Class probabilities under the hidden "neither": softmax over [z_1 .. z_K, 0], first K."""
+    z = logits.float()
+    return torch.cat([z, z.new_zeros(len(z), 1)], 1).softmax(1)[:, :-1]
+
+
+def erase_evidence(x: Tensor, maps: Tensor, area: float, grid: Grid | None = None) -> Tensor:
+    """Each image with the top `area` fraction of its map's pixels (upsampled as `grid` places the
+    cells, camkit.geometry) replaced by the
+    same image rolled by half its height and width: the region the map calls evidence gets the
+    image's own texture from elsewhere (seamless on noise, no grey box a model could learn as
+    "erased")."""
+    h, w = x.shape[-2:]
+    up = upsample(maps, (h, w), grid)
+    top = up.flatten(1).topk(max(1, round(area * h * w)), dim=1).indices   # exactly that many, ties or not
+    mask = torch.zeros_like(up, dtype=torch.bool).flatten(1).scatter_(1, top, True).view_as(up)[:, None]
+    return torch.where(mask, torch.roll(x, shifts=(h // 2, w // 2), dims=(-2, -1)), x)
+
+
+class Counterfactuals(Callback):
+    """The counterfactual recipe: a quarter of each training batch again, with the region its own
+    class's map calls evidence erased (`erase_evidence`), as images of neither class.
+
+    Made from one step's forward pass (the body's output is kept by a hook, the map is
+    w_c . A, free) and trained in the next step. Target of an erased image of class c: the
+    hidden "neither" with weight u = max(0, p_c(x) - p_c(x')) and c with 1 - u, where p_c(x) is
+    the confidence before erasing and p_c(x') after (softmax over [z, 0]). So an erasure counts
+    as "neither" only by how much it removed what the model used: a class decided by the
+    other's absence keeps its confidence when its (background) map region is erased, u ~ 0 and
+    nothing is asked; an erased bag that the model now calls "sandal" (absence) is taught
+    "neither", which makes "sandal" need evidence of its own."""
+    order = 5
+
+    def __init__(self, fraction: float, area: float, seed: int = 0):
+        self.fraction, self.area = fraction, area
+        self.generator = torch.Generator().manual_seed(seed + 21)
+        self.pending: tuple[Tensor, Tensor, Tensor] | None = None
+        self.features: Tensor | None = None
+        self.handle = None
+        self.n_real = 0
+        self.net: nn.Module | None = None
+        self.grids: dict[tuple[int, int], Grid] = {}
+
+    def before_fit(self):
+        from camkit.cam.layers import cam_linear
+
+        model = getattr(self.learn.model, "module", self.learn.model)  # DDP wraps it
+        self.fc = cam_linear(model)
+        if self.fc is None:
+            raise CamkitError("--recipe counterfactual needs camkit's CAM head (--head cam)")
+        self.pending, self.handle = None, model[0].register_forward_hook(self._keep)
+        self.net, self.grids = model, {}
+
+    def _keep(self, _module, _inputs, out: Tensor) -> None:
+        self.features = out.detach() if self.training else None
+
+    def before_batch(self):
+        if not self.training:
+            return
+        self.n_real = len(self.xb[0])
+        if self.pending is not None:
+            self.learn.xb = (torch.cat([self.xb[0], self.pending[0].to(self.xb[0])]),)
+
+    def after_pred(self):
+        if not self.training or self.features is None:
+            return
+        pred, y = self.pred.detach(), self.yb[0]
+        if self.pending is not None:
+            _, cls, before = self.pending
+            after = neither_probs(pred[self.n_real:])[torch.arange(len(cls)), cls]
+            u = (before - after).clamp(0, 1)
+            self.learn.yb = (torch.cat([y, F.one_hot(cls, y.shape[1]).to(y) * (1 - u)[:, None].to(y)]),)
+        self.pending = self.make(self.xb[0][:self.n_real], y, pred[:self.n_real], self.features[:self.n_real])
+
+    def make(self, x: Tensor, y: Tensor, pred: Tensor, features: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+        """The next step's erased images, their classes and the confidence before erasing,
+        from a random `fraction` of the images that have a single class."""
+        single = torch.nonzero(y.max(1).values >= 1).flatten().cpu()
+        pick = single[torch.randperm(len(single), generator=self.generator)[:round(self.fraction * len(x))]]
+        if not len(pick):
+            return None
+        pick = pick.to(x.device)
+        cls = y[pick].argmax(1)
+        maps = torch.einsum("nc,nchw->nhw", self.fc.weight.detach()[cls].float(), features[pick].float())
+        before = neither_probs(pred[pick])[torch.arange(len(pick)), cls]
+        size = tuple(x.shape[-2:])
+        if self.net is not None and size not in self.grids:  # where the map's cells look: once per size
+            self.grids[size] = grid_for(probe(self.net, size, x.shape[1]), tuple(maps.shape[-2:]), size)
+        return erase_evidence(x[pick], maps, self.area, self.grids.get(size)).detach(), cls, before
+
+    def release(self):
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+        self.pending = self.features = None
+
+    after_fit = release
+
+
+def recipe_callbacks(recipe: str | Recipe | EvidenceRecipe, seed: int = 0) -> list[Callback]:
+    """The fastai callbacks the recipe trains with (the counterfactual recipe's)."""
+    recipe = get_recipe(recipe)
+    return [Counterfactuals(recipe.counterfactual, recipe.area, seed)] if recipe.counterfactual else []
+
+
 # ---------------------------------------------------------------- the loss
 
 class EvidenceLoss(nn.Module):
@@ -251,4 +373,4 @@ def recipe_loss(recipe: str | Recipe | EvidenceRecipe, negatives: bool = False) 
     recipe = get_recipe(recipe)
     if recipe.plain and not negatives:
         return None
-    return EvidenceLoss(recipe.loss, neither=bool(recipe.negatives or recipe.mosaics or negatives))
+    return EvidenceLoss(recipe.loss, neither=recipe.neither or negatives)

@@ -39,6 +39,18 @@ def _timm_available(arch: str) -> bool:
     return arch in timm.list_models()
 
 
+STRIDE_FAMILIES = ("resnet", "resnext", "wide_resnet")
+
+
+def default_stride(arch: str, head: str | Head = "cam") -> int:
+    """The output stride `--stride` leaves unset gives: 16 for a torchvision ResNet with the CAM
+    head (a 224-px image gets 14 x 14 maps instead of 7 x 7; at 128 px, 8 x 8 instead of 4 x 4,
+    fine enough for a map's peak to land on each class's object, issue 20), else the native 32."""
+    head = head.value if isinstance(head, Head) else head
+    native = head != "cam" or not arch.startswith(STRIDE_FAMILIES) or _torchvision_constructor(arch) is None
+    return 32 if native else 16
+
+
 def _set_output_stride(body: nn.Module, stride: int, arch: str) -> None:
     """Lower a ResNet body's output stride (32 -> 16 -> 8) by giving the first block of the
     last one or two stages stride 1. The weights keep their shapes (pretrained ones still fit);
@@ -48,7 +60,7 @@ def _set_output_stride(body: nn.Module, stride: int, arch: str) -> None:
     if stride not in (16, 8):
         raise CamkitError(f"--stride must be 32, 16 or 8, not {stride}")
     stages = [m for m in body.children() if isinstance(m, nn.Sequential)]
-    if not arch.startswith(("resnet", "resnext", "wide_resnet")) or len(stages) < 4:
+    if not arch.startswith(STRIDE_FAMILIES) or len(stages) < 4:
         raise CamkitError(f"--stride {stride} is supported for ResNet-family archs, not '{arch}'")
     for stage in stages[-(2 if stride == 8 else 1):]:
         for m in stage[0].modules():

@@ -31,9 +31,9 @@ from camkit.data import IMAGENET_STATS, FolderData, TensorBatches, decode_folder
 from camkit.device import resolve_device, resolve_precision
 from camkit.distributed import ddp_callback, in_group, joined, launch, local_device, main_first, on_main, rank_world
 from camkit.errors import CamkitError
-from camkit.evidence import get_recipe, load_negatives, recipe_loss, with_recipe
+from camkit.evidence import get_recipe, load_negatives, recipe_callbacks, recipe_loss, with_recipe
 from camkit.images import open_rgb
-from camkit.models import BuiltModel, build_model
+from camkit.models import BuiltModel, build_model, default_stride
 from camkit.run import MODEL_FORMAT, RunContents, RunInfo, check_out, discard_out, save_run
 
 
@@ -161,9 +161,9 @@ class EpochLog(EpochHistory):
 def train(data_dir: str | Path, arch: str = "resnet34", epochs: int = 4, size: int = 224, bs: int = 64,
           valid_pct: float = 0.2, seed: int = 0, out: str | Path | None = None, lr: float | None = None,
           head: str = "cam", pretrained: bool | None = None, weights: str | Path | None = None,
-          stride: int = 32, freeze_epochs: int = 1, aug: str = "fastai", loader: str = "tensor",
+          stride: int | None = None, freeze_epochs: int = 1, aug: str = "fastai", loader: str = "tensor",
           overwrite: bool = False, device: str | None = None, precision: str = "auto", quiet: bool = False,
-          data: FolderData | None = None, recipe: str = "plain", cache: str | Path | None = None,
+          data: FolderData | None = None, recipe: str = "auto", cache: str | Path | None = None,
           negatives: str | Path | None = None) -> TrainResult:
     """Fine-tune (or train from scratch) `arch` on a class-per-folder dataset and save the run.
 
@@ -173,14 +173,17 @@ def train(data_dir: str | Path, arch: str = "resnet34", epochs: int = 4, size: i
     batches, a horizontal flip, or none. `precision` auto: bf16 autocast where the hardware
     has it (CUDA, or a CPU with AVX512-BF16 / AMX), fp16 on older GPUs, fp32 otherwise.
     `recipe` (camkit.evidence): what training batches add so that each class is found by its
-    own evidence (negatives, mosaics, per-class sigmoids); plain is cross-entropy alone.
+    own evidence; auto (the default) is counterfactual with the CAM head (each step also trains
+    on copies whose own map region is erased, as "neither"), plain (cross-entropy alone) with
+    fastai's. `stride` None: 16 for a torchvision ResNet with the CAM head, else 32.
     `negatives`: a folder of images of neither class, a hidden "neither" in every batch.
     `quiet` drops the per-epoch lines on stderr. `cache`: a folder for camkit.cache's decoded
     images (memory-mapped, reused by the next run). Under torchrun / accelerate launch each
     rank trains on its shard with gradients all-reduced, and only rank 0 writes (see
     camkit.distributed)."""
     _check_options(epochs, size, bs, valid_pct, freeze_epochs, lr)
-    aug, loader, recipe = value(aug), value(loader), get_recipe(recipe)
+    aug, loader, recipe = value(aug), value(loader), get_recipe(recipe, head)
+    stride = default_stride(arch, head) if stride is None else stride
     neg = load_negatives(negatives, size) if negatives is not None else None
     dev = local_device(resolve_device(device))
     precision = resolve_precision(precision, dev)
@@ -198,6 +201,7 @@ def train(data_dir: str | Path, arch: str = "resnet34", epochs: int = 4, size: i
         built = build_model(arch, len(split.classes), head, pretrained, weights, stride)
         learn = make_learner(dls, built, out, precision)
         learn.loss_func = recipe_loss(recipe, neg is not None) or learn.loss_func
+        learn.add_cbs(recipe_callbacks(recipe, seed))
         log, seconds, complete = fit(learn, built.pretrained, epochs, freeze_epochs, lr,
                                       verbose=not quiet and launch().main)
         preds = predict(learn, dls.valid)
@@ -352,8 +356,8 @@ def fit(learn: Learner, pretrained: bool, epochs: int, freeze_epochs: int, lr: f
     except KeyboardInterrupt:
         pass
     finally:
-        for cb in learn.cbs:
-            if isinstance(cb, CPUAutocast):
+        for cb in learn.cbs:  # CPUAutocast's autocast, a recipe's hooks
+            if callable(getattr(type(cb), "release", None)):
                 cb.release()
     if log.diverged:
         raise Diverged(f"training diverged: {log.diverged}; nothing was saved (try a lower --lr)")

@@ -3,15 +3,18 @@ on two-class Fashion-MNIST canvas sets with known boxes, the truth about "recogn
 absence of the other" (the confidence kept when the object's own box is removed) and the
 box-free signal the report's trust section uses (camkit.metrics.absence_of_evidence).
 
-    python scripts/bench_evidence.py [--pairs shirt,ankle-boot sandal,bag] [--recipes plain,mosaic]
-                                     [--canvas 128] [--per-class 250] [--epochs 12] [--stride 32]
+    python scripts/bench_evidence.py [--pairs shirt,ankle-boot sandal,bag] [--recipes plain@32,counterfactual@16]
+                                     [--canvas 128] [--per-class 250] [--epochs 12]
+    python scripts/bench_evidence.py --train-timing --recipes plain@32,counterfactual@16
 
 Items from the full Fashion-MNIST training set (the Debian package's IDX files) are pasted at
 random places on noisy canvases (camkit.data.make_canvas_folder); 20 % of each class is held
 out and only held-out images are scored. Every run is `camkit train`'s defaults (CAM head,
-stride 32, fastai augmentation) with --arch resnet18 --no-pretrained --size CANVAS, and the
-recipe named in the row; `plain` is today's default. The anchor is `plain` itself: the ratio
-column is train seconds / plain's train seconds on the same set (goal: <= 2x).
+fastai augmentation) with --arch resnet18 --no-pretrained --size CANVAS, and the recipe and
+output stride named in the row (RECIPE@STRIDE; `plain@32` is the default before issue 20).
+Pointing reads each map where its cells look (camkit.geometry). The anchor is the first setting:
+`--train-timing` trains each setting for a few epochs on the first pair, interleaved, best of 3,
+and prints train seconds / the anchor's (goal: <= 2x).
 """
 
 from __future__ import annotations
@@ -54,8 +57,9 @@ def object_removed_retained(run: Path, boxes_json: Path, margin: int = 2) -> dic
 
 def ceiling(boxes: dict, classes: list[str], canvas: int, stride: int) -> dict[str, float]:
     """The best pointing game a map of stride `stride` can reach: a bilinearly upsampled map
-    peaks at a cell centre, so a box that contains no centre cannot be hit."""
-    centres = [(k + 0.5) * stride for k in range(canvas // stride)]
+    peaks at a cell centre, so a box that contains no centre cannot be hit. A ResNet's cell k is
+    centred on pixel stride * k (camkit.geometry)."""
+    centres = [k * stride for k in range(canvas // stride)]
     hit = {c: [] for c in classes}
     for rel, (x0, y0, x1, y1) in boxes.items():
         hit[rel.split("/")[0]].append(any(x0 <= u < x1 for u in centres) and any(y0 <= u < y1 for u in centres))
@@ -93,6 +97,30 @@ def step_timing(recipes: list[str], canvas: int, rounds: int = 3, steps: int = 4
     return best
 
 
+def settings(spec: str, default_stride: int) -> list[tuple[str, int]]:
+    """'plain@32,counterfactual@16' -> [('plain', 32), ('counterfactual', 16)]."""
+    out = []
+    for item in spec.split(","):
+        name, _, stride = item.partition("@")
+        out.append((name, int(stride) if stride else default_stride))
+    return out
+
+
+def train_timing(images: Path, runs: list[tuple[str, int]], canvas: int, epochs: int, root: Path,
+                 rounds: int = 3) -> dict[tuple[str, int], float]:
+    """Best-of-`rounds` train seconds of each (recipe, stride) for `epochs` epochs on `images`,
+    settings interleaved so that a busy machine slows them alike."""
+    from camkit.train import train
+
+    best = {r: float("inf") for r in runs}
+    for _ in range(rounds):
+        for recipe, stride in runs:
+            r = train(images, arch="resnet18", epochs=epochs, size=canvas, bs=32, out=root / "timing-run",
+                      pretrained=False, stride=stride, seed=0, recipe=recipe, overwrite=True, quiet=True)
+            best[(recipe, stride)] = min(best[(recipe, stride)], r.train_seconds)
+    return best
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pairs", nargs="+", default=["shirt,ankle-boot", "sandal,bag"])
@@ -100,7 +128,7 @@ def main() -> None:
     p.add_argument("--canvas", type=int, default=128)
     p.add_argument("--per-class", type=int, default=250)
     p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--stride", type=int, default=32)
+    p.add_argument("--stride", type=int, default=32, help="for recipes named without @STRIDE")
     p.add_argument("--weights", default=None, help="a local torchvision state_dict to start from (pretrained)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--absence-limit", type=int, default=40, help="held-out images for the box-free signal")
@@ -112,6 +140,8 @@ def main() -> None:
                    "again (their train seconds are the ones recorded in their model.json)")
     p.add_argument("--step-timing", action="store_true", help="only time one training step per recipe "
                    "(interleaved, best of 3) and print the ratio to plain")
+    p.add_argument("--train-timing", type=int, default=0, metavar="EPOCHS", help="only time EPOCHS epochs of "
+                   "training per setting on the first pair (interleaved, best of 3), ratio to the first")
     a = p.parse_args()
     if a.step_timing:
         best = step_timing(a.recipes.split(","), a.canvas)
@@ -119,56 +149,83 @@ def main() -> None:
             print(f"{name:<10} {sec:.3f} s/step  {sec / best[a.recipes.split(',')[0]]:.2f}x {a.recipes.split(',')[0]}")
         return
 
-    from camkit.data import load_fashion_mnist, make_canvas_folder
+    from camkit.data import load_fashion_mnist
+
+    source = load_fashion_mnist()
+    root = Path(a.out or tempfile.mkdtemp(prefix="camkit-evidence-"))
+    runs = settings(a.recipes, a.stride)
+    if a.train_timing:
+        images = dataset(root, a.pairs[0].split(","), a, source)
+        best = train_timing(images, runs, a.canvas, a.train_timing, root)
+        for (recipe, stride), sec in best.items():
+            print(f"{recipe}@{stride:<4} {sec:7.1f} s  {sec / best[runs[0]]:.2f}x {runs[0][0]}@{runs[0][1]}")
+        return
+    print(f"{'pair':<18} {'recipe@stride':<20} {'acc':>5} {'pointing A / B (ceiling)':>26} {'object-removed A / B':>21} "
+          f"{'box-free A / B':>15} {'flagged':>9} {'train s':>8}", flush=True)
+    for pair in a.pairs:
+        classes = pair.split(",")
+        images = dataset(root, classes, a, source)
+        negatives, tag = None, ""
+        if a.negatives_from:
+            negatives, tag = negatives_folder(root, a, source), "+neg"
+        for recipe, stride in runs:
+            run = root / (f"run-{'-'.join(classes)}-{a.canvas}-{recipe}{tag}-s{stride}{'-pre' if a.weights else ''}"
+                          + (f"-seed{a.seed}" if a.seed else ""))
+            row = score(run, images, classes, recipe, stride, tag, negatives, a)
+            if a.jsonl:
+                with open(a.jsonl, "a") as f:
+                    f.write(json.dumps({"pair": pair, **row}) + "\n")
+
+
+def dataset(root: Path, classes: list[str], a, source) -> Path:
+    """The pair's canvas set with boxes (made once, kept under --out)."""
+    from camkit.data import make_canvas_folder
+
+    images = root / f"{'-'.join(classes)}-{a.canvas}"
+    if not (images / "boxes.json").exists():
+        make_canvas_folder(images, classes, a.per_class, canvas=a.canvas,
+                           item_range=(a.canvas * 5 // 16, a.canvas * 15 // 32), seed=a.seed, source=source)
+    return images
+
+
+def negatives_folder(root: Path, a, source) -> Path:
+    """Canvases of --negatives-from classes (40 each), a stand-in for a generic third crawl."""
+    from camkit.data import make_canvas_folder
+
+    folder = root / f"negatives-{a.negatives_from.replace(',', '-')}-{a.canvas}"
+    if not folder.is_dir():
+        make_canvas_folder(folder, a.negatives_from.split(","), 40, canvas=a.canvas,
+                           item_range=(a.canvas * 5 // 16, a.canvas * 15 // 32), seed=a.seed + 1, source=source)
+    return folder
+
+
+def score(run: Path, images: Path, classes: list[str], recipe: str, stride: int, tag: str,
+          negatives: Path | None, a) -> dict:
+    """Train (or, with --reuse, read) one run, print its row and return it."""
     from camkit.metrics import evaluate, evaluate_run
     from camkit.run import read_info
     from camkit.train import train
 
-    source = load_fashion_mnist()
-    root = Path(a.out or tempfile.mkdtemp(prefix="camkit-evidence-"))
-    print(f"{'pair':<18} {'recipe':<10} {'acc':>5} {'pointing A / B (ceiling)':>26} {'object-removed A / B':>21} "
-          f"{'box-free A / B':>15} {'flagged':>9} {'train s':>8} {'x plain':>7}", flush=True)
-    for pair in a.pairs:
-        classes = pair.split(",")
-        images = root / f"{'-'.join(classes)}-{a.canvas}"
-        if not (images / "boxes.json").exists():
-            make_canvas_folder(images, classes, a.per_class, canvas=a.canvas,
-                               item_range=(a.canvas * 5 // 16, a.canvas * 15 // 32), seed=a.seed, source=source)
-        top = ceiling(json.loads((images / "boxes.json").read_text()), classes, a.canvas, a.stride)
-        plain_seconds, negatives, tag = None, None, ""
-        if a.negatives_from:
-            negatives, tag = root / f"negatives-{a.negatives_from.replace(',', '-')}-{a.canvas}", "+neg"
-            if not negatives.is_dir():
-                make_canvas_folder(negatives, a.negatives_from.split(","), 40, canvas=a.canvas,
-                                   item_range=(a.canvas * 5 // 16, a.canvas * 15 // 32), seed=a.seed + 1,
-                                   source=source)
-        for recipe in a.recipes.split(","):
-            run = root / f"run-{'-'.join(classes)}-{a.canvas}-{recipe}{tag}-s{a.stride}{'-pre' if a.weights else ''}"
-            if a.reuse and (run / "model.json").is_file():
-                summary = read_info(run).summary
-                r = SimpleNamespace(valid_accuracy=summary["valid_accuracy"], train_seconds=summary["train_seconds"])
-            else:
-                r = train(images, arch="resnet18", epochs=a.epochs, size=a.canvas, bs=32, out=run,
-                          pretrained=bool(a.weights), weights=a.weights, stride=a.stride, seed=a.seed,
-                          recipe=recipe, overwrite=True, quiet=True, negatives=negatives)
-            plain_seconds = r.train_seconds if recipe == "plain" and not tag else plain_seconds
-            boxed = evaluate(run, images / "boxes.json", ["cam"], valid_only=True, steps=4)["cam"]["per_class"]
-            truth = object_removed_retained(run, images / "boxes.json")
-            free = evaluate_run(run, ["cam"], steps=1, limit=a.absence_limit, percentiles=(80,))["absence"]
-            point = " / ".join(f"{boxed[c]['pointing_game']:.2f} ({top[c]:.2f})" for c in classes)
-            removed = " / ".join(f"{truth.get(c, float('nan')):.3f}" for c in classes)
-            signal = " / ".join(f"{free['per_class'].get(c, {}).get('score', float('nan')):.3f}" for c in classes)
-            ratio = r.train_seconds / plain_seconds if plain_seconds else float("nan")
-            print(f"{pair:<18} {recipe + tag:<10} {r.valid_accuracy:>5.2f} {point:>26} {removed:>21} {signal:>15} "
-                  f"{','.join(free['flagged']) or '-':>9} {r.train_seconds:>8.0f} {ratio:>7.2f}", flush=True)
-            if a.jsonl:
-                row = {"pair": pair, "recipe": recipe, "canvas": a.canvas, "stride": a.stride, "epochs": a.epochs,
-                       "pretrained": bool(a.weights), "accuracy": r.valid_accuracy,
-                       "pointing": {c: boxed[c]["pointing_game"] for c in classes}, "ceiling": top,
-                       "object_removed_retained": truth, "absence": free, "train_seconds": r.train_seconds,
-                       "ratio": ratio}
-                with open(a.jsonl, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+    if a.reuse and (run / "model.json").is_file():
+        summary = read_info(run).summary
+        r = SimpleNamespace(valid_accuracy=summary["valid_accuracy"], train_seconds=summary["train_seconds"])
+    else:
+        r = train(images, arch="resnet18", epochs=a.epochs, size=a.canvas, bs=32, out=run,
+                  pretrained=bool(a.weights), weights=a.weights, stride=stride, seed=a.seed,
+                  recipe=recipe, overwrite=True, quiet=True, negatives=negatives)
+    top = ceiling(json.loads((images / "boxes.json").read_text()), classes, a.canvas, stride)
+    boxed = evaluate(run, images / "boxes.json", ["cam"], valid_only=True, steps=4)["cam"]["per_class"]
+    truth = object_removed_retained(run, images / "boxes.json")
+    free = evaluate_run(run, ["cam"], steps=1, limit=a.absence_limit, percentiles=(80,))["absence"]
+    point = " / ".join(f"{boxed[c]['pointing_game']:.2f} ({top[c]:.2f})" for c in classes)
+    removed = " / ".join(f"{truth.get(c, float('nan')):.3f}" for c in classes)
+    signal = " / ".join(f"{free['per_class'].get(c, {}).get('score', float('nan')):.3f}" for c in classes)
+    print(f"{','.join(classes):<18} {f'{recipe}{tag}@{stride}':<20} {r.valid_accuracy:>5.2f} {point:>26} {removed:>21} "
+          f"{signal:>15} {','.join(free['flagged']) or '-':>9} {r.train_seconds:>8.0f}", flush=True)
+    return {"recipe": recipe + tag, "canvas": a.canvas, "stride": stride, "epochs": a.epochs, "seed": a.seed,
+            "pretrained": bool(a.weights), "accuracy": r.valid_accuracy,
+            "pointing": {c: boxed[c]["pointing_game"] for c in classes}, "ceiling": top,
+            "object_removed_retained": truth, "absence": free, "train_seconds": r.train_seconds}
 
 
 if __name__ == "__main__":

@@ -153,3 +153,108 @@ def test_extra_negatives_join_the_batch_as_neither_under_a_plain_recipe():
     bx, bt = make_batch(x, y, 2, RECIPES["plain"], torch.Generator(), extra)
     assert torch.equal(bx[4:], extra) and bt[4:].abs().sum() == 0 and bt.shape == (6, 2)
     assert recipe_loss("plain", negatives=True).neither
+
+
+# ---------------------------------------------------------------- counterfactual negatives
+
+def test_neither_probs_are_a_softmax_with_a_fixed_zero_logit():
+    from camkit.evidence import neither_probs
+
+    p = neither_probs(torch.tensor([[0.0, 0.0], [math.log(2.0), 0.0]]))
+    assert p.flatten().tolist() == pytest.approx([1 / 3, 1 / 3, 2 / 4, 1 / 4])
+
+
+def test_erasing_evidence_replaces_the_maps_top_area_by_the_image_rolled_by_half():
+    from camkit.evidence import erase_evidence
+
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    maps = torch.zeros(2, 4, 4)
+    maps[0, 0, 0], maps[1, 3, 2] = 1.0, 1.0                      # one hot cell per image
+    out = erase_evidence(x, maps, area=0.25)
+    rolled = torch.roll(x, shifts=(4, 4), dims=(-2, -1))
+    changed = (out != x).any(1)
+    for k in range(2):
+        assert int(changed[k].sum()) == 16                          # exactly a quarter of 64 pixels
+        assert torch.equal(out[k][:, changed[k]], rolled[k][:, changed[k]])
+    assert changed[0, 0, 0] and not changed[0, 7, 7]                # where the map was hot, not elsewhere
+    assert changed[1, 7, 5] and not changed[1, 0, 0]
+
+
+class _Stub:
+    """What a fastai callback reads of its Learner during one training step."""
+
+    def __init__(self, x, y, pred, training=True):
+        self.xb, self.yb, self.pred, self.training = (x,), (y,), pred, training
+
+
+def test_counterfactuals_are_erased_copies_whose_target_is_neither_by_how_much_the_erasure_cost():
+    from camkit.evidence import Counterfactuals, neither_probs
+
+    cb = Counterfactuals(fraction=0.5, area=0.25)
+    cb.fc = torch.nn.Linear(3, 2, bias=False)
+    x1, y1 = torch.randn(4, 3, 8, 8), torch.eye(2)[torch.tensor([0, 1, 0, 1])]
+    pred1 = torch.tensor([[3.0, 0.0], [0.0, 2.0], [1.0, 0.0], [0.0, 1.0]])
+    cb.learn = _Stub(x1, y1, pred1)
+    cb.before_batch()
+    cb.features = torch.randn(4, 3, 2, 2)
+    cb.after_pred()                                             # step 1: nothing pending, two made
+    erased, cls, before = cb.pending
+    assert erased.shape == (2, 3, 8, 8) and before.tolist() == pytest.approx(
+        [float(neither_probs(pred1)[i, c]) for i, c in zip(_rows(erased, x1), cls.tolist())])
+    x2, y2 = torch.randn(4, 3, 8, 8), torch.eye(2)[torch.tensor([1, 1, 0, 0])]
+    cb.learn = _Stub(x2, y2, None)
+    cb.before_batch()
+    assert cb.learn.xb[0].shape == (6, 3, 8, 8) and torch.equal(cb.learn.xb[0][4:], erased)
+    after_logits = torch.stack([torch.full((2,), -5.0), 10 * (2 * torch.eye(2)[cls[1]] - 1)])  # gone / kept
+    cb.learn.pred = torch.cat([torch.zeros(4, 2), after_logits])
+    cb.features = torch.randn(6, 3, 2, 2)
+    cb.after_pred()
+    targets = cb.learn.yb[0]
+    assert targets.shape == (6, 2) and torch.equal(targets[:4], y2)
+    u = (before - neither_probs(after_logits)[torch.arange(2), cls]).clamp(0, 1)
+    assert u[0] > 0.5 and u[1] == 0
+    assert targets[4:].flatten().tolist() == pytest.approx((torch.eye(2)[cls] * (1 - u)[:, None]).flatten().tolist())
+
+
+def _rows(erased: torch.Tensor, x: torch.Tensor) -> list[int]:
+    """Which image of `x` each erased copy came from (the pixels left in place match)."""
+    return [int(((x - e).abs() < 1e-6).flatten(1).sum(1).argmax()) for e in erased]
+
+
+def test_counterfactuals_do_nothing_during_validation():
+    from camkit.evidence import Counterfactuals
+
+    cb = Counterfactuals(fraction=0.5, area=0.25)
+    cb.learn = _Stub(torch.randn(2, 3, 8, 8), torch.tensor([0, 1]), torch.zeros(2, 2), training=False)
+    cb.pending = (torch.zeros(1, 3, 8, 8), torch.tensor([0]), torch.tensor([0.5]))
+    cb.before_batch()
+    cb.after_pred()
+    assert cb.learn.xb[0].shape == (2, 3, 8, 8) and cb.learn.yb[0].tolist() == [0, 1]
+
+
+def test_training_under_the_counterfactual_recipe_saves_an_ordinary_run_and_removes_its_hook(canvas_dir,
+                                                                                           tmp_path, monkeypatch):
+    import importlib
+
+    module = importlib.import_module("camkit.train")
+    made, original = [], module.recipe_callbacks
+    monkeypatch.setattr(module, "recipe_callbacks", lambda *a, **k: made.extend(original(*a, **k)) or made)
+    r = module.train(canvas_dir, arch="resnet18", epochs=1, size=32, bs=16, out=tmp_path / "run", pretrained=False,
+              stride=8, aug="flip", quiet=True, recipe="counterfactual")
+    assert r.recipe == "counterfactual" and math.isfinite(r.valid_loss)
+    assert len(made) == 1 and made[0].handle is None and made[0].pending is None
+
+
+def test_the_counterfactual_recipe_needs_the_cam_head(canvas_dir, tmp_path):
+    from camkit.train import train
+
+    with pytest.raises(CamkitError, match="needs camkit's CAM head"):
+        train(canvas_dir, arch="resnet18", epochs=1, size=32, bs=16, out=tmp_path / "run", pretrained=False,
+              head="fastai", quiet=True, recipe="counterfactual")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("head,expected", [("cam", "counterfactual"), ("fastai", "plain")])
+def test_the_auto_recipe_is_counterfactual_for_the_cam_head_only(head, expected):
+    assert get_recipe("auto", head).name == expected
+    assert get_recipe("mosaic", head).name == "mosaic"   # a named recipe is kept whatever the head

@@ -302,3 +302,12 @@ def test_an_error_in_the_forward_pass_leaves_autocast_off(canvas_dir, tmp_path):
     with pytest.raises(CamkitError, match="broken model"):
         fit(learn, False, 1, 0, None, verbose=False)
     assert not torch.is_autocast_cpu_enabled()
+
+
+@pytest.mark.parametrize("arch,head,expected", [("resnet18", "cam", 16), ("resnext50_32x4d", "cam", 16),
+                                                ("resnet18", "fastai", 32), ("densenet121", "cam", 32),
+                                                ("vit_tiny_patch16_224", "cam", 32)])
+def test_the_default_stride_is_16_for_a_torchvision_resnet_with_the_cam_head(arch, head, expected):
+    from camkit.models import default_stride
+
+    assert default_stride(arch, head) == expected

@@ -59,7 +59,8 @@ def train(
     pretrained: Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained",
                                                        help="ImageNet weights (default: when they can be loaded)")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="local torchvision state_dict to start from")] = None,
-    stride: Annotated[int, typer.Option(help="ResNet output stride: 32, 16 or 8 (finer CAM maps)")] = 32,
+    stride: Annotated[Optional[int], typer.Option(help="ResNet output stride: 32, 16 or 8 (finer CAM maps; default "
+                                                  "16 for a torchvision ResNet with the CAM head, else 32)")] = None,
     freeze_epochs: Annotated[int, typer.Option(help="frozen-body epochs when fine-tuning pretrained weights")] = 1,
     precision: Annotated[Precision, typer.Option(help="auto: bf16 where the hardware has it")] = Precision.auto,
     loader: Annotated[TrainLoader, typer.Option(help="tensor: decode once (fast); fastai: ImageDataLoaders as the "
@@ -69,7 +70,8 @@ def train(
     cache: Annotated[Optional[Path], typer.Option(help="folder for the decoded images (memory-mapped; the next run "
                                                   "decodes only new or changed files)")] = None,
     recipe: Annotated[Recipe, typer.Option(help="what training batches add so that each class's map finds its own "
-                                           "evidence (see camkit.evidence)")] = Recipe.plain,
+                                           "evidence (auto: counterfactual with the CAM head; see "
+                                           "camkit.evidence)")] = Recipe.auto,
     negatives: Annotated[Optional[Path], typer.Option(help="folder of images of neither class (e.g. a generic "
                                                       "crawl): a hidden 'neither' in every batch")] = None,
     as_json: JsonOpt = False,
