@@ -8,6 +8,8 @@ here: the one boundary in `_boundary.Boundary` turns them into one line and an e
 from __future__ import annotations
 
 import json
+import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, List, Optional
@@ -379,8 +381,24 @@ def _launched() -> bool:
 
 
 def main() -> None:
-    """Console entry point (the boundary turns every error into one line and an exit code)."""
-    app()
+    """Console entry point (the boundary turns every error into one line and an exit code).
+
+    A process started by torchrun / accelerate launch leaves with `os._exit` once its output
+    is flushed: its work is done and the group left (camkit.distributed), but gloo's worker
+    threads can still abort it during interpreter finalisation ("terminate called without an
+    active exception", exit -6, after everything was written: 1 launch in ~10 on 2 CPUs; see
+    pytorch/pytorch#179291), which a launcher reports as a failed run."""
+    if not _launched():
+        app()
+        return
+    code: int = 0
+    try:
+        app()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
