@@ -44,12 +44,31 @@ class Style:
 def peak_xy(cam_map: Tensor, model_size: int | tuple[int, int], width: int, height: int,
             grid: Grid | None = None) -> list[int]:
     """[x, y] of the map's maximum in the pixels of a width x height image that the model saw
-    squished to `model_size` (a side, or (height, width)); `grid`: where the map's cells look
-    (camkit.geometry; None: on their footprints)."""
+    squished to `model_size` (a side, or (height, width)). The highest cell, moved along each axis
+    to the vertex of the parabola through it and its two neighbours (at most half a cell: a
+    sub-cell peak, as keypoint heatmaps are read), placed where `grid` says the cells look
+    (camkit.geometry; None: on their footprints). A bilinearly upsampled map peaks exactly on a
+    cell centre, so its argmax could only ever name the grid's nodes."""
     mh, mw = (model_size, model_size) if isinstance(model_size, int) else model_size
-    fine = upsample(cam_map[None], (mh, mw), grid)[0]
-    iy, ix = divmod(int(fine.flatten().argmax()), mw)
-    return [min(width - 1, int((ix + 0.5) * width / mw)), min(height - 1, int((iy + 0.5) * height / mh))]
+    cells = cam_map.detach().float().cpu()
+    h, w = cells.shape[-2:]
+    grid = (grid or Grid.footprint((h, w), (mh, mw))).resized((mh, mw))
+    cy, cx = divmod(int(cells.flatten().argmax()), w)
+    y = grid.stride[0] * (cy + vertex(cells[:, cx], cy)) + grid.offset[0]
+    x = grid.stride[1] * (cx + vertex(cells[cy, :], cx)) + grid.offset[1]
+    return [min(width - 1, max(0, int((x + 0.5) * width / mw))), min(height - 1, max(0, int((y + 0.5) * height / mh)))]
+
+
+def vertex(values: Tensor, i: int) -> float:
+    """Offset of the vertex of the parabola through values[i - 1 .. i + 1] from i, in (-0.5, 0.5):
+    0.5 (a - c) / (a - 2b + c); 0 at an edge, on a plateau or where the three are not a peak."""
+    if i == 0 or i == len(values) - 1:
+        return 0.0
+    a, b, c = (float(v) for v in values[i - 1:i + 2])
+    curvature = a - 2 * b + c
+    if not curvature < 0:
+        return 0.0
+    return max(-0.5, min(0.5, 0.5 * (a - c) / curvature))
 
 
 def colorize(heat: np.ndarray, colormap: str = "jet") -> np.ndarray:

@@ -115,3 +115,17 @@ def test_a_peak_and_a_drawing_use_the_maps_grid():
     grey = np.asarray(heat)[..., 0].astype(int)
     assert grey[65:, 65:].min() == grey.max() == 255            # full from the centre (64.5 px in the copy) on
     assert grey[32, 32] < 100 and grey[0, 0] == 0
+
+
+def test_a_peak_moves_between_cell_centres_toward_the_stronger_neighbour():
+    from camkit.render import peak_xy, vertex
+
+    assert vertex(torch.tensor([0.0, 1.0, 0.0]), 1) == 0                # symmetric: on the centre
+    assert vertex(torch.tensor([0.0, 1.0, 1.0]), 1) == 0.5               # a plateau's middle: half a cell
+    assert vertex(torch.tensor([0.5, 1.0, 0.0]), 1) == pytest.approx(-1 / 6)  # 0.5 (a - c) / (a - 2b + c): left
+    assert vertex(torch.tensor([1.0, 0.5]), 0) == 0                      # an edge cell stays
+    cam_map = torch.tensor([[0.0, 0.0, 0.0], [0.0, 1.0, 0.6], [0.0, 0.0, 0.0]])
+    grid = Grid((16, 16), (0, 0), (48, 48))
+    x, y = peak_xy(cam_map, 48, 48, 48, grid)
+    assert y == 16 and 16 < x < 24                                       # right of the centre, less than half a cell
+    assert x == int(16 * (1 + 0.5 * (0 - 0.6) / (0 - 2 + 0.6)) + 0.5)
