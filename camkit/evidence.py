@@ -236,10 +236,9 @@ def neither_probs(logits: Tensor) -> Tensor:
 
 def erase_evidence(x: Tensor, maps: Tensor, area: float, grid: Grid | None = None) -> Tensor:
     """Each image with the top `area` fraction of its map's pixels (upsampled as `grid` places the
-    cells, camkit.geometry) replaced by the
-    same image rolled by half its height and width: the region the map calls evidence gets the
-    image's own texture from elsewhere (seamless on noise, no grey box a model could learn as
-    "erased")."""
+    cells, camkit.geometry) replaced by the same image rolled by half its height and width: the
+    region the map calls evidence gets the image's own texture from elsewhere (seamless on
+    noise, no grey box a model could learn as "erased")."""
     h, w = x.shape[-2:]
     up = upsample(maps, (h, w), grid)
     top = up.flatten(1).topk(max(1, round(area * h * w)), dim=1).indices   # exactly that many, ties or not

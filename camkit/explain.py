@@ -26,10 +26,10 @@ from torch import Tensor
 
 from camkit.cam import BaseCAM, get_layer, make_cam, split_layers
 from camkit.device import autocast, resolve_precision
-from camkit.geometry import Grid
 from camkit.distributed import gather, in_group, main_first, rank_world, shard
 from camkit.errors import CamkitError
 from camkit.files import atomic_write, confined, ensure_writable_dir, remove_if_empty
+from camkit.geometry import Grid
 from camkit.images import list_images, open_or_skip, open_rgb
 from camkit.render import DIVERGING, Style, fit_for_drawing, gallery_html, overlay, peak_xy, to_numpy
 from camkit.run import LoadedModel, load
