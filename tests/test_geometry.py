@@ -129,3 +129,13 @@ def test_a_peak_moves_between_cell_centres_toward_the_stronger_neighbour():
     x, y = peak_xy(cam_map, 48, 48, 48, grid)
     assert y == 16 and 16 < x < 24                                       # right of the centre, less than half a cell
     assert x == int(16 * (1 + 0.5 * (0 - 0.6) / (0 - 2 + 0.6)) + 0.5)
+
+
+def test_aug_smoothed_maps_mix_flipped_passes_and_sit_on_their_footprints():
+    from camkit.cam import make_cam
+    from camkit.models import build_model
+
+    model = build_model("resnet18", 2, pretrained=False).model.eval()
+    extractor = make_cam("gradcam", model, aug_smooth=True)
+    extractor(torch.randn(1, 3, 64, 64))
+    assert extractor.grid == Grid.footprint((2, 2), (64, 64))

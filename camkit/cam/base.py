@@ -191,6 +191,9 @@ class BaseCAM:
             if flip is False and factor == 1.0:
                 logits, targets = self.logits, self.targets
         self.logits, self.targets = logits, targets
+        # a flipped pass's cell i, flipped back, looks at s*i + (s - 1), the unflipped one's at s*i
+        # (camkit.geometry): their mean is centred on the footprints, s*i + (s - 1) / 2
+        self.grid = Grid.footprint(tuple(total.shape[-2:]), self._size)
         return scale_signed(total) if self.signed else normalise(total)
 
     def _post(self, maps: list[Tensor]) -> Tensor:
