@@ -54,19 +54,15 @@ class Grid:
         return Grid(tuple(s * f for s, f in zip(self.stride, r)),
                     tuple((o + 0.5) * f - 0.5 for o, f in zip(self.offset, r)), tuple(size))
 
-    def cells(self, n: int, axis: int) -> Tensor:
-        """The fractional cell index under each of the `n` pixels along `axis` (0 rows, 1 columns)."""
-        return (torch.arange(n, dtype=torch.float32) - self.offset[axis]) / self.stride[axis]
-
 
 def upsample(maps: Tensor, size: tuple[int, int], grid: Grid | None = None) -> Tensor:
     """(B, h, w) maps -> (B, H, W), bilinear between cell centres as `grid` places them (resized
     to `size` when it describes another size), constant beyond the outermost centres. Without a
     grid, cells sit on their footprints (torch's `align_corners=False` resize)."""
-    h, w = maps.shape[-2:]
-    if grid is None or grid.resized(tuple(size)) == Grid.footprint((h, w), tuple(size)):
-        return F.interpolate(maps[:, None].float(), size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
-    grid = grid.resized(tuple(size))
+    size = tuple(size)
+    grid = grid.resized(size) if grid is not None else None
+    if grid is None or grid == Grid.footprint(tuple(maps.shape[-2:]), size):
+        return F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
     return sample(maps, grid, torch.arange(size[0], dtype=torch.float32), torch.arange(size[1], dtype=torch.float32))
 
 
