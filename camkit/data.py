@@ -22,16 +22,12 @@ import torch
 from camkit.cache import cache_key, decode_cached, release_rows
 from camkit.errors import CamkitError
 from camkit.images import is_dataset_image, open_rgb, resize_square
+from camkit.resources import SAMPLE, resource
 
 FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat",
                    "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
 FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-
-
-def shipped_data_dir() -> Path:
-    """The repository's `data/` folder (override with CAMKIT_DATA)."""
-    return Path(os.environ.get("CAMKIT_DATA", Path(__file__).resolve().parents[1] / "data"))
 
 
 # ---------------------------------------------------------------- offline datasets
@@ -93,11 +89,16 @@ def load_digits28() -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_shipped_sample() -> tuple[np.ndarray, np.ndarray]:
-    """The Fashion-MNIST sample shipped in data/ (MIT licence, Zalando Research)."""
-    path = shipped_data_dir() / "fashion_mnist_sample.npz"
-    if not path.exists():
-        raise CamkitError(f"shipped sample '{path}' is missing (set CAMKIT_DATA to camkit's data/ folder)")
-    with np.load(path) as z:
+    """The Fashion-MNIST sample shipped inside camkit (camkit/resources/, MIT licence, Zalando
+    Research); a folder named by CAMKIT_DATA that holds a fashion_mnist_sample.npz overrides it."""
+    override = os.environ.get("CAMKIT_DATA")
+    source = Path(override) / SAMPLE if override else resource(SAMPLE)
+    if not source.is_file():
+        raise CamkitError(f"CAMKIT_DATA='{override}' holds no {SAMPLE} (unset it to use the sample shipped "
+                          "with camkit)" if override else
+                          f"camkit's shipped sample '{source}' is missing: this camkit install is incomplete "
+                          "(reinstall camkit)")
+    with source.open("rb") as f, np.load(f) as z:
         return z["images"], z["labels"].astype(np.int64)
 
 
