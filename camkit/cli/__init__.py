@@ -375,6 +375,8 @@ def main_rank() -> bool:
 
 
 def _launched() -> bool:
+    if "WORLD_SIZE" not in os.environ:   # no launcher: answered without importing torch (camkit --version, --help)
+        return False
     from camkit.distributed import launch
 
     return launch().active
