@@ -6,7 +6,8 @@ same app as `camkit app` (push it to a Space with the Gradio SDK, or run `python
     DIR/README.md         the Space header (sdk: gradio, sdk_version, app_file) and a model card
     DIR/model/            the run's weights (plain tensors) and model.json without the local data path
     DIR/examples/         a few of the run's held-out images, renamed example-N.ext
-    DIR/camkit/           camkit's source, so the Space needs nothing that is not on PyPI
+    DIR/camkit/           camkit's code as installed (Python files, py.typed, licence notes),
+                          so the Space needs nothing that is not on PyPI
 
 The folder is assembled in a temporary folder beside DIR and renamed into place at the end, so
 a failed export leaves no half-made Space; an existing DIR is never written into.
@@ -17,13 +18,17 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from importlib import metadata
+from fnmatch import fnmatch
+from importlib import metadata, resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import camkit
 from camkit.errors import CamkitError
 from camkit.files import TMP_PREFIX, ensure_writable_dir
 from camkit.run import export_model, read_info
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 APP_PY = '''"""A camkit app as a Hugging Face Space (written by `camkit app RUN --export-space`).
 
@@ -86,10 +91,26 @@ def _copy_examples(run: Path, dest: Path, per_class: int) -> int:
     return len(files)
 
 
+# What of the package a Space needs: the code and the licence notes. The demo's 1 MB
+# Fashion-MNIST sample stays out (the app never reads it; a Space is a git repository).
+SPACE_FILES = ("*.py", "py.typed", "*.md")
+
+
 def _copy_package(dest: Path) -> None:
-    """camkit's own source (Python files and py.typed, no caches) into dest/camkit."""
-    src = Path(camkit.__file__).resolve().parent
-    shutil.copytree(src, dest / "camkit", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", f"{TMP_PREFIX}*"))
+    """The camkit package this process imported, read through importlib.resources (an installed
+    wheel's site-packages/camkit, or the folder an editable install points at), into
+    dest/camkit: its packages' SPACE_FILES, no caches, no stray folders."""
+    def copy(package: Traversable, to: Path) -> None:
+        to.mkdir()
+        for item in package.iterdir():
+            if item.name.startswith(TMP_PREFIX):
+                continue
+            if item.is_dir() and item.joinpath("__init__.py").is_file():
+                copy(item, to / item.name)
+            elif item.is_file() and any(fnmatch(item.name, p) for p in SPACE_FILES):
+                (to / item.name).write_bytes(item.read_bytes())
+
+    copy(resources.files("camkit"), dest / "camkit")
 
 
 def export_space(run: str | Path, out: str | Path, examples_per_class: int = 2) -> Path:
