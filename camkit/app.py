@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from camkit.errors import CamkitError
-from camkit.run import LoadedModel, load
+from camkit.run import LoadedModel, load, read_verdict
+from camkit.verdict import Verdict
 
 APP_MAX_PIXELS = 64_000_000     # a 50-megapixel phone photo passes; ~190 MB as RGB at most
 MAX_UPLOAD = "25mb"            # refused by the server before any decoding
@@ -73,6 +74,11 @@ class CamApp:
     @property
     def classes(self) -> list[str]:
         return self.loaded.classes
+
+    @functools.cached_property
+    def verdict(self) -> Verdict | None:
+        """The run's training verdict (model.json's, or recomputed for an older run)."""
+        return read_verdict(self.loaded.path, self.loaded.info)
 
     @functools.cached_property
     def _methods(self) -> list[str]:
@@ -242,6 +248,16 @@ def _guard(fn):
     return call
 
 
+def verdict_banner(verdict: Verdict | None) -> str:
+    """The training verdict as the app's second line (Markdown): said before any map is shown."""
+    if verdict is None:
+        return "**Training verdict: unknown** (this run has no held-out evaluation)."
+    text = f"**Training verdict: {verdict.status}** — {verdict.headline}."
+    if not verdict.usable:
+        text += " The maps of an unusable model explain nothing: retrain before reading them."
+    return text
+
+
 def build(app: CamApp, cleaner: Cleaner | None = None, examples: list[str] | None = None):
     """The Gradio Blocks: an Explain tab and, with a `cleaner`, a Clean tab."""
     gr = require_gradio()
@@ -250,6 +266,7 @@ def build(app: CamApp, cleaner: Cleaner | None = None, examples: list[str] | Non
         gr.Markdown(f"# camkit: {title}\n{app.loaded.info.arch}, {app.loaded.info.head} head, "
                     f"{app.loaded.size}-px input. Upload, paste or take a picture: the model's answer and "
                     "the heatmap of where it looked.")
+        gr.Markdown(verdict_banner(app.verdict), elem_id="camkit-verdict")
         with gr.Tab("Explain"):
             _explain_tab(gr, app, examples if examples is not None else app.examples())
         if cleaner is not None:

@@ -17,6 +17,7 @@ normalisation), and drawn on the image as the model saw it.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -32,6 +33,8 @@ from camkit.explain import CamBatch, Decoded, Explanations, explain_batch, resol
 from camkit.images import list_images, open_rgb
 from camkit.models import build_model
 from camkit.render import Style
+from camkit.spec import ModelSpec
+from camkit.verdict import TrainingVerdict, Verdict, judge, verdict_line
 
 IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 
@@ -53,23 +56,24 @@ _keep_every_epoch()
 
 # ---------------------------------------------------------------- a Learner with camkit's CAM head
 
-def cam_learner(dls, arch, stride: int = 32, pretrained: bool = True, normalize: bool = True,
-                **kwargs: Any) -> Learner:
-    """`vision_learner` with camkit's CAM head (GAP -> Linear without bias: exact CAM) and an
-    optional lower output stride (16 or 8: finer maps), for any fastai image DataLoaders.
+def cam_learner(dls, arch, stride: int | None = None, pretrained: bool = True, normalize: bool = True,
+                dilate: bool | None = None, **kwargs: Any) -> Learner:
+    """`vision_learner` with camkit's CAM head (GAP -> Linear without bias: exact CAM) and
+    `camkit train`'s output stride (None: 16 for a torchvision ResNet, else 32; `dilate` makes
+    it by dilation, camkit.spec.ModelSpec), for any fastai image DataLoaders.
 
     `arch` is a torchvision constructor (`resnet34`) or a name ("resnet34", or a timm name). The
     model is built once and handed to `Learner` with the arch's splitter; with pretrained
     weights the body is frozen and ImageNet normalisation is added to `dls`, as
     `vision_learner` does. Other keyword arguments go to `Learner` (metrics, loss_func, ...)."""
-    name = arch if isinstance(arch, str) else getattr(arch, "__name__", str(arch))
-    built = build_model(name, dls.c, "cam", pretrained=pretrained, stride=stride)
+    spec = ModelSpec.parse(arch, "cam", stride, dilate)
+    built = build_model(spec, dls.c, pretrained=pretrained)
     if normalize and built.pretrained:
         _add_imagenet_norm(dls)
     learn = Learner(dls, built.model, splitter=built.splitter, **kwargs)
     if built.pretrained:
         learn.freeze()
-    learn.arch, learn.pretrained, learn.camkit_stride = name, built.pretrained, stride
+    learn.arch, learn.pretrained, learn.camkit_spec = spec.arch, built.pretrained, spec
     return learn
 
 
@@ -209,6 +213,17 @@ class CAMInterpretation(ClassificationInterpretation):
         by_truth = next(_batches_for_targets(self.learn, x, extractor, actual)).results
         return plot_top_losses(by_pred, by_truth, losses.tolist(), Style(alpha=alpha))
 
+    @property
+    def verdict(self) -> Verdict:
+        """The training verdict on the scored images (camkit.verdict): accuracy against always
+        answering the larger class, and the Learner's loss history. Read it before the maps:
+        the maps of an unusable model explain nothing."""
+        from camkit.train import confusion_matrix
+
+        cm = confusion_matrix(self.decoded.long().flatten(), self.targs.long().flatten(), len(_classes(self.learn)))
+        return judge(cm.tolist(), _classes(self.learn), _history(self.learn), _train_counts(self.learn),
+                     bool(getattr(self.learn, "pretrained", False)))
+
 
 def _batches_for_targets(learn: Learner, x: torch.Tensor, extractor: BaseCAM, targets: list[int]) -> Iterator[CamBatch]:
     classes = _classes(learn)
@@ -231,11 +246,24 @@ def export_run(self: Learner, path: str | Path, overwrite: bool = False) -> Path
     path = Path(path)
     created = check_out(path, overwrite)  # before the predictions pass, as train does
     try:
-        save_run(path, run_contents(self), overwrite)
+        contents = run_contents(self)
+        save_run(path, contents, overwrite)
     except BaseException:
         discard_out(path, created)
         raise
+    if contents.info.verdict["status"] != "ok":
+        warnings.warn(TrainingVerdict(verdict_line(contents.info.verdict, path)), stacklevel=2)
     return path
+
+
+@patch
+def verdict(self: Learner) -> Verdict:
+    """The training verdict of this Learner on its validation set (camkit.verdict): whether it
+    beats always answering the larger class and whether its losses behaved. `export_run`
+    saves it in model.json and warns when it is not ok."""
+    _, _, confusion, summary = _evaluation(self)
+    return judge(confusion, _classes(self), _history(self), summary.get("train_counts"),
+                 bool(getattr(self, "pretrained", False)))
 
 
 def run_contents(learn: Learner):
@@ -243,31 +271,35 @@ def run_contents(learn: Learner):
     Learner's weights exactly."""
     from camkit.run import MODEL_FORMAT, RunContents, RunInfo
 
-    arch, head, stride = _describe(learn)
+    spec = _describe(learn)
     state = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu() for k, v in learn.model.state_dict().items()}
     classes = _classes(learn)
     try:
-        build_model(arch, len(classes), head, pretrained=False, stride=stride).model.load_state_dict(state)
+        build_model(spec, len(classes), pretrained=False).model.load_state_dict(state)
     except (RuntimeError, CamkitError) as e:
-        raise CamkitError(f"this Learner's model is not one camkit can rebuild as {arch} with the {head} head "
-                          f"({str(e).splitlines()[0][:120]})") from None
+        raise CamkitError(f"this Learner's model is not one camkit can rebuild as {spec.arch} with the {spec.head} "
+                          f"head ({str(e).splitlines()[0][:120]})") from None
     size, resize = _input_size(learn)
-    history, valid, confusion, summary = _evaluation(learn, arch, head, stride)
-    info = RunInfo(arch=arch, head=head, stride=stride, classes=classes, size=size, stats=_stats(learn),
-                   pretrained=bool(getattr(learn, "pretrained", False)), complete=True,
-                   epochs_planned=len(history), confusion=confusion, summary=summary,
-                   data_root=str(Path(learn.dls.path).resolve()), format=MODEL_FORMAT, resize=resize)
+    history, valid, confusion, summary = _evaluation(learn)
+    pretrained = bool(getattr(learn, "pretrained", False))
+    verdict = judge(confusion, classes, history, summary.get("train_counts"), pretrained)
+    info = RunInfo(arch=spec.arch, head=spec.head, stride=spec.stride, dilate=spec.dilate, classes=classes, size=size,
+                   stats=_stats(learn), pretrained=pretrained, complete=True, epochs_planned=len(history),
+                   confusion=confusion, summary=summary, data_root=str(Path(learn.dls.path).resolve()),
+                   format=MODEL_FORMAT, resize=resize, verdict=verdict.to_json(), spec=spec.to_json())
     return RunContents(info, state, history, valid)
 
 
-def _describe(learn: Learner) -> tuple[str, str, int]:
+def _describe(learn: Learner) -> ModelSpec:
+    """The Learner's network as a ModelSpec: cam_learner's own, else read off the model."""
+    spec = getattr(learn, "camkit_spec", None)
+    if isinstance(spec, ModelSpec):
+        return spec
     arch = getattr(learn, "arch", None)
-    name = arch if isinstance(arch, str) else getattr(arch, "__name__", None)
-    if not name:
+    if arch is None:
         raise CamkitError("cannot tell this Learner's architecture (learn.arch); build it with vision_learner "
                           "or camkit.fastai.cam_learner")
-    head = "cam" if cam_linear(learn.model) is not None else "fastai"
-    return name, head, int(getattr(learn, "camkit_stride", 32))
+    return ModelSpec.parse(arch, "cam" if cam_linear(learn.model) is not None else "fastai", 32)
 
 
 def _input_size(learn: Learner) -> tuple[int, str]:
@@ -310,7 +342,17 @@ def _history(learn: Learner) -> list[dict]:
             for i, r in enumerate(rows)]
 
 
-def _evaluation(learn: Learner, arch: str, head: str, stride: int) -> tuple[list[dict], list[dict], list, dict]:
+def _train_counts(learn: Learner) -> list[int] | None:
+    """Training images per class, from the labels alone (no image decoded); None when the
+    DataLoaders do not keep labels as fastai's Datasets do."""
+    try:
+        labels = [int(y) for y in learn.dls.train_ds.tls[1]]
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+    return [labels.count(i) for i in range(len(_classes(learn)))]
+
+
+def _evaluation(learn: Learner) -> tuple[list[dict], list[dict], list, dict]:
     """History (the last fit's, from fastai's Recorder), held-out predictions with paths
     relative to the data root, confusion matrix and summary."""
     from camkit.train import confusion_matrix
@@ -326,8 +368,8 @@ def _evaluation(learn: Learner, arch: str, head: str, stride: int) -> tuple[list
              for f, p, t, l in zip(items, probs, targets, losses)
              if isinstance(f, (str, Path)) and Path(f).resolve().is_relative_to(root)]
     accuracy = float((probs.argmax(1) == targets).float().mean()) if len(targets) else 0.0
-    summary = {"arch": arch, "head": head, "stride": stride, "pretrained": bool(getattr(learn, "pretrained", False)),
-               "classes": classes, "n_train": len(learn.dls.train_ds), "n_valid": len(learn.dls.valid_ds),
+    summary = {"n_train": len(learn.dls.train_ds), "n_valid": len(learn.dls.valid_ds),
+               "train_counts": _train_counts(learn),
                "epochs": len(history), "device": str(learn.dls.device), "valid_accuracy": round(accuracy, 4),
                "valid_loss": round(float(losses.mean()), 4) if len(losses) else None, "source": "fastai Learner"}
     cm = confusion_matrix(probs.argmax(1), targets.long(), len(classes)).tolist()

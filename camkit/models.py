@@ -17,6 +17,7 @@ from torch import nn
 
 from camkit.choices import Head
 from camkit.errors import CamkitError
+from camkit.spec import ModelSpec
 
 
 def cam_head(n_features: int, n_classes: int) -> nn.Sequential:
@@ -24,51 +25,45 @@ def cam_head(n_features: int, n_classes: int) -> nn.Sequential:
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(n_features, n_classes, bias=False))
 
 
-def _torchvision_constructor(arch: str) -> Callable[..., nn.Module] | None:
+def _torchvision_constructor(arch: str) -> Callable[..., nn.Module]:
     import torchvision.models as tvm
 
-    fn = getattr(tvm, arch, None)
-    return fn if callable(fn) and arch in tvm.list_models(module=tvm) else None
+    return getattr(tvm, arch)
 
 
-def _timm_available(arch: str) -> bool:
-    try:
-        import timm
-    except ImportError:
-        return False
-    return arch in timm.list_models()
-
-
-STRIDE_FAMILIES = ("resnet", "resnext", "wide_resnet")
-
-
-def default_stride(arch: str, head: str | Head = "cam") -> int:
-    """The output stride `--stride` leaves unset gives: 16 for a torchvision ResNet with the CAM
-    head (a 224-px image gets 14 x 14 maps instead of 7 x 7; at 128 px, 8 x 8 instead of 4 x 4,
-    fine enough for a map's peak to land on each class's object, issue 20), else the native 32."""
-    head = head.value if isinstance(head, Head) else head
-    native = head != "cam" or not arch.startswith(STRIDE_FAMILIES) or _torchvision_constructor(arch) is None
-    return 32 if native else 16
-
-
-def _set_output_stride(body: nn.Module, stride: int, arch: str) -> None:
-    """Lower a ResNet body's output stride (32 -> 16 -> 8) by giving the first block of the
-    last one or two stages stride 1. The weights keep their shapes (pretrained ones still fit);
-    the maps CAM reads get 2x or 4x finer."""
-    if stride == 32:
+def _set_output_stride(body: nn.Module, spec: ModelSpec) -> None:
+    """Lower a ResNet body's output stride (32 -> 16 -> 8) in its last one or two stages: the
+    stage's strided convs get stride 1, so the maps CAM reads get 2x or 4x finer and the weights
+    keep their shapes (pretrained ones still fit). With `spec.dilate`, every 3 x 3 conv after
+    that point is dilated by the stride removed (DeepLab's atrous ResNet, torchvision's
+    `replace_stride_with_dilation`, which only Bottleneck blocks accept), so each kernel sees the
+    same neighbourhood of the image as before; without it, kernels see a 2x smaller one."""
+    if spec.stride == 32:
         return
-    if stride not in (16, 8):
-        raise CamkitError(f"--stride must be 32, 16 or 8, not {stride}")
     stages = [m for m in body.children() if isinstance(m, nn.Sequential)]
-    if not arch.startswith(STRIDE_FAMILIES) or len(stages) < 4:
-        raise CamkitError(f"--stride {stride} is supported for ResNet-family archs, not '{arch}'")
-    for stage in stages[-(2 if stride == 8 else 1):]:
-        for m in stage[0].modules():
-            if isinstance(m, nn.Conv2d) and m.stride == (2, 2):
+    if len(stages) < 4:
+        raise CamkitError(f"--stride {spec.stride} needs a ResNet body with four stages; '{spec.arch}' has {len(stages)}")
+    dilation = 1
+    for stage in stages[-(2 if spec.stride == 8 else 1):]:
+        for m in stage.modules():
+            if not isinstance(m, nn.Conv2d):
+                continue
+            if m.stride == (2, 2):
                 m.stride = (1, 1)
+                if spec.dilate and m.kernel_size[0] > 1:
+                    _dilate(m, dilation)
+            elif spec.dilate and m.kernel_size[0] > 1:
+                _dilate(m, dilation * 2)
+        dilation *= 2 if spec.dilate else 1
 
 
-def _make_backbone(arch: str, pretrained: bool | None, weights: str | Path | None
+def _dilate(conv: nn.Conv2d, dilation: int) -> None:
+    """Dilate a 'same'-padded conv, keeping it 'same' (padding = dilation * (k - 1) / 2)."""
+    k = conv.kernel_size[0]
+    conv.dilation, conv.padding = (dilation, dilation), (dilation * (k - 1) // 2,) * 2
+
+
+def _make_backbone(spec: ModelSpec, pretrained: bool | None, weights: str | Path | None
                    ) -> tuple[nn.Module, bool, Callable | None, int | None]:
     """Build the torchvision/timm model; returns (model, weights_loaded, fastai splitter, cut).
 
@@ -76,11 +71,8 @@ def _make_backbone(arch: str, pretrained: bool | None, weights: str | Path | Non
     fetched; True: insist (error offline); False: random init."""
     from fastai.vision.learner import model_meta
 
-    fn = _torchvision_constructor(arch)
-    if fn is None and not _timm_available(arch):
-        raise CamkitError(f"unknown arch '{arch}'; use a torchvision name such as resnet18, resnet34, "
-                          "resnet50 (timm names work when timm is installed)")
-    if fn is None:
+    arch = spec.arch
+    if spec.source == "timm":
         import timm
 
         model, options = _timm_create(arch)
@@ -93,6 +85,7 @@ def _make_backbone(arch: str, pretrained: bool | None, weights: str | Path | Non
                 _no_weights(arch, pretrained, e)
         splitter, cut = None, None
     else:
+        fn = _torchvision_constructor(arch)
         model = fn(weights=None)
         loaded = False
         if weights is None and pretrained is not False:
@@ -217,25 +210,23 @@ class BuiltModel(NamedTuple):
     splitter: Callable                 # parameter groups for freeze / discriminative lr
 
 
-def build_model(arch: str, n_classes: int, head: str | Head = "cam", pretrained: bool | None = None,
-                weights: str | Path | None = None, stride: int = 32) -> BuiltModel:
+def build_model(arch: str | ModelSpec, n_classes: int, head: str | Head = "cam", pretrained: bool | None = None,
+                weights: str | Path | None = None, stride: int = 32, dilate: bool = False) -> BuiltModel:
     """nn.Sequential(body, head), built once, as fastai's `create_cnn_model` lays it out
     (`create_body` -> head), with camkit's CAM head and output stride; the splitter is the
-    arch's own from fastai's `model_meta` (fastai's `default_split` otherwise)."""
+    arch's own from fastai's `model_meta` (fastai's `default_split` otherwise). `arch` is a
+    ModelSpec, or a name checked into one with `head`, `stride` and `dilate`."""
     from fastai.vision.learner import add_head, create_body, default_split, num_features_model
 
-    try:
-        head = Head(head)
-    except ValueError:
-        raise CamkitError(f"--head must be one of {', '.join(h.value for h in Head)}, not '{head}'") from None
-    backbone, loaded, splitter, cut = _make_backbone(arch, pretrained, weights)
-    if type(backbone).__module__.startswith("timm."):
-        body = _timm_body(backbone, arch, head, loaded)
+    spec = arch if isinstance(arch, ModelSpec) else ModelSpec.parse(arch, head, stride, dilate)
+    backbone, loaded, splitter, cut = _make_backbone(spec, pretrained, weights)
+    if spec.source == "timm":
+        body = _timm_body(backbone, spec.arch, Head(spec.head), loaded)
         n_features = backbone.num_features
     else:
         body = create_body(backbone, 3, loaded, cut)
         n_features = num_features_model(body)
-    _set_output_stride(body, stride, arch)
-    custom = cam_head(n_features, n_classes) if head is Head.cam else None
+    _set_output_stride(body, spec)
+    custom = cam_head(n_features, n_classes) if spec.head == Head.cam.value else None
     model = add_head(body, n_features, n_classes, head=custom)
     return BuiltModel(model, loaded, splitter or default_split)

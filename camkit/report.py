@@ -19,7 +19,8 @@ from camkit.explain import read_cams
 from camkit.files import atomic_write
 from camkit.run import (HISTORY, META, VALID, RunInfo, ValidRecord, check_run_dir, read_cam_eval, read_history,
                         read_info, read_valid)
-from camkit.run import read_cam_trust
+from camkit.run import read_cam_trust, read_verdict
+from camkit.verdict import Verdict
 from camkit.run import data_root as data_root_of
 
 TOP_LOSSES = 8
@@ -88,9 +89,9 @@ class RunView:
     """Everything the page shows, read once through the run module (nothing is computed here)."""
 
     def __init__(self, run_dir: Path, info: RunInfo | None, history: list[dict], valid: list[ValidRecord],
-                 missing: list[str], notes: list[str]):
+                 missing: list[str], notes: list[str], verdict: Verdict | None = None):
         self.run_dir, self.info, self.history, self.valid = run_dir, info, history, valid
-        self.missing, self.notes = missing, notes
+        self.missing, self.notes, self.verdict = missing, notes, verdict
 
     @classmethod
     def read(cls, run_dir: str | Path, data_root: str | Path | None = None) -> "RunView":
@@ -106,7 +107,8 @@ class RunView:
             if gone:
                 notes.append(f"{gone} of {len(valid)} held-out images are no longer under "
                              f"'{data_root_of(run_dir, info, data_root)}' (moved? pass --data)")
-        return cls(run_dir, info, read_history(run_dir), valid, missing, notes)
+        verdict = read_verdict(run_dir, info) if info is not None else None
+        return cls(run_dir, info, read_history(run_dir), valid, missing, notes, verdict)
 
     @property
     def summary(self) -> dict:
@@ -134,9 +136,11 @@ class RunView:
         return sorted((v for v in self.valid if v.file.exists()), key=lambda v: -v.loss)[:n]
 
     def numbers(self) -> dict:
-        return {"run": str(self.run_dir), "complete": self.complete, "missing": self.missing,
+        model = self.info.model_spec.to_json() | {"pretrained": self.info.pretrained} if self.info else None
+        return {"run": str(self.run_dir), "complete": self.complete, "missing": self.missing, "model": model,
                 "summary": self.summary, "classes": self.classes, "per_class": self.per_class(),
-                "confusion": self.info.confusion if self.info else None, "history": self.history}
+                "confusion": self.info.confusion if self.info else None, "history": self.history,
+                "verdict": self.verdict.to_json() if self.verdict else None}
 
 
 def report(run_dir: str | Path, cams: str | Path | None = None, out: str | Path | None = None,
@@ -172,9 +176,9 @@ def build(run_dir: str | Path, cams_dir: str | Path | None = None, out: str | Pa
 def write_page(view: RunView, cams_dir: str | Path | None = None, out: str | Path | None = None) -> Path:
     """The page for an already-read run, one section after the other."""
     cams_dir = Path(cams_dir) if cams_dir else view.run_dir / "cams"
-    body = (_header(view) + _dataset(view) + _training(view) + _evaluation(view)
+    body = (_header(view) + _verdict(view) + _evaluation(view) + _trust(view)
             + _gallery(view, cams_dir) + _methods_side_by_side(view.run_dir, cams_dir) + _faithfulness(view.run_dir)
-            + _trust(view.run_dir))
+            + _training(view) + _dataset(view))
     target = Path(out) if out else view.run_dir / "report.html"
     try:
         atomic_write(target, PAGE.format(body=body))
@@ -193,6 +197,23 @@ def _header(view: RunView) -> str:
     return "".join(parts)
 
 
+def _verdict(view: RunView) -> str:
+    """The training verdict first (camkit.verdict): usable or not, against always answering the
+    larger class, each reason with what to try."""
+    v = view.verdict
+    if v is None:
+        return ""
+    style = {"ok": "good", "warning": "warn", "unusable": "warn bad"}[v.status]
+    items = "".join(f"<li>{html.escape(f.message)} — {html.escape(f.advice)}</li>" for f in v.findings)
+    return (f"<section id='verdict' class='{style}' data-status='{v.status}'><h2>Training verdict: {v.status}</h2>"
+            f"<p><b>{html.escape(v.headline)}</b></p>" + (f"<ul>{items}</ul>" if items else "") + "</section>")
+
+
+def _details(summary: str, content: str) -> str:
+    """A long table folded under a one-line summary (<details>): below what matters, still there."""
+    return f"<details><summary>{html.escape(summary)}</summary>{content}</details>" if content else ""
+
+
 def _dataset(view: RunView) -> str:
     s = view.summary
     parts = ["<section id='dataset'><h2>Dataset</h2>"]
@@ -204,7 +225,8 @@ def _dataset(view: RunView) -> str:
     if view.info and view.info.data_root:
         manifest = _crawl_manifest(Path(view.info.data_root))
         if manifest:
-            parts.append("<h3>Crawl</h3>" + _table(manifest))
+            parts.append(_details(f"Crawl: {sum(r['count'] for r in manifest)} files by keyword and status",
+                                  _table(manifest)))
         parts.append(crawl_credits(Path(view.info.data_root)))
     for cls in view.classes:
         files = [v.file for v in view.valid if v.label == cls and v.file.exists()][:8]
@@ -215,23 +237,28 @@ def _dataset(view: RunView) -> str:
 
 
 def _training(view: RunView) -> str:
-    s = view.summary
+    s, info = view.summary, view.info
     parts = ["<section id='training'><h2>Training</h2>"]
-    if s:
-        parts.append(f"<p>arch <b>{_v(s, 'arch')}</b>, head {_v(s, 'head')}, "
-                     f"output stride {_v(s, 'stride')}, pretrained weights: {'yes' if s.get('pretrained') else 'no'}, "
-                     f"device {_v(s, 'device')} ({_v(s, 'precision', 'fp32')}); {_v(s, 'epochs')} epochs in "
+    if info:
+        how = " by dilation" if info.dilate else ""
+        parts.append(f"<p>arch <b>{html.escape(info.arch)}</b>, head {html.escape(info.head)}, output stride "
+                     f"{info.stride}{how}, pretrained weights: {'yes' if info.pretrained else 'no'}, "
+                     f"device {_v(s, 'device')} ({_v(s, 'precision', 'fp32')}); {_v(s, 'epochs')} epochs at batch size "
+                     f"{_v(s, 'bs')}, learning rate {_v(s, 'lr')} ({_v(s, 'lr_source')}), in "
                      f"{_v(s, 'train_seconds')} s ({_v(s, 'images_per_sec')} images/s).</p>")
     parts.append(_figure_file(view.run_dir / "loss.png", "loss curves"))
-    return "".join(parts) + _table(view.history) + "</section>"
+    history = _details(f"Per-epoch history ({len(view.history)} epochs)", _table(view.history))
+    return "".join(parts) + history + "</section>"
 
 
 def _evaluation(view: RunView) -> str:
     s = view.summary
     parts = ["<section id='evaluation'><h2>Evaluation</h2>"]
     if s:
+        v = view.verdict
+        constant = (f"; always answering '{html.escape(v.baseline_class)}' scores {_pct(v.baseline)}" if v else "")
         parts.append(f"<p>Validation accuracy <b>{_pct(s.get('valid_accuracy'))}</b>, "
-                     f"loss {_v(s, 'valid_loss')}.</p>")
+                     f"loss {_v(s, 'valid_loss')}{constant}.</p>")
     parts.append(_figure_file(view.run_dir / "confusion.png", "confusion matrix"))
     parts.append(_table(view.per_class()))
     explained = {Path(e.image).resolve(): e for e in read_cams(view.run_dir / TOP_LOSSES_DIR)}
@@ -285,19 +312,28 @@ def _num(x, digits: int = 3, scale: float = 1.0) -> str:
     return f"{x * scale:.{digits}f}" if isinstance(x, (int, float)) and math.isfinite(x) else "–"
 
 
-def _trust(run_dir: Path) -> str:
-    """"Can these heatmaps be trusted?": the plain-words warning for each class recognised by the
-    absence of the others, then the methods ranked (sanity check, then ROAD) with their numbers
-    per class. Reads RUN/cam_trust.json (`camkit cam-eval RUN`); runs no model."""
+def _trust(view: RunView) -> str:
+    """"Can these heatmaps be trusted?": first whether the model itself is worth explaining (an
+    unusable model's maps explain nothing, whatever the numbers below), then the plain-words
+    warning for each class recognised by the absence of the others, then the methods ranked
+    (sanity check, then ROAD) with their numbers per class. Reads RUN/cam_trust.json (`camkit
+    cam-eval RUN`); runs no model."""
     from camkit.metrics import rank_methods
 
     parts = ["<section id='trust'><h2>Can these heatmaps be trusted?</h2>"]
-    result = read_cam_trust(run_dir)
+    verdict = view.verdict
+    if verdict is not None and not verdict.usable:
+        parts.append("<p class='warn' id='unusable-maps'><b>No: the maps of an unusable model explain nothing.</b> "
+                     f"{html.escape(verdict.headline)}. Whatever the numbers below say, a heatmap of this model "
+                     "shows where a model that has not learnt the classes looked; fix the training first "
+                     "(see the verdict above).</p>")
+    result = read_cam_trust(view.run_dir)
     if result is None:
         parts.append("<p>Not evaluated yet: run <code>camkit cam-eval RUN</code> (no boxes needed) to check, on "
                      "the run's own images, whether each method's maps show what the model uses.</p>")
         return "".join(parts) + "</section>"
-    parts += _absence_notes(result["absence"])
+    weak = None if verdict is not None and not verdict.usable else (verdict.low_recall_classes() if verdict else [])
+    parts += _absence_notes(result["absence"], weak)
     ranked = rank_methods(result)
     best = ranked[0]
     parts.append(f"<p>On {result['images']} {html.escape(result['split'])} images, the most faithful method is "
@@ -312,9 +348,10 @@ def _trust(run_dir: Path) -> str:
     return "".join(parts) + "</section>"
 
 
-def _absence_notes(absence: dict) -> list[str]:
-    """One warning per class recognised by the absence of the others, or one line saying that
-    every class has evidence of its own."""
+def _absence_notes(absence: dict, weak: list[str] | None) -> list[str]:
+    """One warning per class recognised by the absence of the others; then, only for a usable
+    model (`weak` not None: the classes it recognises too rarely), one line saying which classes
+    have evidence of their own — never a class with low recall."""
     notes = []
     for cls in absence["flagged"]:
         name, score = html.escape(cls), absence["per_class"][cls]["score"]
@@ -325,11 +362,17 @@ def _absence_notes(absence: dict) -> list[str]:
                      f"heatmaps point at background and say nothing about what a '{name}' looks like. Retrain "
                      f"with <code>--negatives DIR</code> (images of neither class) or another "
                      f"<code>--recipe</code>, and check again.</p>")
-    if not absence["flagged"] and absence["per_class"]:
+    if weak is None or absence["flagged"] or not absence["per_class"]:
+        return notes
+    kept = ", ".join(f"{html.escape(c)} keeps {v['score']:.0%}" for c, v in absence["per_class"].items()
+                     if c not in weak)
+    if not weak:
         notes.append("<p>Every class is recognised by evidence of its own: erasing the top 20% of the best map "
-                     "costs each class confidence (" + ", ".join(
-                         f"{html.escape(c)} keeps {v['score']:.0%}" for c, v in absence["per_class"].items())
-                     + ").</p>")
+                     f"costs each class confidence ({kept}).</p>")
+    else:
+        notes.append(f"<p class='warn'>{html.escape(', '.join(weak))}: recognised in fewer than half of the held-out "
+                     "images, so what its maps show is not the class; " + (f"the others have evidence of their own "
+                                                                          f"({kept}).</p>" if kept else "</p>"))
     return notes
 
 
@@ -355,7 +398,8 @@ PAGE = ("<!doctype html><html><head><meta charset='utf-8'><meta name='generator'
         "<title>camkit report</title><style>"
         "body{{font-family:sans-serif;margin:2em;max-width:1100px;color:#222}}"
         "table{{border-collapse:collapse;margin:.6em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}"
-        ".warn{{background:#fee;border:1px solid #c66;padding:.6em}}.strip img{{margin:2px;vertical-align:middle}}"
+        ".warn{{background:#fee;border:1px solid #c66;padding:.6em}}.bad{{border-width:3px}}"
+        ".good{{background:#efe;border:1px solid #6a6;padding:.6em}}summary{{cursor:pointer;margin:.4em 0}}.strip img{{margin:2px;vertical-align:middle}}"
         "figure{{display:inline-block;margin:.4em;border:1px solid #ddd;padding:.3em}}"
         "figcaption{{font-size:12px;max-width:260px}}img{{image-rendering:auto}}</style></head>"
         "<body>{body}"
@@ -415,7 +459,8 @@ def crawl_credits(root: Path, limit: int = 200) -> str:
     rows = [{"file": c.file, "creator": c.creator or "unknown", "licence": c.license or "unknown",
              "source": c.source_page or "-"} for c in items[:limit]]
     more = f"<p>… and {len(items) - limit} more (camkit credits DIR).</p>" if len(items) > limit else ""
-    return (f"<h3 id='credits'>Licences and credits</h3><p>Licences: {counts}.</p>" + _table(rows) + more)
+    return (f"<h3 id='credits'>Licences and credits</h3><p>Licences: {counts}.</p>"
+            + _details(f"Credits of {len(items)} images (creator, licence, source)", _table(rows) + more))
 
 
 def _crawl_manifest(root: Path) -> list[dict]:

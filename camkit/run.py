@@ -1,11 +1,13 @@
 """The run folder `camkit train` writes: its format, its one reader and its one writer.
 
     RUN/model.pth      weights as plain tensors (loaded with weights_only=True: nothing unpickled)
-    RUN/model.json     arch, head, stride, classes, size, normalisation, data root, confusion,
-                       summary; written last: a run without it is incomplete
+    RUN/model.json     arch, head, stride, dilate, classes, size, normalisation, data root,
+                       confusion, summary, the resolved training options (spec) and the
+                       training verdict; written last: a run without it is incomplete
     RUN/history.csv    one row per epoch (frozen and unfrozen epochs of fine_tune alike)
     RUN/valid.json     per held-out image: file (relative to the data root), label, pred, prob, loss
     RUN/loss.png, RUN/confusion.png
+    RUN/lr_find.csv    fastai's lr_find curve (lr, loss), when trained with --lr auto
     RUN/cam_eval.json  faithfulness per CAM method (`camkit cam-eval`), merged per method
     RUN/cam_trust.json faithfulness without boxes (`camkit cam-eval RUN`): per method and class,
                        the sanity check, and the classes recognised by the absence of the others
@@ -38,10 +40,12 @@ from camkit.device import resolve_device
 from camkit.errors import CamkitError
 from camkit.files import TMP_PREFIX, atomic_write, confined, ensure_writable_dir, move_aside, remove_if_empty
 from camkit.images import open_rgb, resize_square
+from camkit.verdict import Verdict, judge
 
 MODEL_FORMAT = "camkit-model/2"
 READABLE_FORMATS = ("camkit-model/1", MODEL_FORMAT)   # /1: paths in valid.json relative to the cwd
 META, WEIGHTS, HISTORY, VALID, CAM_EVAL = "model.json", "model.pth", "history.csv", "valid.json", "cam_eval.json"
+LR_FIND = "lr_find.csv"
 STAGING = ".camkit-staging"
 CAM_TRUST = "cam_trust.json"
 
@@ -66,6 +70,9 @@ class RunInfo:
     format: str = MODEL_FORMAT
     resize: str = "squish"   # how images reach size x size: squish (camkit train) or crop (fastai's Resize)
     world_size: int = 1      # processes that trained it (data-parallel under torchrun / accelerate)
+    dilate: bool = False     # a lower stride made by dilation (camkit.spec.ModelSpec)
+    verdict: dict | None = None   # camkit.verdict.Verdict.to_json() (runs before it: recomputed)
+    spec: dict = field(default_factory=dict)   # the resolved training options (camkit.spec.TrainSpec)
 
     def to_json(self) -> dict:
         return {"format": self.format, **{k: v for k, v in asdict(self).items() if k != "format"}}
@@ -103,7 +110,26 @@ class RunInfo:
             data_root=need("data_root", lambda v: v is None or isinstance(v, str), "a folder path", None),
             format=meta["format"], resize=need("resize", lambda v: v in ("squish", "crop"), "'squish' or 'crop'", "squish"),
             world_size=need("world_size", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-                            "a positive integer", 1))
+                            "a positive integer", 1),
+            dilate=need("dilate", lambda v: isinstance(v, bool), "true or false", False),
+            verdict=need("verdict", lambda v: v is None or isinstance(v, dict), "an object", None),
+            spec=need("spec", lambda v: isinstance(v, dict), "an object", {}))
+
+    @property
+    def model_spec(self):
+        """The network as camkit.spec describes it (checked again: model.json may be anyone's)."""
+        from camkit.spec import ModelSpec
+
+        return ModelSpec.parse(self.arch, self.head, self.stride, self.dilate)
+
+
+# summary keys model.json already holds as fields of its own
+_IN_INFO = ("arch", "head", "stride", "dilate", "pretrained", "classes", "confusion", "verdict", "history")
+
+
+def run_summary(result: dict) -> dict:
+    """A training's numbers as model.json's summary keeps them: without what RunInfo holds."""
+    return {k: v for k, v in result.items() if k not in _IN_INFO}
 
 
 def _finite(x: Any) -> bool:
@@ -186,7 +212,7 @@ def load(run_dir: str | Path, device: str | torch.device | None = None) -> Loade
     if not weights.is_file():
         raise CamkitError(f"'{run_dir}' is not a camkit run (no {WEIGHTS})")
     state = read_state_dict(weights, "weights")
-    model = build_model(info.arch, len(info.classes), info.head, pretrained=False, stride=info.stride).model
+    model = build_model(info.model_spec, len(info.classes), pretrained=False).model
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError, ValueError) as e:
@@ -197,6 +223,18 @@ def load(run_dir: str | Path, device: str | torch.device | None = None) -> Loade
 
 
 # ---------------------------------------------------------------- history, validation, evaluation
+
+def read_verdict(run_dir: str | Path, info: RunInfo | None = None) -> Verdict | None:
+    """The run's training verdict: model.json's, or (a run written before verdicts, a notebook
+    export) recomputed from its confusion matrix and history; None without a confusion matrix."""
+    info = info or read_info(run_dir)
+    saved = Verdict.from_json(info.verdict) if info.verdict is not None else None
+    if saved is not None or not info.confusion:
+        return saved
+    counts = info.summary.get("train_counts")
+    counts = counts if isinstance(counts, list) and all(isinstance(c, int) for c in counts) else None
+    return judge(info.confusion, info.classes, read_history(run_dir), counts, info.pretrained)
+
 
 def read_history(run_dir: str | Path) -> list[dict]:
     """history.csv as rows of numbers ([] when absent); a malformed file is an error."""
@@ -323,6 +361,7 @@ class RunContents:
     state: dict[str, torch.Tensor]
     history: list[dict]
     valid: list[dict]        # {file (relative to the data root), label, pred, prob, loss}
+    lr_curve: list[tuple[float, float]] = field(default_factory=list)   # lr_find's (lr, loss), when run
 
 
 def _own_entries(folder: Path) -> bool:
@@ -370,6 +409,8 @@ def save_run(out: Path, contents: RunContents, overwrite: bool) -> None:
             move_aside(out / CAM_EVAL, out / "cam_eval.previous.json")
         if (out / CAM_TRUST).exists():
             move_aside(out / CAM_TRUST, out / "cam_trust.previous.json")
+        if LR_FIND not in names and (out / LR_FIND).exists():   # the previous training's search
+            move_aside(out / LR_FIND, out / "lr_find.previous.csv")
         os.replace(staging / META, out / META)
     except OSError as e:
         raise CamkitError(f"cannot write the run to '{out}' ({e.strerror or e})") from None
@@ -390,8 +431,13 @@ def _write_files(folder: Path, c: RunContents) -> list[str]:
     (folder / VALID).write_text(json.dumps(c.valid, indent=1), encoding="utf-8")
     plot_losses(c.history, folder / "loss.png")
     plot_confusion(np.array(c.info.confusion), c.info.classes, folder / "confusion.png")
+    names = [WEIGHTS, HISTORY, VALID, "loss.png", "confusion.png"]
+    if c.lr_curve:
+        with open(folder / LR_FIND, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([("lr", "loss"), *c.lr_curve])
+        names.append(LR_FIND)
     (folder / META).write_text(json.dumps(c.info.to_json(), indent=1), encoding="utf-8")
-    return [WEIGHTS, HISTORY, VALID, "loss.png", "confusion.png"]
+    return names
 
 
 def export_model(run_dir: str | Path, dest: str | Path) -> Path:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from fastai.callback.core import Callback, CancelFitException
@@ -26,15 +28,16 @@ from torch import nn
 
 import fastai.callback.fp16  # noqa: F401,E402  (Learner.to_fp16 / to_bf16)
 import fastai.callback.schedule  # noqa: F401,E402  (Learner.fit_one_cycle / fine_tune)
-from camkit.choices import value
 from camkit.data import IMAGENET_STATS, FolderData, TensorBatches, decode_folder, load_folder
 from camkit.device import resolve_device, resolve_precision
 from camkit.distributed import ddp_callback, in_group, joined, launch, local_device, main_first, on_main, rank_world
 from camkit.errors import CamkitError
 from camkit.evidence import get_recipe, load_negatives, recipe_callbacks, recipe_loss, with_recipe
 from camkit.images import open_rgb
-from camkit.models import BuiltModel, build_model, default_stride
-from camkit.run import MODEL_FORMAT, RunContents, RunInfo, check_out, discard_out, save_run
+from camkit.models import BuiltModel, build_model
+from camkit.run import MODEL_FORMAT, RunContents, RunInfo, check_out, discard_out, run_summary, save_run
+from camkit.spec import TrainSpec
+from camkit.verdict import Finding, TrainingVerdict, judge, verdict_line
 
 
 @dataclass
@@ -59,6 +62,13 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     world_size: int = 1          # processes that trained it (torchrun / accelerate launch)
     recipe: str = "plain"
+    dilate: bool = False         # the lower stride made by dilation
+    bs: int = 0                  # the batch size used (adapted to the data unless given)
+    lr: float = 0.0              # the learning rate used
+    lr_source: str = "default"   # default, given, or lr_find
+    train_counts: list[int] = field(default_factory=list)
+    confusion: list[list[int]] = field(default_factory=list)
+    verdict: dict = field(default_factory=dict)   # camkit.verdict.Verdict.to_json()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -158,74 +168,95 @@ class EpochLog(EpochHistory):
 # ---------------------------------------------------------------- the recipe
 
 @in_group
-def train(data_dir: str | Path, arch: str = "resnet34", epochs: int = 4, size: int = 224, bs: int = 64,
-          valid_pct: float = 0.2, seed: int = 0, out: str | Path | None = None, lr: float | None = None,
-          head: str = "cam", pretrained: bool | None = None, weights: str | Path | None = None,
-          stride: int | None = None, freeze_epochs: int = 1, aug: str = "fastai", loader: str = "tensor",
-          overwrite: bool = False, device: str | None = None, precision: str = "auto", quiet: bool = False,
-          data: FolderData | None = None, recipe: str = "auto", cache: str | Path | None = None,
-          negatives: str | Path | None = None) -> TrainResult:
+def train(data_dir: str | Path, arch: str = "resnet34", epochs: int | None = None, size: int = 224,
+          bs: int | None = None, valid_pct: float = 0.2, seed: int = 0, out: str | Path | None = None,
+          lr: float | str | None = None, head: str = "cam", pretrained: bool | None = None,
+          weights: str | Path | None = None, stride: int | None = None, dilate: bool | None = None,
+          freeze_epochs: int = 1, aug: str = "fastai", loader: str = "tensor", overwrite: bool = False,
+          device: str | None = None, precision: str = "auto", quiet: bool = False, data: FolderData | None = None,
+          recipe: str = "auto", cache: str | Path | None = None, negatives: str | Path | None = None,
+          spec: TrainSpec | None = None) -> TrainResult:
     """Fine-tune (or train from scratch) `arch` on a class-per-folder dataset and save the run.
 
+    Every option is checked into a `camkit.spec.TrainSpec` before any image is read (or pass
+    `spec` itself). `bs` / `epochs` None adapt to the dataset (camkit.spec: enough optimizer
+    steps an epoch for BatchNorm, enough steps in all); `lr` None is 2e-3 fine-tuning, 3e-3
+    from scratch, 'auto' is fastai's `lr_find` (its valley), the curve saved with the run.
     `loader` tensor: decode and resize (squish) every image once, then batches come from one
     uint8 tensor; fastai: fastai's own `ImageDataLoaders` (Resize by centre crop, per-item
     decoding) over the same checked files. `aug`: fastai's `aug_transforms` on training
     batches, a horizontal flip, or none. `precision` auto: bf16 autocast where the hardware
     has it (CUDA, or a CPU with AVX512-BF16 / AMX), fp16 on older GPUs, fp32 otherwise.
     `recipe` (camkit.evidence): what training batches add so that each class is found by its
-    own evidence; auto (the default) is counterfactual with the CAM head (each step also trains
-    on copies whose own map region is erased, as "neither"), plain (cross-entropy alone) with
-    fastai's. `stride` None: 16 for a torchvision ResNet with the CAM head, else 32.
-    `negatives`: a folder of images of neither class, a hidden "neither" in every batch.
-    `quiet` drops the per-epoch lines on stderr. `cache`: a folder for camkit.cache's decoded
-    images (memory-mapped, reused by the next run). Under torchrun / accelerate launch each
-    rank trains on its shard with gradients all-reduced, and only rank 0 writes (see
-    camkit.distributed)."""
-    _check_options(epochs, size, bs, valid_pct, freeze_epochs, lr)
-    aug, loader, recipe = value(aug), value(loader), get_recipe(recipe, head)
-    stride = default_stride(arch, head) if stride is None else stride
-    neg = load_negatives(negatives, size) if negatives is not None else None
+    own evidence; auto is counterfactual with the CAM head, plain with fastai's. `stride` None:
+    16 for a torchvision ResNet with the CAM head, else 32; `dilate`: made by dilation
+    (camkit.spec.ModelSpec). `negatives`: a folder of images of neither class, a hidden
+    "neither" in every batch. `quiet` drops the per-epoch lines on stderr. `cache`: a folder for
+    camkit.cache's decoded images. Under torchrun / accelerate launch each rank trains on its
+    shard with gradients all-reduced, and only rank 0 writes (see camkit.distributed).
+
+    The result carries the training verdict (camkit.verdict: does the model beat always
+    answering the larger class, did its losses behave); one that is not ok is also warned
+    about (a TrainingVerdict warning: one line on the CLI's stderr)."""
+    spec = spec or TrainSpec.parse(arch=arch, head=head, stride=stride, dilate=dilate, size=size, valid_pct=valid_pct,
+                                   seed=seed, bs=bs, epochs=epochs, freeze_epochs=freeze_epochs, lr=lr,
+                                   pretrained=pretrained, weights=weights, recipe=recipe, loader=loader, aug=aug,
+                                   precision=precision)
+    if spec.lr == "auto" and joined():
+        raise CamkitError("--lr auto searches in one process; give a number for --lr under torchrun / accelerate")
+    neg = load_negatives(negatives, spec.size) if negatives is not None else None
     dev = local_device(resolve_device(device))
-    precision = resolve_precision(precision, dev)
+    resolved_precision = resolve_precision(spec.precision, dev)
     data_dir = Path(data_dir)
     out = Path(out) if out else Path("runs") / (data_dir.resolve().name or "run")
     _check_out_not_in_data(out, data_dir)
     created = on_main(lambda: check_out(out, overwrite))
     try:
-        if loader == "fastai":
-            dls, split = fastai_loaders(data_dir, size, bs, valid_pct, seed, aug, dev)
-        else:
-            dls, split = make_loaders(data or _load(data_dir, size, cache), bs, valid_pct, seed, aug, dev, precision)
-        dls = with_recipe(dls, recipe, len(split.classes), seed, neg)
-        torch.manual_seed(seed)  # before the model is built: the random init is part of the run
-        built = build_model(arch, len(split.classes), head, pretrained, weights, stride)
-        learn = make_learner(dls, built, out, precision)
-        learn.loss_func = recipe_loss(recipe, neg is not None) or learn.loss_func
-        learn.add_cbs(recipe_callbacks(recipe, seed))
-        log, seconds, complete = fit(learn, built.pretrained, epochs, freeze_epochs, lr,
-                                      verbose=not quiet and launch().main)
-        preds = predict(learn, dls.valid)
-        result = summarize(out, arch, head, stride, built.pretrained, split, dev, precision, log.rows, seconds, preds)
-        result.recipe = recipe.name + (" + negatives folder" if neg is not None else "")
-        contents = run_contents(result, learn.model, split, data_dir, size, preds, complete,
-                                epochs + (freeze_epochs if built.pretrained else 0))
+        result, contents, complete = _fit_and_judge(data_dir, out, spec, dev, resolved_precision, neg, data, cache,
+                                                    verbose=not quiet and launch().main)
         on_main(lambda: _save(out, contents, overwrite, complete))
     except BaseException:
         discard_out(out, created)
         raise
+    if launch().main and result.verdict["status"] != "ok":
+        warnings.warn(TrainingVerdict(verdict_line(result.verdict, out)), stacklevel=3)  # past in_group
     return result
 
 
-def _check_options(epochs: int, size: int, bs: int, valid_pct: float, freeze_epochs: int,
-                   lr: float | None) -> None:
-    if not 0 < valid_pct < 1:
-        raise CamkitError(f"--valid-pct must be between 0 and 1 (exclusive), not {valid_pct}")
-    for name, given, low in (("epochs", epochs, 1), ("size", size, 8), ("bs", bs, 2), ("freeze-epochs", freeze_epochs, 0)):
-        if given < low:
-            why = " (BatchNorm needs two images per batch)" if name == "bs" else ""
-            raise CamkitError(f"--{name} must be at least {low}{why}, not {given}")
-    if lr is not None and not (math.isfinite(lr) and lr > 0):
-        raise CamkitError(f"--lr must be a positive number, not {lr}")
+def _fit_and_judge(data_dir: Path, out: Path, spec: TrainSpec, dev: torch.device, precision: str, neg,
+                   data: FolderData | None, cache, verbose: bool) -> tuple[TrainResult, RunContents, bool]:
+    """Decode, build the model once, resolve the adaptive options, fit, evaluate and judge."""
+    if spec.loader == "fastai":
+        listing = fastai_files(data_dir)
+        classes, n_train = listing.classes, len(listing.files) - int(spec.valid_pct * len(listing.files))
+    else:
+        data = data or _load(data_dir, spec.size, cache)
+        train_idx, valid_idx = _split(data, spec.valid_pct, spec.seed)
+        classes, n_train = data.classes, len(train_idx)
+    torch.manual_seed(spec.seed)  # before the model is built: the random init is part of the run
+    built = build_model(spec.model, len(classes), pretrained=spec.pretrained, weights=spec.weights)
+    spec = spec.for_data(n_train // rank_world()[1], built.pretrained)
+    if spec.loader == "fastai":
+        dls, split = fastai_loaders(listing, spec, dev)
+    else:
+        dls, split = make_loaders(data, train_idx, valid_idx, spec, dev, precision)
+    recipe = get_recipe(spec.recipe)
+    dls = with_recipe(dls, recipe, len(split.classes), spec.seed, neg)
+    learn = make_learner(dls, built, out, precision)
+    learn.loss_func = recipe_loss(recipe, neg is not None) or learn.loss_func
+    learn.add_cbs(recipe_callbacks(recipe, spec.seed))
+    fallback = spec.base_lr(built.pretrained)
+    search = find_lr(learn, built.pretrained, fallback) if spec.lr == "auto" else None
+    lr = search.lr if search else fallback
+    log, seconds, complete = fit(learn, built.pretrained, spec.epochs, spec.freeze_epochs, lr, verbose=verbose)
+    preds = predict(learn, dls.valid)
+    notes = search.notes if search else ()
+    result = summarize(out, spec, built.pretrained, split, dev, precision, log.rows, seconds, preds, lr, notes)
+    result.recipe = recipe.name + (" + negatives folder" if neg is not None else "")
+    contents = run_contents(result, spec, learn.model, split, data_dir, preds, complete,
+                            spec.epochs + (spec.freeze_epochs if built.pretrained else 0),
+                            search.curve if search else [])
+    return result, contents, complete
 
 
 def _load(data_dir: Path, size: int, cache: str | Path | None) -> FolderData:
@@ -238,14 +269,18 @@ def _load(data_dir: Path, size: int, cache: str | Path | None) -> FolderData:
 
 @dataclass
 class Split:
-    """What the run keeps of its data: the classes, how many images trained, and the held-out
-    files with their labels, in the order the validation loader gives them."""
+    """What the run keeps of its data: the classes, the training images per class, and the
+    held-out files with their labels, in the order the validation loader gives them."""
     classes: list[str]
-    n_train: int
+    train_counts: list[int]
     valid_files: list[Path]
     valid_labels: torch.Tensor
     skipped: list[tuple[Path, str]]
     resize: str                 # how images reached size x size: squish or crop
+
+    @property
+    def n_train(self) -> int:
+        return sum(self.train_counts)
 
 
 def _check_out_not_in_data(out: Path, data_dir: Path) -> None:
@@ -263,12 +298,12 @@ def _split(data: FolderData, valid_pct: float, seed: int) -> tuple[torch.Tensor,
     return train_idx, valid_idx
 
 
-def make_loaders(data: FolderData, bs: int, valid_pct: float, seed: int, aug: str, device: torch.device,
-                 precision: str) -> tuple[DataLoaders, Split]:
+def make_loaders(data: FolderData, train_idx: torch.Tensor, valid_idx: torch.Tensor, spec: TrainSpec,
+                 device: torch.device, precision: str) -> tuple[DataLoaders, Split]:
     """Batches from the decoded tensor: augmented (training), normalised and moved in one go.
     A memory-mapped dataset is indexed by rows, never copied whole; in a process group each
-    rank trains on its shard (every rank validates on the whole held-out set)."""
-    train_idx, valid_idx = _split(data, valid_pct, seed)
+    rank trains on its shard (every rank validates on the whole held-out set). `spec.bs` is
+    resolved (TrainSpec.for_data)."""
     rank, world = rank_world()
     if len(train_idx) // world < 2:
         raise CamkitError(f"{len(train_idx)} training images cannot be shared by {world} processes "
@@ -279,41 +314,55 @@ def make_loaders(data: FolderData, bs: int, valid_pct: float, seed: int, aug: st
     def subset(idx: torch.Tensor) -> dict:
         return ({"images": data.images, "rows": idx} if data.mapped else {"images": data.images[idx]})
 
-    train_dl = TensorBatches(labels=data.labels[train_idx], bs=min(bs, len(train_idx) // world), shuffle=True,
-                             stats=IMAGENET_STATS, aug=aug, seed=seed, channels_last=channels_last,
+    train_dl = TensorBatches(labels=data.labels[train_idx], bs=min(spec.bs, len(train_idx) // world), shuffle=True,
+                             stats=IMAGENET_STATS, aug=spec.aug, seed=spec.seed, channels_last=channels_last,
                              rank=rank, world=world, **subset(train_idx))
-    valid_dl = TensorBatches(labels=data.labels[valid_idx], bs=bs, shuffle=False,
+    valid_dl = TensorBatches(labels=data.labels[valid_idx], bs=spec.bs, shuffle=False,
                              stats=IMAGENET_STATS, channels_last=channels_last, **subset(valid_idx))
-    split = Split(data.classes, len(train_idx), [data.files[int(i)] for i in valid_idx], data.labels[valid_idx],
+    counts = torch.bincount(data.labels[train_idx], minlength=len(data.classes)).tolist()
+    split = Split(data.classes, counts, [data.files[int(i)] for i in valid_idx], data.labels[valid_idx],
                   data.skipped, "squish")
     return DataLoaders(train_dl, valid_dl, device=device), split
 
 
-def fastai_loaders(data_dir: Path, size: int, bs: int, valid_pct: float, seed: int, aug: str,
-                   device: torch.device) -> tuple[DataLoaders, Split]:
+class Listing(NamedTuple):
+    """A class-per-folder dataset's checked files, for fastai's own loaders."""
+    root: Path
+    classes: list[str]
+    files: list[Path]
+    labels: list[str]
+    skipped: list[tuple[Path, str]]
+
+
+def fastai_files(data_dir: Path) -> Listing:
+    """The files camkit checked (class folders only, hidden and unreadable files skipped with a
+    warning), as fastai's loaders take them."""
+    if joined():
+        raise CamkitError("--loader fastai trains in one process; use --loader tensor under torchrun / accelerate")
+    classes, kept, skipped = decode_folder(data_dir, lambda f: open_rgb(f).size)
+    return Listing(data_dir, classes, [f for f, _, _ in kept], [classes[c] for _, c, _ in kept], skipped)
+
+
+def fastai_loaders(listing: Listing, spec: TrainSpec, device: torch.device) -> tuple[DataLoaders, Split]:
     """fastai's `ImageDataLoaders` as the course builds them — `valid_pct`, `seed`,
-    `item_tfms=Resize(size)`, `batch_tfms=aug_transforms()` — over the files camkit checked
-    (class folders only, hidden and unreadable files skipped with a warning), with ImageNet
-    normalisation as `vision_learner` adds it."""
+    `item_tfms=Resize(size)`, `batch_tfms=aug_transforms()` — with ImageNet normalisation as
+    `vision_learner` adds it."""
     from fastai.vision.augment import Flip, Normalize, Resize, aug_transforms
     from fastai.vision.data import ImageDataLoaders
 
-    if joined():
-        raise CamkitError("--loader fastai trains in one process; use --loader tensor under torchrun / accelerate")
-
-    classes, kept, skipped = decode_folder(data_dir, lambda f: open_rgb(f).size)
-    files, labels = [f for f, _, _ in kept], [classes[c] for _, c, _ in kept]
-    batch_tfms = {"fastai": aug_transforms(), "flip": [Flip()], "none": []}[aug]
-    dls = ImageDataLoaders.from_lists(data_dir, files, labels, valid_pct=valid_pct, seed=seed,
-                                      item_tfms=Resize(size), batch_tfms=[*batch_tfms, Normalize.from_stats(*IMAGENET_STATS)],
-                                      bs=bs, num_workers=0, device=device)
-    if len(dls.train_ds) < 2 or len(dls.vocab) != len(classes):
+    batch_tfms = {"fastai": aug_transforms(), "flip": [Flip()], "none": []}[spec.aug]
+    dls = ImageDataLoaders.from_lists(listing.root, listing.files, listing.labels, valid_pct=spec.valid_pct,
+                                      seed=spec.seed, item_tfms=Resize(spec.size),
+                                      batch_tfms=[*batch_tfms, Normalize.from_stats(*IMAGENET_STATS)],
+                                      bs=spec.bs, num_workers=0, device=device)
+    if len(dls.train_ds) < 2 or len(dls.vocab) != len(listing.classes):
         raise CamkitError(f"{len(dls.train_ds)} training images in {len(dls.vocab)} classes after the split; "
                           "each class needs images in training")
-    label_of = dict(zip(files, labels))
+    label_of = dict(zip(listing.files, listing.labels))
     valid_files = [Path(item[0]) for item in dls.valid.items]  # from_lists items are (file, label)
-    split = Split(list(dls.vocab), len(dls.train_ds), valid_files,
-                  torch.tensor([dls.vocab.o2i[label_of[f]] for f in valid_files]), skipped, "crop")
+    train_labels = [label_of[Path(item[0])] for item in dls.train.items]
+    split = Split(list(dls.vocab), [train_labels.count(c) for c in dls.vocab], valid_files,
+                  torch.tensor([dls.vocab.o2i[label_of[f]] for f in valid_files]), listing.skipped, "crop")
     return dls, split
 
 
@@ -338,7 +387,7 @@ def make_learner(dls: DataLoaders, built: BuiltModel, out: Path, precision: str)
     return learn
 
 
-def fit(learn: Learner, pretrained: bool, epochs: int, freeze_epochs: int, lr: float | None,
+def fit(learn: Learner, pretrained: bool, epochs: int, freeze_epochs: int, lr: float,
         verbose: bool = True) -> tuple[EpochLog, float, bool]:
     """fine_tune with pretrained weights (frozen body first), fit_one_cycle from scratch (freezing
     a random body would waste epochs). Returns (epoch log, seconds, completed); Ctrl-C ends
@@ -349,19 +398,61 @@ def fit(learn: Learner, pretrained: bool, epochs: int, freeze_epochs: int, lr: f
     try:
         with learn.added_cbs(log):
             if pretrained:
-                learn.fine_tune(epochs, base_lr=lr or 2e-3, freeze_epochs=freeze_epochs)
+                learn.fine_tune(epochs, base_lr=lr, freeze_epochs=freeze_epochs)
             else:
-                learn.fit_one_cycle(epochs, lr or 3e-3)
+                learn.fit_one_cycle(epochs, lr)
         complete = True
     except KeyboardInterrupt:
         pass
     finally:
-        for cb in learn.cbs:  # CPUAutocast's autocast, a recipe's hooks
-            if callable(getattr(type(cb), "release", None)):
-                cb.release()
+        _release(learn)
     if log.diverged:
         raise Diverged(f"training diverged: {log.diverged}; nothing was saved (try a lower --lr)")
     return log, time.perf_counter() - start, complete
+
+
+def _release(learn: Learner) -> None:
+    """Undo what callbacks leave on when a fit ends early (CPUAutocast's autocast, a recipe's hooks)."""
+    for cb in learn.cbs:
+        if callable(getattr(type(cb), "release", None)):
+            cb.release()
+
+
+class LRSearch(NamedTuple):
+    """fastai's lr_find as camkit ran it: the learning rate used, the (lr, loss) curve, and a
+    finding when the search failed and the default was used instead."""
+    lr: float
+    curve: list[tuple[float, float]]
+    notes: tuple[Finding, ...]
+
+
+def find_lr(learn: Learner, pretrained: bool, fallback: float) -> LRSearch:
+    """fastai's `lr_find` (exponentially rising lr over at most 100 steps, stopped when the loss
+    diverges; the suggestion is its `valley`: the middle of the longest descent of the smoothed
+    loss), run on the model as it will first be trained (body frozen when fine-tuning). A
+    failed search (a non-finite curve, no valley) falls back to `fallback`, with a finding."""
+    from fastai.callback.schedule import valley
+
+    if pretrained:
+        learn.freeze()
+    lr, curve, why = fallback, [], None
+    try:
+        suggestion = learn.lr_find(suggest_funcs=(valley,), show_plot=False)
+        curve = [(float(a), float(b)) for a, b in zip(learn.recorder.lrs, learn.recorder.losses)]
+        found = float(suggestion.valley)
+        if math.isfinite(found) and found > 0:
+            lr = found
+        else:
+            why = f"it suggested {found}"
+    except (RuntimeError, ValueError, IndexError, ZeroDivisionError) as e:  # a NaN curve has no valley
+        why = f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else 'no curve'}"
+    finally:
+        _release(learn)
+    curve = [(a, b) for a, b in curve if math.isfinite(a) and math.isfinite(b)]
+    notes = () if why is None else (Finding(
+        "lr_find_failed", "warn", f"the learning-rate search failed ({why}); the default {fallback:g} was used",
+        "give --lr a number"),)
+    return LRSearch(lr, curve, notes)
 
 
 @dataclass
@@ -384,40 +475,47 @@ def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, n_classes: int)
     return torch.bincount(targets * n_classes + preds, minlength=n_classes ** 2).view(n_classes, n_classes)
 
 
-def summarize(out: Path, arch: str, head: str, stride: int, pretrained: bool, split: Split, device: torch.device,
-              precision: str, history: list[dict], seconds: float, preds: Predictions) -> TrainResult:
-    """The numbers of the run; throughput = images seen in every epoch run / fitting seconds."""
+def summarize(out: Path, spec: TrainSpec, pretrained: bool, split: Split, device: torch.device, precision: str,
+              history: list[dict], seconds: float, preds: Predictions, lr: float,
+              notes: tuple[Finding, ...] = ()) -> TrainResult:
+    """The numbers of the run and its verdict; throughput = images seen in every epoch run /
+    fitting seconds."""
     n_valid = len(split.valid_files)
     n_seen = len(history) * (split.n_train + n_valid)
+    cm = confusion_matrix(preds.probs.argmax(1), preds.targets, len(split.classes)).tolist()
+    verdict = judge(cm, split.classes, history, split.train_counts, pretrained, notes)
     return TrainResult(
-        out=str(out), arch=arch, head=str(value(head)), stride=stride, pretrained=pretrained,
+        out=str(out), arch=spec.model.arch, head=spec.model.head, stride=spec.model.stride, pretrained=pretrained,
         classes=split.classes, n_train=split.n_train, n_valid=n_valid, epochs=len(history),
         device=str(device), precision=precision, train_seconds=round(seconds, 3),
         images_per_sec=round(n_seen / seconds, 2) if seconds else 0.0,
         valid_accuracy=round(float((preds.probs.argmax(1) == preds.targets).float().mean()), 4),
         valid_loss=round(float(preds.losses.mean()), 4), skipped=[f"{p}: {why}" for p, why in split.skipped],
-        history=history, world_size=rank_world()[1])
+        history=history, world_size=rank_world()[1], dilate=spec.model.dilate, bs=spec.bs, lr=lr,
+        lr_source="lr_find" if spec.lr == "auto" and not notes else "given" if isinstance(spec.lr, float) else "default",
+        train_counts=split.train_counts, confusion=cm, verdict=verdict.to_json())
 
 
-def run_contents(result: TrainResult, model: nn.Module, split: Split, data_dir: Path, size: int,
-                 preds: Predictions, complete: bool, epochs_planned: int) -> RunContents:
+def run_contents(result: TrainResult, spec: TrainSpec, model: nn.Module, split: Split, data_dir: Path,
+                 preds: Predictions, complete: bool, epochs_planned: int,
+                 lr_curve: list[tuple[float, float]]) -> RunContents:
     """What the run folder holds: fp32 contiguous weights, history, held-out predictions with
     paths relative to the data root (so reading the run does not depend on the working folder;
-    the folder scan keeps only files inside it)."""
+    the folder scan keeps only files inside it), the verdict and the resolved options."""
     root = data_dir.resolve()
     classes, labels = split.classes, split.valid_labels
     valid = [{"file": f.resolve().relative_to(root).as_posix(), "label": classes[int(y)],
               "pred": classes[int(p.argmax())], "prob": round(float(p.max()), 5), "loss": round(float(loss), 5)}
              for f, y, p, loss in zip(split.valid_files, labels, preds.probs, preds.losses)
              if f.resolve().is_relative_to(root)]
-    cm = confusion_matrix(preds.probs.argmax(1), labels, len(classes))
-    info = RunInfo(arch=result.arch, head=result.head, stride=result.stride, classes=classes, size=size,
-                   stats=(list(IMAGENET_STATS[0]), list(IMAGENET_STATS[1])), pretrained=result.pretrained,
-                   complete=complete, epochs_planned=epochs_planned, confusion=cm.tolist(),
-                   summary={k: v for k, v in result.to_dict().items() if k != "history"},
-                   data_root=str(root), format=MODEL_FORMAT, resize=split.resize, world_size=result.world_size)
+    info = RunInfo(arch=spec.model.arch, head=spec.model.head, stride=spec.model.stride, dilate=spec.model.dilate,
+                   classes=classes, size=spec.size, stats=(list(IMAGENET_STATS[0]), list(IMAGENET_STATS[1])),
+                   pretrained=result.pretrained, complete=complete, epochs_planned=epochs_planned,
+                   confusion=result.confusion, summary=run_summary(result.to_dict()), data_root=str(root),
+                   format=MODEL_FORMAT, resize=split.resize, world_size=result.world_size,
+                   verdict=result.verdict, spec=spec.to_json())
     state = model.float().to(memory_format=torch.contiguous_format).state_dict()
-    return RunContents(info, state, result.history, valid)
+    return RunContents(info, state, result.history, valid, lr_curve)
 
 
 def _save(out: Path, contents: RunContents, overwrite: bool, complete: bool) -> None:

@@ -73,7 +73,7 @@ def test_report_cli_json(tiny_run, tmp_path, cli):
     code, out, err = cli("report", run, "--json")
     assert code == 0, err
     data = json.loads(out)
-    assert data["report"].endswith("report.html") and data["summary"]["arch"] == "resnet18"
+    assert data["report"].endswith("report.html") and data["model"]["arch"] == "resnet18"
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian package 'chromium' is not installed")
@@ -103,7 +103,8 @@ def test_crawl_manifest_rejects_are_summarised(tiny_run, canvas_dir, tmp_path):
         page = build(tiny_run, out=tmp_path / "r.html").read_text()
     finally:
         manifest.unlink()
-    crawl = page[page.index("<h3>Crawl</h3>"):page.index("id='training'")]
+    crawl = page[page.index("<summary>Crawl: 4 files"):]
+    crawl = crawl[:crawl.index("</details>")]
     assert "<td>bag</td><td>duplicate</td><td>2</td>" in crawl and "<td>trouser</td><td>truncated</td><td>1</td>" in crawl
 
 

@@ -10,6 +10,7 @@ from PIL import Image
 from camkit.errors import CamkitError
 from camkit.models import build_model
 from camkit.run import load, read_valid
+from camkit.spec import TrainSpec
 from camkit.train import train
 
 
@@ -225,7 +226,8 @@ def test_frozen_epoch_leaves_the_body_unchanged(canvas_dir, tmp_path):
     built = build_model("resnet18", 2, weights=tmp_path / "r18.pth")
     body_before = [p.detach().clone() for p in built.model[0].parameters()]
     head_before = built.model[1][2].weight.detach().clone()
-    dls, _ = make_loaders(data, 16, 0.2, 0, "none", torch.device("cpu"), "fp32")
+    dls, _ = make_loaders(data, *data.split(0.2, 0), TrainSpec.parse("resnet18", bs=16, aug="none"),
+                          torch.device("cpu"), "fp32")
     learn = make_learner(dls, built, tmp_path, "fp32")
     learn.freeze()
     learn.fit_one_cycle(1, 1e-3)
@@ -297,10 +299,12 @@ def test_an_error_in_the_forward_pass_leaves_autocast_off(canvas_dir, tmp_path):
 
     built = build_model("resnet18", 2, "cam", False)
     built.model[1] = torch.nn.Sequential(Broken())
-    dls, _ = make_loaders(load_folder(canvas_dir, 16), 16, 0.2, 0, "none", torch.device("cpu"), "bf16")
+    data = load_folder(canvas_dir, 16)
+    dls, _ = make_loaders(data, *data.split(0.2, 0), TrainSpec.parse("resnet18", bs=16, aug="none"),
+                          torch.device("cpu"), "bf16")
     learn = make_learner(dls, built, tmp_path, "bf16")
     with pytest.raises(CamkitError, match="broken model"):
-        fit(learn, False, 1, 0, None, verbose=False)
+        fit(learn, False, 1, 0, 3e-3, verbose=False)
     assert not torch.is_autocast_cpu_enabled()
 
 
@@ -308,6 +312,6 @@ def test_an_error_in_the_forward_pass_leaves_autocast_off(canvas_dir, tmp_path):
                                                 ("resnet18", "fastai", 32), ("densenet121", "cam", 32),
                                                 ("vit_tiny_patch16_224", "cam", 32)])
 def test_the_default_stride_is_16_for_a_torchvision_resnet_with_the_cam_head(arch, head, expected):
-    from camkit.models import default_stride
+    from camkit.spec import ModelSpec
 
-    assert default_stride(arch, head) == expected
+    assert ModelSpec.parse(arch, head).stride == expected

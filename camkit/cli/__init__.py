@@ -50,19 +50,24 @@ register_crawl_commands(app)  # crawl, verify, credits (camkit/cli/crawl.py)
 def train(
     data_dir: Annotated[Path, typer.Argument(help="one sub-folder of images per class")],
     arch: Annotated[str, typer.Option(help="torchvision resnet name, or a timm name when timm is installed")] = "resnet34",
-    epochs: Annotated[int, typer.Option(help="epochs (after the frozen one(s) when fine-tuning)")] = 4,
+    epochs: Annotated[Optional[int], typer.Option(help="epochs (after the frozen one(s) when fine-tuning); default: "
+                                                  "enough optimizer steps for the dataset's size")] = None,
     size: Annotated[int, typer.Option(help="image side in pixels (images are squished to a square)")] = 224,
-    bs: Annotated[int, typer.Option(help="batch size (at least 2)")] = 64,
+    bs: Annotated[Optional[int], typer.Option(help="batch size (at least 2); default: the largest of 8-64 giving "
+                                              "6 steps an epoch")] = None,
     valid_pct: Annotated[float, typer.Option(help="fraction held out for validation")] = 0.2,
     seed: SeedOpt = 0,
     out: Annotated[Optional[Path], typer.Option(help="run folder (default runs/<data folder name>)")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="learning rate (default 2e-3 fine-tune, 3e-3 scratch)")] = None,
+    lr: Annotated[Optional[str], typer.Option(help="learning rate, or 'auto' for fastai's lr_find (default 2e-3 "
+                                              "fine-tune, 3e-3 scratch)")] = None,
     head: Annotated[Head, typer.Option(help="cam: GAP -> Linear, exact CAM; fastai: fastai's head")] = Head.cam,
     pretrained: Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained",
                                                        help="ImageNet weights (default: when they can be loaded)")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="local torchvision state_dict to start from")] = None,
     stride: Annotated[Optional[int], typer.Option(help="ResNet output stride: 32, 16 or 8 (finer CAM maps; default "
                                                   "16 for a torchvision ResNet with the CAM head, else 32)")] = None,
+    dilate: Annotated[Optional[bool], typer.Option("--dilate/--no-dilate", help="make a lower --stride by dilating "
+                                                   "the later convs (keeps what pretrained kernels see)")] = None,
     freeze_epochs: Annotated[int, typer.Option(help="frozen-body epochs when fine-tuning pretrained weights")] = 1,
     precision: Annotated[Precision, typer.Option(help="auto: bf16 where the hardware has it")] = Precision.auto,
     loader: Annotated[TrainLoader, typer.Option(help="tensor: decode once (fast); fastai: ImageDataLoaders as the "
@@ -84,6 +89,7 @@ def train(
     with stdout_for(as_json):
         result = train_fn(data_dir, arch=arch, epochs=epochs, size=size, bs=bs, valid_pct=valid_pct, seed=seed,
                           out=out, lr=lr, head=head.value, pretrained=pretrained, weights=weights, stride=stride,
+                          dilate=dilate,
                           freeze_epochs=freeze_epochs, precision=precision.value, loader=loader.value, aug=aug.value,
                           overwrite=overwrite, quiet=as_json, cache=cache, recipe=recipe.value,
                           negatives=negatives)
@@ -92,8 +98,11 @@ def train(
     if as_json:
         emit({k: v for k, v in result.to_dict().items() if k != "history"})
     else:
-        print(f"valid accuracy {result.valid_accuracy:.2%} on {result.n_valid} images; "
-              f"{result.images_per_sec:.1f} images/s on {result.device} ({result.precision}); saved to {result.out}")
+        v = result.verdict
+        print(f"valid accuracy {result.valid_accuracy:.2%} on {result.n_valid} images (always answering "
+              f"'{v['baseline_class']}': {v['baseline']:.2%}); verdict {v['status']}; {result.epochs} epochs at bs "
+              f"{result.bs}, lr {result.lr:.2g}; {result.images_per_sec:.1f} images/s on {result.device} "
+              f"({result.precision}); saved to {result.out}")
 
 
 def _list_methods(value: bool) -> None:
