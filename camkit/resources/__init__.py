@@ -11,7 +11,7 @@ from importlib import resources
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from importlib.resources.abc import Traversable   # Python 3.11+; 3.10 has the same class in importlib.abc
+    from importlib.resources.abc import Traversable  # Python 3.11+; 3.10 has the same class in importlib.abc
 
 SAMPLE = "fashion_mnist_sample.npz"
 
