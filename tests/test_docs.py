@@ -127,6 +127,14 @@ def test_readme_links_and_anchors_resolve(build):
     assert not bad, f"README.md links to what does not exist: {bad}"
 
 
+def test_html_images_in_the_pages_exist():
+    """mkdocs checks Markdown links and images, not the <img> tags that size a picture."""
+    missing = [f"{page.name}: {src}" for page in PAGES
+               for src in re.findall(r'<img [^>]*src="([^"]+)"', page.read_text(encoding="utf-8"))
+               if not (page.parent / src).is_file()]
+    assert not missing, missing
+
+
 def test_readme_keeps_the_two_setup_commands():
     readme = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
     for command in ("bash scripts/demo.sh", "bash scripts/test.sh"):   # .ci/run calls the second
