@@ -59,16 +59,16 @@ class Executed:
         return sum("image/png" in o.get("data", {}) for o in self.outputs())
 
 
-def _kernel_manager(spec_root: Path):
-    """A KernelManager whose kernel is `sys.executable -m ipykernel_launcher`: the venv running
-    pytest, never whatever `python` a user-level `python3` kernel spec points at."""
+def _kernel_manager(spec_root: Path, python: str | Path = sys.executable):
+    """A KernelManager whose kernel is `python -m ipykernel_launcher` (by default the venv running
+    pytest), never whatever `python` a user-level `python3` kernel spec points at."""
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import KernelManager
 
     spec = spec_root / "camkit-test-python"
     spec.mkdir(parents=True)
     (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "camkit tests", "language": "python"}))
     return KernelManager(kernel_name="camkit-test-python",
                          kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec_root)]))
@@ -77,6 +77,27 @@ def _kernel_manager(spec_root: Path):
 def _short_error(e: Exception) -> str:
     text = ANSI.sub("", str(e))
     return text if len(text) < 4000 else text[:1500] + "\n...\n" + text[-2500:]
+
+
+def execute_notebook(name: str, work: Path, spec_root: Path, env: dict[str, str],
+                     python: str | Path = sys.executable, extra_cells: tuple[str, ...] = ()) -> Executed:
+    """Copy examples/NAME into `work` and run it there, in its small offline mode, on `python`'s
+    ipykernel, with `extra_cells` appended; a failing cell raises an AssertionError naming it."""
+    shutil.copy(EXAMPLES / name, work / name)
+    nb = nbformat.read(work / name, as_version=4)
+    nb.cells += [nbformat.v4.new_code_cell(c) for c in extra_cells]
+    env = {**env, "CAMKIT_NOTEBOOK_SMALL": "1", "CAMKIT_NOTEBOOK_OFFLINE": "1"}
+    km = _kernel_manager(spec_root, python)
+    client = nbclient.NotebookClient(nb, km=km, timeout=CELL_TIMEOUT, resources={"metadata": {"path": str(work)}})
+    start = time.perf_counter()
+    try:
+        client.execute(env=env)
+    except nbclient.exceptions.CellExecutionError as e:
+        raise AssertionError(f"{name}: a cell failed\n{_short_error(e)}") from None
+    finally:
+        if km.has_kernel:  # nbclient leaves a kernel manager it was given running
+            km.shutdown_kernel(now=True)
+    return Executed(nb, time.perf_counter() - start, work)
 
 
 @pytest.fixture(scope="module")
@@ -88,23 +109,12 @@ def executed(tmp_path_factory):
         if isinstance(cache.get(name), str):
             pytest.fail(cache[name], pytrace=False)
         if name not in cache:
-            work = tmp_path_factory.mktemp(f"nb-{Path(name).stem}")
-            shutil.copy(EXAMPLES / name, work / name)
-            nb = nbformat.read(work / name, as_version=4)
-            env = {**os.environ, "CAMKIT_NOTEBOOK_SMALL": "1", "CAMKIT_NOTEBOOK_OFFLINE": "1"}
-            km = _kernel_manager(tmp_path_factory.mktemp("kernels"))
-            client = nbclient.NotebookClient(nb, km=km, timeout=CELL_TIMEOUT,
-                                             resources={"metadata": {"path": str(work)}})
-            start = time.perf_counter()
             try:
-                client.execute(env=env)
-            except nbclient.exceptions.CellExecutionError as e:
-                cache[name] = f"{name}: a cell failed\n{_short_error(e)}"
+                cache[name] = execute_notebook(name, tmp_path_factory.mktemp(f"nb-{Path(name).stem}"),
+                                               tmp_path_factory.mktemp("kernels"), dict(os.environ))
+            except AssertionError as e:
+                cache[name] = str(e)
                 pytest.fail(cache[name], pytrace=False)
-            finally:
-                if km.has_kernel:  # nbclient leaves a kernel manager it was given running
-                    km.shutdown_kernel(now=True)
-            cache[name] = Executed(nb, time.perf_counter() - start, work)
             print(f"{name}: executed in {cache[name].seconds:.1f} s")
         return cache[name]
 
