@@ -49,7 +49,7 @@ class Installed:
 
     def run(self, *args: str | Path, timeout: int = TIMEOUT) -> subprocess.CompletedProcess:
         """A command in the folder outside the checkout; a failure shows its output."""
-        proc = subprocess.run([str(a) for a in args], cwd=self.outside, env=self.env, capture_output=True,
+        proc = subprocess.run([str(a) for a in args], cwd=self.outside, env=self.env, capture_output=True, check=False,
                               text=True, timeout=timeout)
         assert proc.returncode == 0, f"{args[0]} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         return proc
@@ -60,7 +60,8 @@ def _build(out: Path) -> tuple[Path, Path]:
     hooks on the test venv's setuptools, as `python -m build --no-isolation` calls them)."""
     def hook(name: str, cwd: Path) -> Path:
         code = f"from setuptools import build_meta; print(build_meta.{name}({str(out)!r}))"
-        proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT)
+        proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, check=False,
+                              timeout=TIMEOUT)
         assert proc.returncode == 0, f"{name} failed\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         return out / proc.stdout.strip().splitlines()[-1]
 
