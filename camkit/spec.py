@@ -70,7 +70,8 @@ def resolve_arch(arch: Any) -> tuple[str, str]:
         return name, "timm"
     close = difflib.get_close_matches(name.lower().replace("-", "").replace("_", ""),
                                       sorted(tv | {n.replace("_", "") for n in tv}), n=3, cutoff=0.6)
-    hint = f" (did you mean {', '.join(sorted({_tv_name(c, tv) for c in close}))}?)" if close else ""
+    names = list(dict.fromkeys(_tv_name(c, tv) for c in close))   # best match first
+    hint = f" (did you mean {', '.join(names)}?)" if names else ""
     extra = "" if timm else " (timm names work when timm is installed)"
     raise CamkitError(f"unknown arch '{name}'{hint}; use a torchvision name such as resnet18, resnet34, "
                       f"resnet50{extra}")
@@ -184,7 +185,7 @@ class TrainSpec:
 
     def for_data(self, n_train: int, pretrained: bool) -> "TrainSpec":
         """The spec with `bs` and `epochs` resolved for `n_train` training images (per process)."""
-        bs = self.bs if self.bs is not None else adaptive_bs(n_train)
+        bs = min(self.bs if self.bs is not None else adaptive_bs(n_train), max(n_train, 2))  # a batch is at most the data
         epochs = self.epochs if self.epochs is not None else adaptive_epochs(n_train, bs, pretrained)
         return replace(self, bs=bs, epochs=epochs)
 

@@ -438,7 +438,8 @@ def find_lr(learn: Learner, pretrained: bool, fallback: float) -> LRSearch:
     lr, curve, why = fallback, [], None
     try:
         suggestion = learn.lr_find(suggest_funcs=(valley,), show_plot=False)
-        curve = [(float(a), float(b)) for a, b in zip(learn.recorder.lrs, learn.recorder.losses)]
+        recorder = getattr(learn, "recorder", None)
+        curve = [(float(a), float(b)) for a, b in zip(getattr(recorder, "lrs", []), getattr(recorder, "losses", []))]
         found = float(suggestion.valley)
         if math.isfinite(found) and found > 0:
             lr = found

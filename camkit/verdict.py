@@ -18,6 +18,7 @@ numbers in, a `Verdict` out.
                   loss kept falling
     low recall    a class with < 50 % of its held-out images recognised
     few images    fewer than 10 training images in a class (fewer than 50 from scratch)
+    few held out  fewer than 10 held-out images (one image is > 10 points of accuracy)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ LOSS_FLOOR = 0.1         # losses below this are all "good": ratios against them
 OVERFIT = 1.5
 LOW_RECALL = 0.5
 FEW_IMAGES = {"pretrained": 10, "scratch": 50}
+FEW_VALID = 10
 
 STATUSES = ("ok", "warning", "unusable")
 
@@ -125,16 +127,19 @@ def _accuracy(accuracy: float, baseline: float, constant: str, n: int, pretraine
             if not pretrained else "train longer (--epochs), add images")
     if n == 0:
         return [Finding("no_validation", "fail", "no held-out image was scored", "use a larger --valid-pct or more images")]
+    few = ([Finding("few_valid", "warn", f"accuracy was measured on only {n} held-out images",
+                    f"one image more or less changes it by {100 / n:.0f} points: add images or raise --valid-pct")]
+           if n < FEW_VALID else [])
     if accuracy <= baseline:
         return [Finding("below_baseline", "fail",
                         f"accuracy {accuracy:.0%} is not better than always answering '{constant}' ({baseline:.0%})",
                         f"the model has learnt nothing usable and its maps explain nothing: {more}, "
-                        "or check the images of each class")]
+                        "or check the images of each class"), *few]
     if accuracy < baseline + MARGIN:
         return [Finding("near_baseline", "warn",
                         f"accuracy {accuracy:.0%} is only {100 * (accuracy - baseline):.0f} points above always "
-                        f"answering '{constant}' ({baseline:.0%})", f"read its maps with care: {more}")]
-    return []
+                        f"answering '{constant}' ({baseline:.0%})", f"read its maps with care: {more}"), *few]
+    return few
 
 
 def _losses(history: list[dict], n_classes: int) -> list[Finding]:

@@ -7,6 +7,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     need=""
     [ -d /usr/share/datasets/fashion-mnist ] || need="$need dataset-fashion-mnist"
+    [ -d /usr/share/openclipart/png ] || need="$need openclipart-png"   # real images (public domain)
     command -v chromium >/dev/null 2>&1 || need="$need chromium"
     command -v chromedriver >/dev/null 2>&1 || need="$need chromium-driver"
     if [ -n "$need" ]; then

@@ -45,6 +45,14 @@ def tiny_fastai_run(canvas_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def run_copy(tiny_run, tmp_path) -> Path:
+    """The tiny run copied, so that what a test writes into it does not reach the shared fixture."""
+    import shutil
+
+    return Path(shutil.copytree(tiny_run, tmp_path / "run"))
+
+
+@pytest.fixture
 def cli():
     """Invoke the typer app in-process; returns (exit code, stdout, stderr)."""
     from typer.testing import CliRunner

@@ -199,6 +199,18 @@ def test_app_answers_in_a_real_browser(browser, server, canvas_dir, tmp_path):
     assert "bag" in probs and "trouser" in probs
 
 
+def test_the_header_says_the_training_verdict_in_a_real_browser(browser, server, camapp):
+    """Said before any map: the run's verdict (the shared tiny run does not beat its baseline)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server)
+    text = WebDriverWait(browser, 60).until(lambda d: d.find_element(By.ID, "camkit-verdict").text or None)
+    assert f"Training verdict: {camapp.verdict.status}" in text and camapp.verdict.headline[:40] in text
+    if not camapp.verdict.usable:
+        assert "The maps of an unusable model explain nothing" in text
+
+
 def test_cleaner_tab_saves_a_click_in_a_real_browser(browser, server, served_data):
     """Rank, pick the most suspicious image, click 'delete': the decision is on disk."""
     from selenium.webdriver.common.by import By

@@ -234,3 +234,38 @@ def test_export_of_a_model_camkit_cannot_rebuild_leaves_no_folder(dls, tmp_path)
     with pytest.raises(CamkitError, match="not one camkit can rebuild"):
         learn.export_run(tmp_path / "new" / "run")
     assert not (tmp_path / "new").exists()
+
+
+def test_cam_learner_defaults_to_train_s_stride(dls):
+    from fastai.vision.all import resnet18
+
+    from camkit.fastai import cam_learner as make
+
+    learn = make(dls, resnet18, pretrained=False)
+    assert learn.camkit_spec.stride == 16 and learn.model[0](torch.zeros(1, 3, 32, 32)).shape[-1] == 2
+
+
+def test_the_verdict_is_returned_in_a_notebook_and_saved_by_export(cam_learner, tmp_path):
+    import json
+    import warnings
+
+    from camkit.fastai import CAMInterpretation
+    from camkit.verdict import TrainingVerdict
+
+    verdict = cam_learner.verdict()
+    interp = CAMInterpretation.from_learner(cam_learner)
+    assert interp.verdict.accuracy == verdict.accuracy and verdict.n_valid == len(cam_learner.dls.valid_ds)
+    assert verdict.baseline == max(sum(r) for r in _confusion(cam_learner)) / verdict.n_valid
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cam_learner.export_run(tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "model.json").read_text())["verdict"]
+    assert saved["status"] == verdict.status and saved["accuracy"] == verdict.accuracy
+    assert any(issubclass(w.category, TrainingVerdict) for w in caught) == (verdict.status != "ok")
+
+
+def _confusion(learn) -> list[list[int]]:
+    from camkit.train import confusion_matrix
+
+    probs, targets = learn.get_preds()
+    return confusion_matrix(probs.argmax(1), targets.long(), len(learn.dls.vocab)).tolist()

@@ -35,13 +35,6 @@ def data(tmp_path):
     return root
 
 
-@pytest.fixture
-def run_copy(tiny_run, tmp_path):
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    return run
-
-
 # ---------------------------------------------------------------- train: never clobber, never half-save
 
 @pytest.mark.parametrize("user_files", [["model.pth"], ["history.csv", "loss.png"], ["notes.txt"],

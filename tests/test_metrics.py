@@ -1,7 +1,6 @@
 """Faithfulness metrics on hand-built maps and a hand-built model, with values worked out by hand."""
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -285,14 +284,6 @@ def test_methods_failing_the_sanity_check_rank_last_then_by_road():
 
 
 # ---------------------------------------------------------------- a run, no boxes
-
-@pytest.fixture
-def run_copy(tiny_run, tmp_path):
-    """The tiny run copied, so that what cam-eval saves does not reach the shared fixture."""
-    import shutil
-
-    return Path(shutil.copytree(tiny_run, tmp_path / "run"))
-
 
 def test_evaluate_run_scores_every_method_and_class_without_boxes(tiny_run):
     """The exact CAM equals Grad-CAM for a GAP -> Linear head, so every number agrees; per

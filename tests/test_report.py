@@ -2,6 +2,7 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -119,3 +120,50 @@ def test_top_losses_show_the_predicted_and_the_actual_class_maps(report_path):
     assert all(e.target == labels[e.image] for e in actual)
     section = report_path.read_text().split("id='evaluation'")[1].split("</section>")[0]
     assert section.count("evidence for") == len(pred)
+
+
+# ---------------------------------------------------------------- the verdict leads; trust never vouches for a useless model
+
+def _scores(**extra) -> dict:
+    keys = ("road", "deletion_auc", "insertion_auc", "average_drop", "increase_in_confidence", "retained_confidence",
+            "sanity_head", "sanity_last_stage")
+    return {"images": 4, **{k: 0.2 for k in keys}, **extra}
+
+
+def _with_trust_and_verdict(run: Path, confusion: list[list[int]]) -> None:
+    """A cam-eval result in which no class is flagged, and model.json's verdict for `confusion`."""
+    from camkit.run import read_history
+    from camkit.verdict import judge
+
+    per_class = {"bag": _scores(), "trouser": _scores()}
+    trust = {"split": "valid", "images": 8, "methods": {"cam": _scores(sanity_passed=True, per_class=per_class)},
+             "absence": {"flagged": [], "per_class": {c: {"score": 0.3, "method": "cam"} for c in per_class}}}
+    (run / "cam_trust.json").write_text(json.dumps(trust))
+    meta = json.loads((run / "model.json").read_text())
+    meta["confusion"] = confusion
+    meta["verdict"] = judge(confusion, meta["classes"], read_history(run), [40, 40], True).to_json()
+    (run / "model.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("confusion,vouches,says", [
+    ([[8, 0], [0, 8]], True, "Every class is recognised by evidence of its own"),
+    ([[4, 4], [4, 4]], False, "No: the maps of an unusable model explain nothing."),
+    ([[20, 0], [5, 3]], False, "trouser: recognised in fewer than half of the held-out images"),
+])
+def test_the_trust_section_vouches_only_for_a_usable_model_and_its_recognised_classes(run_copy, confusion,
+                                                                                       vouches, says):
+    _with_trust_and_verdict(run_copy, confusion)
+    page = build(run_copy).read_text()
+    trust = page[page.index("id='trust'"):page.index("id='cams'")]
+    assert ("evidence of its own: erasing" in trust) == vouches and says in trust
+
+
+def test_the_report_leads_with_the_verdict_and_folds_long_tables(run_copy):
+    _with_trust_and_verdict(run_copy, [[4, 4], [4, 4]])
+    page = build(run_copy).read_text()
+    order = [page.index(k) for k in ("id='verdict'", "id='evaluation'", "id='trust'", "id='training'", "id='dataset'")]
+    assert order == sorted(order)
+    verdict = page[page.index("id='verdict'"):page.index("id='evaluation'")]
+    assert "data-status='unusable'" in verdict and "not better than always answering" in verdict
+    assert "<details><summary>Per-epoch history (2 epochs)</summary>" in page
+    assert "always answering 'bag' scores 50.00%" in page[page.index("id='evaluation'"):]

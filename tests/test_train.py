@@ -5,6 +5,7 @@ import urllib.error
 
 import pytest
 import torch
+import numpy as np
 from PIL import Image
 
 from camkit.errors import CamkitError
@@ -315,3 +316,71 @@ def test_the_default_stride_is_16_for_a_torchvision_resnet_with_the_cam_head(arc
     from camkit.spec import ModelSpec
 
     assert ModelSpec.parse(arch, head).stride == expected
+
+
+def _noise_folder(root, counts: dict[str, int], side: int = 20):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, n in counts.items():
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("counts,status,code", [({"a": 3, "b": 2}, "unusable", "few_valid"),
+                                                ({"a": 3, "b": 60}, "unusable", "below_baseline")])
+def test_tiny_or_lopsided_data_ends_with_a_verdict_not_a_silent_model(cli, tmp_path, counts, status, code):
+    """5 images in all, or 3 against 60: the run is saved with a verdict that says why not."""
+    data = _noise_folder(tmp_path / "data", counts)
+    code_, out, err = cli("train", data, "--arch", "resnet18", "--no-pretrained", "--size", "16", "--epochs", "1",
+                          "--out", tmp_path / "run", "--json")
+    assert code_ == 0, err
+    verdict = json.loads(out)["verdict"]
+    assert verdict["status"] == status and code in [f["code"] for f in verdict["findings"]]
+    assert f"warning: training verdict {status}:" in err and "Traceback" not in err
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["verdict"] == verdict
+
+
+def test_a_class_of_one_image_is_one_line_before_training(cli, tmp_path):
+    data = _noise_folder(tmp_path / "data", {"a": 1, "b": 20})
+    code, out, err = cli("train", data, "--arch", "resnet18", "--no-pretrained", "--size", "16", "--out", tmp_path / "r")
+    assert code == 2 and err.strip() == ("error: class 'a' has 1 readable image(s); at least 2 are needed "
+                                         "(one to train on, one to validate)")
+    assert not (tmp_path / "r").exists()
+
+
+def test_lr_auto_saves_the_curve_and_uses_the_suggestion(canvas_dir, tmp_path):
+    from camkit.run import read_info
+
+    r = train(canvas_dir, arch="resnet18", epochs=1, size=16, out=tmp_path / "r", pretrained=False, lr="auto",
+              quiet=True, aug="none")
+    curve = (tmp_path / "r" / "lr_find.csv").read_text().splitlines()
+    assert curve[0] == "lr,loss" and len(curve) > 10
+    lrs = [float(line.split(",")[0]) for line in curve[1:]]
+    assert r.lr_source == "lr_find" and min(lrs) <= r.lr <= max(lrs) and r.lr != 3e-3
+    info = read_info(tmp_path / "r")
+    assert info.spec["lr"] == "auto" and info.summary["lr"] == r.lr
+
+
+def test_lr_auto_whose_search_fails_falls_back_with_a_finding(canvas_dir, tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    from fastai.learner import Learner
+
+    suggestion = namedtuple("SuggestedLRs", ["valley"])   # what lr_find returns, with a NaN curve's valley
+    monkeypatch.setattr(Learner, "lr_find", lambda self, **k: suggestion(valley=float("nan")))
+    r = train(canvas_dir, arch="resnet18", epochs=1, size=16, out=tmp_path / "r", pretrained=False, lr="auto",
+              quiet=True, aug="none")
+    finding = next(f for f in r.verdict["findings"] if f["code"] == "lr_find_failed")
+    assert r.lr == 3e-3 and r.lr_source == "default"
+    assert finding["message"] == "the learning-rate search failed (it suggested nan); the default 0.003 was used"
+    assert not (tmp_path / "r" / "lr_find.csv").exists()
+
+
+def test_the_batch_size_adapts_to_the_data_and_is_recorded(canvas_dir, tmp_path):
+    r = train(canvas_dir, arch="resnet18", epochs=1, size=16, out=tmp_path / "r", pretrained=False, quiet=True,
+              aug="none")
+    assert r.n_train == 64 and r.bs == 8   # 64 // 16 < 6 steps: 8, the smallest of the range
+    assert json.loads((tmp_path / "r" / "model.json").read_text())["spec"]["bs"] == 8
