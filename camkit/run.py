@@ -40,7 +40,7 @@ from camkit.device import resolve_device
 from camkit.errors import CamkitError
 from camkit.files import TMP_PREFIX, atomic_write, confined, ensure_writable_dir, move_aside, remove_if_empty
 from camkit.images import open_rgb, resize_square
-from camkit.verdict import Verdict, judge
+from camkit.verdict import TrainingVerdict, Verdict, judge
 
 MODEL_FORMAT = "camkit-model/2"
 READABLE_FORMATS = ("camkit-model/1", MODEL_FORMAT)   # /1: paths in valid.json relative to the cwd
@@ -219,6 +219,10 @@ def load(run_dir: str | Path, device: str | torch.device | None = None) -> Loade
         raise CamkitError(f"'{weights}' does not match {info.arch} ({str(e).splitlines()[0][:120]})") from None
     if not info.complete:
         warnings.warn(f"'{run_dir}' holds an incomplete run (training was interrupted)", stacklevel=2)
+    verdict = read_verdict(run_dir, info)
+    if verdict is not None and not verdict.usable:
+        warnings.warn(TrainingVerdict(f"'{run_dir}' holds a model whose training verdict is {verdict.headline}; "
+                                      "its maps explain nothing"), stacklevel=2)
     return LoadedModel(model.to(resolve_device(device)).eval(), info, run_dir)
 
 
