@@ -431,3 +431,36 @@ def test_the_cli_exits_2_with_one_error_line_when_nothing_is_saved(cli, tmp_path
     assert code == 2 and errors == ["error: no images saved for 'cats': bing: connection refused to the search "
                                     "page (2 pages)"] and err.endswith(errors[0] + "\n"), err
     assert "\r" not in err and len(err.splitlines()) == 3  # start and end of the one stage, then the error
+
+
+# ---------------------------------------------------------------- credits from an edited manifest
+
+HOSTILE_HTML = "<img src=x onerror=alert(1)>"
+
+
+@pytest.fixture
+def hostile_credits(tmp_path):
+    """A folder whose manifest gives HTML in every credit field, the licence included."""
+    out = tmp_path / "images"
+    (out / "cats").mkdir(parents=True)
+    data = encode(smooth_image(700))
+    (out / "cats" / "000001.jpg").write_bytes(data)
+    write_manifest(out, {"keyword": "cats", "slug": "cats", "engine": "bing", "url": "http://a.test/1.jpg",
+                         "status": "ok", "file": "cats/000001.jpg", **hashes(data), "license": HOSTILE_HTML,
+                         "creator": HOSTILE_HTML, "license_url": f"https://a.test/{HOSTILE_HTML}",
+                         "source_page": f"https://a.test/{HOSTILE_HTML}"})
+    return out
+
+
+def test_credits_markdown_escapes_every_field_the_licence_counts_included(cli, hostile_credits):
+    code, out, err = cli("credits", hostile_credits)
+    assert code == 0, err
+    assert "<img" not in out and "onerror=alert(1)&gt;" in out
+    assert out.rstrip().splitlines()[-1] == "1 &lt;img src=x onerror=alert(1)&gt;"
+
+
+def test_the_report_section_escapes_every_credit_field(hostile_credits):
+    from camkit.report import crawl_credits
+
+    page = crawl_credits(hostile_credits)
+    assert "<img" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page

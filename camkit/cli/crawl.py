@@ -104,7 +104,7 @@ def credits(
 ):
     """Credits of the crawled images still in the folder: creator, licence, source page."""
     from camkit.crawl import credits as credits_fn
-    from camkit.crawl import license_counts, to_csv, to_markdown
+    from camkit.crawl import licence_line, license_counts, to_csv, to_markdown
 
     items = credits_fn(folder)
     if as_json:
@@ -113,7 +113,7 @@ def credits(
         print(to_csv(items), end="")
     else:
         print(to_markdown(items), end="")
-        print("\n" + ", ".join(f"{n} {k}" for k, n in license_counts(items).items()) if items else "no images")
+        print(("\n" if items else "") + licence_line(items))
 
 
 def register(app: typer.Typer) -> None:

@@ -19,7 +19,7 @@ pipeline's threads), pipeline (crawl), check (--check), credits, progress.
 """
 
 from camkit.crawl.check import EngineCheck, check_engines, require_default_chain
-from camkit.crawl.credits import Credit, credits, license_counts, to_csv, to_markdown
+from camkit.crawl.credits import Credit, credits, licence_line, license_counts, to_csv, to_markdown
 from camkit.crawl.download import CamkitCrawler, VerifyingDownloader
 from camkit.crawl.engines import AUTO_ORDER, ENGINES, LICENSE_ORDER, Engine, SearchLog
 from camkit.crawl.ledger import MANIFEST, HashIndex, KeywordState, Ledger, read_manifest
@@ -37,7 +37,7 @@ __all__ = [
     "AddressPolicy", "CamkitCrawler", "ClassQueries", "CrawlSummary", "Credit", "Deadline", "Engine", "EngineCheck",
     "FetchPolicy", "HashIndex", "HostGate", "KeywordState", "Ledger", "NothingSaved", "Progress", "Rejected",
     "SearchLog", "Verified", "VerifySummary", "VerifyingDownloader", "check_engines", "crawl", "credits", "hamming",
-    "is_private", "license_code", "license_counts", "origin", "parse_bytes", "parse_endpoints", "parse_query", "phash",
+    "is_private", "licence_line", "license_code", "license_counts", "origin", "parse_bytes", "parse_endpoints", "parse_query", "phash",
     "pixel_sha256", "read_manifest", "require_default_chain", "resolve", "slugify", "to_csv", "to_markdown", "verify",
     "verify_bytes",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+from urllib.parse import quote
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -67,6 +68,12 @@ def to_markdown(items: list[Credit]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def licence_line(items: list[Credit]) -> str:
+    """The line under the Markdown table: images per licence, each licence escaped like a cell
+    (a licence is whatever the engine or an edited manifest says)."""
+    return ", ".join(f"{n} {_md(k)}" for k, n in license_counts(items).items()) if items else "no images"
+
+
 def to_csv(items: list[Credit]) -> str:
     """CSV with a header; a cell a spreadsheet would run as a formula is prefixed with a quote."""
     buf = io.StringIO()
@@ -86,9 +93,14 @@ def _md(text: str) -> str:
             .replace("[", "\\[").replace("]", "\\]"))
 
 
+# what stays as it is in a link: RFC 3986's reserved characters and '%' (no double encoding);
+# '<', '>', quotes, spaces and backticks are percent-encoded, so no URL leaves its <...>
+_URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
+
+
 def _link(text: str, url: str | None) -> str:
     if url and origin(url) is not None:
-        return f"[{_md(text)}](<{url.replace('>', '%3E').replace(' ', '%20')}>)"
+        return f"[{_md(text)}](<{quote(url, safe=_URL_SAFE)}>)"
     return _md(text)
 
 
