@@ -482,3 +482,28 @@ def test_a_failed_command_removes_only_the_empty_folders_it_made(cli, data, tmp_
     code, _, err = cli("train", data, *TRAIN, "--out", out, "--lr", "1e6")
     one_line(code, err, "training diverged")
     assert not (tmp_path / "new").exists() and tmp_path.exists()
+
+
+# ---------------------------------------------------------------- a malformed launcher environment
+
+def camkit_process(*args, env: dict | None = None, timeout: float = 120, **kw):
+    """`python -m camkit ARGS` as a user runs it, in its own process: (exit code, stdout, stderr)."""
+    import os
+    import subprocess
+    import sys
+
+    full = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "CAMKIT_DEBUG")}
+    done = subprocess.run([sys.executable, "-m", "camkit", *map(str, args)], env={**full, **(env or {})},
+                          capture_output=True, text=True, timeout=timeout, **kw)
+    return done.returncode, done.stdout, done.stderr
+
+
+@pytest.mark.parametrize("env,name", [({"WORLD_SIZE": "two"}, "WORLD_SIZE='two'"),
+                                      ({"WORLD_SIZE": "2", "RANK": "0x"}, "RANK='0x'")])
+def test_a_malformed_launcher_variable_is_one_line_and_version_still_answers(tmp_path, env, name):
+    from camkit import __version__
+
+    code, out, err = camkit_process("--version", env=env)
+    assert (code, out, err) == (0, f"camkit {__version__}\n", "")
+    code, out, err = camkit_process("predict", tmp_path / "x.png", "--model", tmp_path / "run", env=env)
+    one_line(code, err, f"environment variable {name} is not an integer")

@@ -398,8 +398,17 @@ def main() -> None:
     is flushed: its work is done and the group left (camkit.distributed), but gloo's worker
     threads can still abort it during interpreter finalisation ("terminate called without an
     active exception", exit -6, after everything was written: 1 launch in ~10 on 2 CPUs; see
-    pytorch/pytorch#179291), which a launcher reports as a failed run."""
-    if not _launched():
+    pytorch/pytorch#179291), which a launcher reports as a failed run.
+
+    A malformed launcher variable (RANK=abc) is not an error here, outside the boundary: a
+    command that runs as one of several processes (train, cam, predict, clean) reads
+    the launch first and says so in one line, exit 2, before any work; `--version`, `--help`
+    and the commands that never read the launch (crawl, credits, calc) answer as usual."""
+    try:
+        launched = _launched()
+    except CamkitError:
+        launched = False   # no group can be joined, so there are no gloo threads to outlive
+    if not launched:
         app()
         return
     code: int = 0
