@@ -127,12 +127,12 @@ SPY = textwrap.dedent('''
 
     original, digests = T.run_contents, Path(sys.argv[1])
 
-    def spy(result, model, *args, **kwargs):
+    def spy(result, spec, model, *args, **kwargs):
         h = hashlib.sha256()
         for name, t in sorted(model.state_dict().items()):
             h.update(name.encode() + t.detach().float().cpu().contiguous().numpy().tobytes())
         (digests / f"rank{os.environ['RANK']}.sha").write_text(h.hexdigest())
-        return original(result, model, *args, **kwargs)
+        return original(result, spec, model, *args, **kwargs)
 
     T.run_contents = spy
     from camkit.cli import main
