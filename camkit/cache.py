@@ -39,7 +39,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from camkit.errors import CamkitError
-from camkit.files import TMP_PREFIX, atomic_write, ensure_writable_dir, temp_path
+from camkit.files import TMP_PREFIX, atomic_write, ensure_writable_dir, parse_json, temp_path
 
 CACHE_FORMAT = "camkit-decode-cache/1"
 CHECKED_ROWS = 16      # rows whose crc32 is verified on every open (cheap: 16 x 150 KB at 224 px)
@@ -152,7 +152,7 @@ class _Index:
 def open_index(folder: Path, key: str, shape: tuple[int, ...]) -> _Index | None:
     """The cache for `key`, or None when it is absent or fails a check (then it is rebuilt)."""
     try:
-        meta = json.loads((folder / f"{key}.json").read_text(encoding="utf-8"))
+        meta = parse_json((folder / f"{key}.json").read_text(encoding="utf-8"))
         if meta.get("format") != CACHE_FORMAT or list(meta["shape"]) != list(shape):
             return None
         entries, data = meta["entries"], folder / Path(meta["data"]).name

@@ -28,7 +28,7 @@ from camkit.crawl import MANIFEST, PHASH_THRESHOLD, phash
 from camkit.data import scan_class_folders
 from camkit.distributed import gather, in_group, shard
 from camkit.errors import CamkitError
-from camkit.files import confined, move_aside
+from camkit.files import confined, move_aside, parse_json
 from camkit.images import REJECTED, is_dataset_image
 from camkit.predict import iter_scores
 from camkit.run import LoadedModel, data_root, load, read_info, read_valid
@@ -168,7 +168,7 @@ def read_decisions(path: str | Path, root: Path, classes: list[str]) -> list[tup
     relabels to the image's own class are dropped (nothing to do)."""
     path = Path(path)
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = parse_json(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CamkitError(f"'{path}' is not a readable decisions file ({type(e).__name__})") from None
     if not (isinstance(doc, dict) and doc.get("version") == 1 and isinstance(doc.get("decisions"), dict)):
@@ -206,7 +206,7 @@ class DecisionFile:
 
     def _read(self) -> dict[str, str]:
         try:
-            doc = json.loads(self.path.read_text(encoding="utf-8"))
+            doc = parse_json(self.path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             doc = None
         if not (isinstance(doc, dict) and isinstance(doc.get("decisions"), dict)
@@ -291,7 +291,7 @@ def read_log(root: Path) -> list[dict]:
     records = []
     for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         try:
-            rec = json.loads(line)
+            rec = parse_json(line)
         except json.JSONDecodeError:
             continue
         if not (isinstance(rec, dict) and isinstance(rec.get("id"), int)):

@@ -10,18 +10,47 @@ Three promises every command keeps rest on this module:
   symlinks that resolve outside;
 - nothing a user owns is deleted or overwritten: `move_aside` picks a free name instead of
   replacing an existing file.
+
+Every JSON file or line camkit reads goes through `parse_json`, so a hostile one is refused as
+malformed, whatever reads it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from camkit.errors import CamkitError
 
 TMP_PREFIX = ".camkit-tmp-"
+
+
+# camkit's own JSON nests at most 4 levels; Python's parser (and after it repr, deepcopy and
+# json.dumps) recurses once per level, and 100,000 '[' made every reader stop with an internal
+# RecursionError (at ~1,000 levels, fewer the deeper the caller's stack already is).
+MAX_JSON_DEPTH = 64
+
+
+def parse_json(text: str | bytes) -> Any:
+    """`json.loads`, refusing containers nested more than MAX_JSON_DEPTH deep with a
+    json.JSONDecodeError, so each reader's own 'not valid JSON' line (which catches that)
+    covers it."""
+    too_deep = json.JSONDecodeError(f"nested more than {MAX_JSON_DEPTH} levels deep", "", 0)
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise too_deep from None
+    stack = [(value, 1)] if isinstance(value, (dict, list)) else []
+    while stack:   # iterative: the check must not recurse either
+        node, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise too_deep
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return value
 
 
 def temp_path(path: Path) -> Path:

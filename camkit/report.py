@@ -16,7 +16,7 @@ from pathlib import Path
 
 from camkit.errors import CamkitError
 from camkit.explain import read_cams
-from camkit.files import atomic_write
+from camkit.files import atomic_write, parse_json
 from camkit.run import (HISTORY, META, VALID, RunInfo, ValidRecord, check_run_dir, read_cam_eval, read_history,
                         read_info, read_valid)
 from camkit.run import read_cam_trust, read_verdict
@@ -471,7 +471,7 @@ def _crawl_manifest(root: Path) -> list[dict]:
     counts: dict[tuple[str, str], int] = {}
     for line in manifest.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            rec = json.loads(line)
+            rec = parse_json(line)
         except json.JSONDecodeError:
             continue
         if not isinstance(rec, dict):

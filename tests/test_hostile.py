@@ -507,3 +507,37 @@ def test_a_malformed_launcher_variable_is_one_line_and_version_still_answers(tmp
     assert (code, out, err) == (0, f"camkit {__version__}\n", "")
     code, out, err = camkit_process("predict", tmp_path / "x.png", "--model", tmp_path / "run", env=env)
     one_line(code, err, f"environment variable {name} is not an integer")
+
+
+# ---------------------------------------------------------------- JSON nested deeper than any parser should follow
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize("target", ["model.json", "valid.json", "decisions"])
+def test_deeply_nested_json_is_a_one_line_refusal(cli, run_copy, canvas_dir, tmp_path, target):
+    if target == "decisions":
+        data = shutil.copytree(canvas_dir, tmp_path / "data")
+        before = snapshot(data)
+        (tmp_path / "d.json").write_text(DEEP)
+        code, _, err = cli("clean", run_copy, "--data", data, "--apply", tmp_path / "d.json")
+        assert snapshot(data) == before
+    else:
+        (run_copy / target).write_text(DEEP)
+        code, _, err = cli("report", run_copy)
+    one_line(code, err, "not a readable decisions file" if target == "decisions" else "is not valid JSON")
+
+
+def test_a_deeply_nested_manifest_line_is_skipped_like_any_unreadable_line(cli, tmp_path):
+    """A manifest line that is not JSON (a kill can cut one) is not a record: the others count."""
+    from fake_engine import encode, smooth_image
+
+    out = tmp_path / "crawl"
+    (out / "cats").mkdir(parents=True)
+    (out / "cats" / "000001.jpg").write_bytes(encode(smooth_image(700)))
+    record = {"keyword": "cats", "slug": "cats", "engine": "bing", "url": "http://a.test/1.jpg", "status": "ok",
+              "file": "cats/000001.jpg", "sha256": "ab", "phash": "00ff", "license": "CC0 1.0"}
+    (out / "manifest.jsonl").write_text(DEEP + "\n" + json.dumps(record) + "\n")
+    code, out_text, err = cli("credits", out)
+    assert code == 0 and err == "", err
+    assert out_text.rstrip().splitlines()[-1] == "1 CC0 1.0"

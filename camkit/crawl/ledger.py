@@ -14,7 +14,7 @@ from typing import TextIO
 
 from camkit.crawl.verify import PHASH_THRESHOLD, HashIndex, Verified
 from camkit.errors import CamkitError
-from camkit.files import atomic_write, confined, move_aside
+from camkit.files import atomic_write, confined, move_aside, parse_json
 from camkit.images import IMAGE_SUFFIXES, REJECTED
 
 MANIFEST = "manifest.jsonl"
@@ -52,7 +52,7 @@ def read_manifest(out: Path) -> list[dict]:
     records = []
     for number, line in enumerate(lines, 1):
         try:
-            rec = json.loads(line)
+            rec = parse_json(line)
         except json.JSONDecodeError:
             continue  # a line cut by a kill
         if isinstance(rec, dict):

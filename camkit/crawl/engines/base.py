@@ -21,6 +21,7 @@ from urllib.parse import quote_plus
 from icrawler import Feeder, Parser
 
 from camkit.crawl.policy import RETRY_STATUSES, retry_after
+from camkit.files import parse_json
 
 
 class ParseError(Exception):
@@ -60,7 +61,7 @@ class Engine:
 def json_body(body: bytes) -> object:
     """The page as JSON, or ParseError('not JSON')."""
     try:
-        return json.loads(body.decode("utf-8", "replace"))
+        return parse_json(body.decode("utf-8", "replace"))
     except json.JSONDecodeError:
         raise ParseError("not JSON") from None
 

@@ -8,6 +8,7 @@ import json
 from typing import Iterator
 
 from camkit.crawl.engines.base import Engine, ParseError, meta
+from camkit.files import parse_json
 
 
 def parse(body: bytes) -> Iterator[dict]:
@@ -18,7 +19,7 @@ def parse(body: bytes) -> Iterator[dict]:
         raise ParseError("JSON where an HTML result page was expected")
     for a in BeautifulSoup(text, "html.parser").select("div.imgpt > a[m]"):
         try:
-            m = json.loads(a["m"])
+            m = parse_json(a["m"])
         except json.JSONDecodeError:
             continue
         if isinstance(m, dict) and isinstance(m.get("murl"), str):
