@@ -28,7 +28,7 @@ from camkit.crawl import MANIFEST, PHASH_THRESHOLD, phash
 from camkit.data import scan_class_folders
 from camkit.distributed import gather, in_group, shard
 from camkit.errors import CamkitError
-from camkit.files import confined, move_aside, parse_json
+from camkit.files import confined, move_aside, parse_json, read_text
 from camkit.images import REJECTED, is_dataset_image
 from camkit.predict import iter_scores
 from camkit.run import LoadedModel, data_root, load, read_info, read_valid
@@ -168,7 +168,7 @@ def read_decisions(path: str | Path, root: Path, classes: list[str]) -> list[tup
     relabels to the image's own class are dropped (nothing to do)."""
     path = Path(path)
     try:
-        doc = parse_json(path.read_text(encoding="utf-8"))
+        doc = parse_json(read_text(path, "a decisions file"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CamkitError(f"'{path}' is not a readable decisions file ({type(e).__name__})") from None
     if not (isinstance(doc, dict) and doc.get("version") == 1 and isinstance(doc.get("decisions"), dict)):
@@ -289,7 +289,7 @@ def read_log(root: Path) -> list[dict]:
     if not path.is_file():
         return []
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+    for number, line in enumerate(read_text(path, "a clean log", errors="replace").splitlines(), 1):
         try:
             rec = parse_json(line)
         except json.JSONDecodeError:
@@ -440,7 +440,7 @@ def check_page(out: str | Path, top: int) -> Path:
     if top < 1:
         raise CamkitError(f"--top must be at least 1, not {top}")
     out = Path(out)
-    if out.is_dir() or (out.exists() and PAGE_MARK not in out.read_text(encoding="utf-8", errors="replace")[:400]):
+    if out.is_dir() or (out.exists() and PAGE_MARK not in read_text(out, "a page", errors="replace")[:400]):
         raise CamkitError(f"'{out}' exists and was not written by camkit clean; choose another --out")
     return out
 

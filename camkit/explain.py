@@ -28,7 +28,7 @@ from camkit.cam import BaseCAM, get_layer, make_cam, split_layers
 from camkit.device import autocast, resolve_precision
 from camkit.distributed import gather, in_group, main_first, rank_world, shard
 from camkit.errors import CamkitError
-from camkit.files import atomic_write, confined, ensure_writable_dir, parse_json, remove_if_empty
+from camkit.files import atomic_write, confined, ensure_writable_dir, parse_json, read_text, remove_if_empty
 from camkit.geometry import Grid
 from camkit.images import list_images, open_or_skip, open_rgb
 from camkit.render import DIVERGING, Style, fit_for_drawing, gallery_html, overlay, peak_xy, to_numpy
@@ -361,7 +361,7 @@ def read_cams(folder: str | Path) -> list[Explanation]:
     if not path.is_file():
         return []
     records = []
-    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+    for n, line in enumerate(read_text(path, "a CAM index", errors="replace").splitlines(), 1):
         try:
             e = Explanation(**parse_json(line))
         except (json.JSONDecodeError, TypeError):

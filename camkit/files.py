@@ -11,21 +11,82 @@ Three promises every command keeps rest on this module:
 - nothing a user owns is deleted or overwritten: `move_aside` picks a free name instead of
   replacing an existing file.
 
-Every JSON file or line camkit reads goes through `parse_json`, so a hostile one is refused as
-malformed, whatever reads it.
+Every file camkit reads is opened through `open_regular` (a FIFO, a device or a file over a size
+cap is refused before a byte is read, so nothing waits forever or fills memory), and every JSON
+file or line goes through `parse_json`, so a hostile one is refused as malformed, whatever reads it.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 from camkit.errors import CamkitError
 
 TMP_PREFIX = ".camkit-tmp-"
+
+
+# camkit's text files (manifest, valid.json, decisions, logs) are far smaller: a manifest line is
+# ~400 bytes, so this is over 600,000 URLs tried.
+MAX_TEXT_BYTES = 256_000_000
+
+
+class FileRefused(CamkitError):
+    """A path camkit will not read: `reason` is not_a_file (a FIFO, a device, a socket) or
+    too_large (over the reader's cap)."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+def open_regular(path: str | Path, limit: int | None, what: str = "a file") -> BinaryIO:
+    """`path` opened for reading (binary), refused with FileRefused before a byte is read when it
+    is not a regular file (a FIFO would block until someone writes, /dev/zero never ends) or holds
+    more than `limit` bytes. Opened without blocking and checked on the open descriptor, so a
+    FIFO swapped in after a check is refused too. A missing file or a folder raises
+    FileNotFoundError / IsADirectoryError, as open() does."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(st.st_mode):
+            raise FileRefused("not_a_file", f"'{path}' is not a regular file (a FIFO, a device or a socket)")
+        if limit is not None and st.st_size > limit:
+            raise FileRefused("too_large", f"'{path}' is {st.st_size:,} bytes, over camkit's limit of "
+                                           f"{_size(limit)} for {what}")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_bounded(path: str | Path, limit: int, what: str = "a file") -> bytes:
+    """The bytes of a regular file of at most `limit` bytes (see `open_regular`); never more
+    than `limit` + 1 bytes are read, even from a file still growing (a manifest being crawled)."""
+    with open_regular(path, limit, what) as f:
+        data = f.read(os.fstat(f.fileno()).st_size)   # not read(limit): that allocates limit bytes first
+        while len(data) <= limit and (more := f.read(min(1 << 20, limit + 1 - len(data)))):
+            data += more
+    if len(data) > limit:
+        raise FileRefused("too_large", f"'{path}' is over camkit's limit of {_size(limit)} for {what}")
+    return data
+
+
+def read_text(path: str | Path, what: str = "a text file", errors: str = "strict",
+              limit: int = MAX_TEXT_BYTES) -> str:
+    """`Path.read_text` (UTF-8) through `read_bounded`: no FIFO, device or file over `limit`."""
+    return read_bounded(path, limit, what).decode("utf-8", errors)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n:,} bytes"
 
 
 # camkit's own JSON nests at most 4 levels; Python's parser (and after it repr, deepcopy and

@@ -5,16 +5,21 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from camkit.errors import CamkitError
+from camkit.files import open_regular
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 REJECTED = "_rejected"  # where the crawl and verify move images aside (never deleted)
 # Refuse images that would take more than ~1 GB as RGB; Pillow's own bomb check is per-format.
 MAX_PIXELS = 300_000_000
+# Refuse image files larger than an uncompressed 8-bit RGBA bitmap at MAX_PIXELS before reading
+# them: no image within the pixel cap needs more (a 3 GB non-image was read whole, 4.1 GB peak).
+MAX_IMAGE_BYTES = 4 * MAX_PIXELS
 
 
 class ImageRejected(CamkitError):
@@ -26,13 +31,15 @@ class ImageRejected(CamkitError):
         self.reason = reason
 
 
-def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Fully decode image bytes (no EXIF rotation, original mode), refusing pixel counts over
-    `max_pixels` before decoding and turning Pillow's decompression-bomb checks into a refusal."""
+def decode(data: bytes | BinaryIO, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Fully decode image bytes or an open binary file (no EXIF rotation, original mode),
+    refusing pixel counts over `max_pixels` before decoding and turning Pillow's
+    decompression-bomb checks into a refusal. A file is read as the decoder goes: a file that is
+    no image is refused after its first bytes."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data)
             if img.width * img.height > max_pixels:
                 raise ImageRejected("too_many_pixels", f"{img.width}x{img.height} pixels is too large")
             img.load()
@@ -51,22 +58,22 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
 def open_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open an image as RGB: EXIF orientation applied, alpha composited on white,
     palette expanded and 16-bit greyscale scaled (not clipped) to 8 bits; more than
-    `max_pixels` pixels is refused before decoding.
+    `max_pixels` pixels is refused before decoding, and so is a file that is not a regular file
+    (a FIFO, a device) or holds more than MAX_IMAGE_BYTES, before it is read.
 
     Raises CamkitError for anything that is not a complete, decodable image."""
     path = Path(path)
     if path.is_dir():
         raise CamkitError(f"'{path}' is a folder, not an image")
     try:
-        data = path.read_bytes()
+        with open_regular(path, MAX_IMAGE_BYTES, "an image") as f:
+            return to_rgb(ImageOps.exif_transpose(decode(f, max_pixels)))
     except FileNotFoundError:
         raise CamkitError(f"image '{path}' does not exist") from None
-    except OSError as e:
-        raise CamkitError(f"{path}: cannot be read ({e.strerror or e})") from None
-    try:
-        return to_rgb(ImageOps.exif_transpose(decode(data, max_pixels)))
     except ImageRejected as e:
         raise CamkitError(f"{path}: {e}") from None
+    except OSError as e:
+        raise CamkitError(f"{path}: cannot be read ({e.strerror or e})") from None
 
 
 def open_or_skip(path: Path, named: set[str] | frozenset[str]) -> Image.Image | None:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from camkit.choices import value
 from camkit.errors import CamkitError
-from camkit.files import confined, parse_json
+from camkit.files import confined, parse_json, read_text
 from camkit.geometry import Grid, upsample
 
 DEFAULT_METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam")
@@ -242,7 +242,7 @@ def read_boxes(boxes_json: str | Path) -> dict[str, list[float]]:
     """{relative image path: [x0, y0, x1, y1]} from a boxes file, validated."""
     boxes_json = Path(boxes_json)
     try:
-        boxes = parse_json(boxes_json.read_text(encoding="utf-8"))
+        boxes = parse_json(read_text(boxes_json, "a boxes file"))
     except FileNotFoundError:
         raise CamkitError(f"boxes file '{boxes_json}' does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError):

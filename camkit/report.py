@@ -16,7 +16,7 @@ from pathlib import Path
 
 from camkit.errors import CamkitError
 from camkit.explain import read_cams
-from camkit.files import atomic_write, parse_json
+from camkit.files import atomic_write, parse_json, read_text
 from camkit.run import (HISTORY, META, VALID, RunInfo, ValidRecord, check_run_dir, read_cam_eval, read_history,
                         read_info, read_valid)
 from camkit.run import read_cam_trust, read_verdict
@@ -469,7 +469,7 @@ def _crawl_manifest(root: Path) -> list[dict]:
     if not manifest.exists():
         return []
     counts: dict[tuple[str, str], int] = {}
-    for line in manifest.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in read_text(manifest, "a manifest", errors="replace").splitlines():
         try:
             rec = parse_json(line)
         except json.JSONDecodeError:

@@ -39,7 +39,7 @@ from camkit.data import Normalizer
 from camkit.device import resolve_device
 from camkit.errors import CamkitError
 from camkit.files import (TMP_PREFIX, atomic_write, confined, ensure_writable_dir, move_aside, parse_json,
-                          remove_if_empty)
+                          read_text, remove_if_empty)
 from camkit.images import open_rgb, resize_square
 from camkit.verdict import TrainingVerdict, Verdict, judge
 
@@ -144,7 +144,7 @@ def _matrix(v: Any, n: int) -> bool:
 
 def _read_json(path: Path, what: str) -> Any:
     try:
-        return parse_json(path.read_text(encoding="utf-8"))
+        return parse_json(read_text(path, what))
     except FileNotFoundError:
         raise CamkitError(f"'{path}' does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError):

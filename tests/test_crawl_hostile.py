@@ -464,3 +464,23 @@ def test_the_report_section_escapes_every_credit_field(hostile_credits):
 
     page = crawl_credits(hostile_credits)
     assert "<img" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+
+
+def test_verify_sets_an_image_over_the_size_cap_aside_unread(tmp_path):
+    import tracemalloc
+
+    from camkit.images import MAX_IMAGE_BYTES
+
+    (tmp_path / "cats").mkdir()
+    (tmp_path / "cats" / "1.jpg").write_bytes(encode(smooth_image(800)))
+    with open(tmp_path / "cats" / "2.png", "wb") as f:   # sparse: no disk used
+        f.truncate(MAX_IMAGE_BYTES + 1)
+    tracemalloc.start()
+    try:
+        summary = verify(tmp_path, min_size=32)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert summary.rejected == {"too_large": 1} and summary.kept == 1
+    assert (tmp_path / "_rejected" / "too_large" / "cats" / "2.png").is_file()
+    assert peak < 50_000_000

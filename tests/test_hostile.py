@@ -541,3 +541,66 @@ def test_a_deeply_nested_manifest_line_is_skipped_like_any_unreadable_line(cli, 
     code, out_text, err = cli("credits", out)
     assert code == 0 and err == "", err
     assert out_text.rstrip().splitlines()[-1] == "1 CC0 1.0"
+
+
+# ---------------------------------------------------------------- files that are not files, or far too large
+
+@pytest.mark.parametrize("command", ["predict", "clean --apply", "cam-eval"])
+def test_a_fifo_named_on_the_command_line_is_refused_at_once(tiny_run, canvas_dir, tmp_path, command):
+    import os
+    import time
+
+    fifo = tmp_path / ("x.png" if command == "predict" else "x.json")
+    os.mkfifo(fifo)   # nothing ever writes to it: reading it would wait forever
+    args = {"predict": ("predict", fifo, "--model", tiny_run),
+            "clean --apply": ("clean", tiny_run, "--data", canvas_dir, "--apply", fifo),
+            "cam-eval": ("cam-eval", fifo, "--model", tiny_run)}[command]
+    start = time.monotonic()
+    code, _, err = camkit_process(*args, timeout=60)
+    one_line(code, err, f"'{fifo}' is not a regular file")
+    assert time.monotonic() - start < 60
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])
+def test_a_device_named_as_an_image_is_refused_before_any_read(device):
+    from camkit.images import open_rgb
+
+    with pytest.raises(CamkitError, match=f"'{device}' is not a regular file") as caught:
+        open_rgb(device)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_image_over_the_size_cap_is_refused_unread(tmp_path):
+    import tracemalloc
+
+    from camkit.images import MAX_IMAGE_BYTES, open_rgb
+
+    big = tmp_path / "big.png"
+    with open(big, "wb") as f:   # sparse: no disk used
+        f.truncate(MAX_IMAGE_BYTES + 1)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CamkitError, match="over camkit's limit of 1.2 GB for an image"):
+            open_rgb(big)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000
+
+
+def test_a_large_file_that_is_no_image_is_refused_without_being_read_whole(tmp_path):
+    import tracemalloc
+
+    from camkit.images import open_rgb
+
+    junk = tmp_path / "junk.png"
+    with open(junk, "wb") as f:   # 400 MB of zeros, sparse
+        f.truncate(400_000_000)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CamkitError, match="not a readable image"):
+            open_rgb(junk)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16_000_000

@@ -14,7 +14,7 @@ from typing import TextIO
 
 from camkit.crawl.verify import PHASH_THRESHOLD, HashIndex, Verified
 from camkit.errors import CamkitError
-from camkit.files import atomic_write, confined, move_aside, parse_json
+from camkit.files import atomic_write, confined, move_aside, parse_json, read_text
 from camkit.images import IMAGE_SUFFIXES, REJECTED
 
 MANIFEST = "manifest.jsonl"
@@ -46,7 +46,7 @@ def read_manifest(out: Path) -> list[dict]:
     if not path.exists():
         return []
     try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        lines = read_text(path, "a manifest", errors="replace").splitlines()
     except OSError as e:
         raise CamkitError(f"cannot read manifest '{path}' ({e.strerror or e})") from None
     records = []

@@ -15,8 +15,8 @@ from PIL import Image, ImageOps
 
 from camkit.crawl.policy import Rejected
 from camkit.errors import CamkitError
-from camkit.files import move_aside
-from camkit.images import REJECTED, ImageRejected, decode, is_dataset_image, to_rgb
+from camkit.files import FileRefused, move_aside, read_bounded
+from camkit.images import MAX_IMAGE_BYTES, REJECTED, ImageRejected, decode, is_dataset_image, to_rgb
 
 MAX_PIXELS = 50_000_000          # 50 MP: decodes fine, a 20000x20000 bomb does not pass
 PHASH_THRESHOLD = 6              # Hamming distance (of 64 bits) for "near duplicate"
@@ -192,9 +192,11 @@ def _class_folders(root: Path) -> list[Path]:
 def _check_file(root: Path, path: Path, cls: str, index: HashIndex, min_size: int, moves: dict[Path, str]) -> str | None:
     """The reason to move one file aside (None: keep it); a twin in another class is marked too."""
     try:
-        v = verify_bytes(path.read_bytes(), min_size, max_side=None)
+        v = verify_bytes(read_bounded(path, MAX_IMAGE_BYTES, "an image"), min_size, max_side=None)
     except Rejected as e:
         return str(e)
+    except FileRefused as e:   # too_large (a FIFO or device is no dataset image: never listed)
+        return e.reason
     except OSError:
         return "unreadable"
     except Exception:  # noqa: BLE001  as in the crawl: this file's problem, not the command's
