@@ -216,13 +216,10 @@ class CAMInterpretation(ClassificationInterpretation):
     @property
     def verdict(self) -> Verdict:
         """The training verdict on the scored images (camkit.verdict): accuracy against always
-        answering the larger class, and the Learner's loss history. Read it before the maps:
-        the maps of an unusable model explain nothing."""
-        from camkit.train import confusion_matrix
-
-        cm = confusion_matrix(self.decoded.long().flatten(), self.targs.long().flatten(), len(_classes(self.learn)))
-        return judge(cm.tolist(), _classes(self.learn), _history(self.learn), _train_counts(self.learn),
-                     bool(getattr(self.learn, "pretrained", False)))
+        answering the larger class (fastai's confusion matrix), and the Learner's loss history.
+        Read it before the maps: the maps of an unusable model explain nothing."""
+        return judge(self.confusion_matrix().tolist(), _classes(self.learn), _history(self.learn),
+                     _train_counts(self.learn), bool(getattr(self.learn, "pretrained", False)))
 
 
 def _batches_for_targets(learn: Learner, x: torch.Tensor, extractor: BaseCAM, targets: list[int]) -> Iterator[CamBatch]:

@@ -171,7 +171,7 @@ class TrainSpec:
                                  ("freeze-epochs", freeze_epochs, 0)):
             if given is not None and (isinstance(given, bool) or not isinstance(given, int) or given < low):
                 why = " (BatchNorm needs two images per batch)" if name == "bs" else ""
-                raise CamkitError(f"--{name} must be an integer of at least {low}{why}, not {given}")
+                raise CamkitError(f"--{name} must be at least {low}{why}, not {given}")
         if weights is not None and pretrained is False:
             raise CamkitError("--weights loads pretrained weights: it cannot be combined with --no-pretrained")
         if weights is not None and not Path(weights).is_file():
