@@ -380,9 +380,24 @@ def launch(run: str | Path | LoadedModel, port: int = 7860, host: str = "127.0.0
     blocks = build(app, cleaner, shown)
     blocks.queue(default_concurrency_limit=1)
     blocks.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD,
-                  prevent_thread_lock=not block, ssr_mode=False, quiet=not block, show_error=True,
+                  prevent_thread_lock=True, ssr_mode=False, quiet=not block, show_error=True,
                   footer_links=["api"])
+    if block:
+        serve(blocks)
     return blocks
+
+
+def serve(blocks) -> None:
+    """Wait while the app serves, and close it however the wait ends. Gradio's own wait
+    swallows Ctrl-C and returns, so `camkit app` exited 0; here the KeyboardInterrupt goes on
+    to the CLI's boundary (exit 130, 'error: interrupted')."""
+    import time
+
+    try:
+        while blocks.is_running:
+            time.sleep(0.1)
+    finally:
+        blocks.close()
 
 
 def _example_files(folder: str | Path) -> list[str]:

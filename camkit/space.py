@@ -35,13 +35,17 @@ APP_PY = '''"""A camkit app as a Hugging Face Space (written by `camkit app RUN 
 `python app.py` serves it on http://127.0.0.1:7860; Spaces set GRADIO_SERVER_NAME=0.0.0.0.
 """
 import os
+import sys
 from pathlib import Path
 
 from camkit.app import launch
 
 HERE = Path(__file__).resolve().parent
-launch(HERE / "model", host=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-       port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), examples=HERE / "examples")
+try:
+    launch(HERE / "model", host=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+           port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), examples=HERE / "examples")
+except KeyboardInterrupt:   # Ctrl-C: stopped, no traceback, exit 130 as `camkit app`
+    sys.exit(130)
 '''
 
 

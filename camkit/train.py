@@ -31,7 +31,7 @@ import fastai.callback.schedule  # noqa: F401,E402  (Learner.fit_one_cycle / fin
 from camkit.data import IMAGENET_STATS, FolderData, TensorBatches, decode_folder, load_folder
 from camkit.device import resolve_device, resolve_precision
 from camkit.distributed import ddp_callback, in_group, joined, launch, local_device, main_first, on_main, rank_world
-from camkit.errors import CamkitError
+from camkit.errors import CamkitError, Interrupted
 from camkit.evidence import get_recipe, load_negatives, recipe_callbacks, recipe_loss, with_recipe
 from camkit.images import open_rgb
 from camkit.models import BuiltModel, build_model
@@ -526,8 +526,8 @@ def _save(out: Path, contents: RunContents, overwrite: bool, complete: bool) -> 
         save_run(out, contents, overwrite)
         return
     if (out / "model.json").exists():
-        raise CamkitError(f"training interrupted after {done} of {planned} epochs; the previous run in "
+        raise Interrupted(f"training interrupted after {done} of {planned} epochs; the previous run in "
                           f"'{out}' is unchanged")
     save_run(out, contents, overwrite)
-    raise CamkitError(f"training interrupted after {done} of {planned} epochs; the partial run in '{out}' "
+    raise Interrupted(f"training interrupted after {done} of {planned} epochs; the partial run in '{out}' "
                       "is marked incomplete")

@@ -604,3 +604,72 @@ def test_a_large_file_that_is_no_image_is_refused_without_being_read_whole(tmp_p
     finally:
         tracemalloc.stop()
     assert peak < 16_000_000
+
+
+# ---------------------------------------------------------------- Ctrl-C: exit 130, one line, whatever was running
+
+def interrupted_after(args: list, ready: str, serving: int | None = None, timeout: float = 240):
+    """Start `python -m camkit ARGS`, send SIGINT once a line it prints starts with `ready` (and,
+    with `serving`, 2 s after that loopback port answers), and return (exit code, its stderr)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "CAMKIT_DEBUG")}
+    proc = subprocess.Popen([sys.executable, "-m", "camkit", *map(str, args)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen, lines = threading.Event(), {"out": [], "err": []}
+
+    def watch(stream, name):
+        for line in stream:
+            lines[name].append(line)
+            if line.startswith(ready):
+                seen.set()
+
+    threads = [threading.Thread(target=watch, args=(s, n), daemon=True)
+               for s, n in ((proc.stdout, "out"), (proc.stderr, "err"))]
+    for t in threads:
+        t.start()
+    try:
+        assert seen.wait(timeout), "".join(lines["err"])
+        deadline = time.monotonic() + timeout
+        while serving is not None:
+            try:
+                socket.create_connection(("127.0.0.1", serving), timeout=1).close()
+                time.sleep(2)   # past the launch, into serving (a Ctrl-C during start-up always exited 130)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "".join(lines["err"])
+                time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    for t in threads:
+        t.join(5)
+    return code, "".join(lines["err"])
+
+
+def test_ctrl_c_after_an_epoch_exits_130_and_keeps_the_partial_run(data, tmp_path):
+    out = tmp_path / "run"
+    code, err = interrupted_after(["train", data, "--epochs", "400", "--size", "16", "--bs", "4", "--arch", "resnet18",
+                                   "--no-pretrained", "--out", out], ready="epoch 1/")
+    assert code == 130, err
+    last = err.splitlines()[-1]
+    assert last.startswith("error: training interrupted after ") and last.endswith(
+        f" of 400 epochs; the partial run in '{out}' is marked incomplete"), err
+    assert "Traceback" not in err and (out / "model.json").is_file()
+
+
+def test_ctrl_c_stops_the_serving_app_with_exit_130(tiny_run):
+    pytest.importorskip("gradio", reason="camkit[app] (gradio) is not installed")
+    from helpers import free_port
+
+    port = free_port()
+    code, err = interrupted_after(["app", tiny_run, "--port", port], ready="camkit app on http://", serving=port)
+    assert code == 130 and err.splitlines()[-1] == "error: interrupted", err
+    assert "Traceback" not in err

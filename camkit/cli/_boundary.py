@@ -2,7 +2,7 @@
 stderr and an exit code (the `hf` CLI's `format_known_exception` pattern).
 
     2    bad input: a CamkitError from the library, or a usage error (unknown option, bad choice)
-    130  interrupted (Ctrl-C)
+    130  interrupted (Ctrl-C): "interrupted", or an Interrupted error saying what was kept
     1    an internal error (a bug): one line too; CAMKIT_DEBUG=1 shows the traceback
 """
 
@@ -21,7 +21,7 @@ try:  # typer >= 0.20 carries its own copy of click: its exceptions are not clic
 except ImportError:  # pragma: no cover  (older typer runs on click itself)
     from click.exceptions import ClickException, NoArgsIsHelpError
 
-from camkit.errors import CamkitError
+from camkit.errors import CamkitError, Interrupted
 
 
 def error_code(e: BaseException) -> tuple[str | None, int]:
@@ -32,6 +32,8 @@ def error_code(e: BaseException) -> tuple[str | None, int]:
         return None, e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     if isinstance(e, (KeyboardInterrupt, typer.Abort)):
         return "interrupted", 130
+    if isinstance(e, Interrupted):
+        return str(e), 130
     if isinstance(e, CamkitError):
         return str(e), 2
     if isinstance(e, ClickException):  # typer's pydantic coercion prefixes "Value error, "
