@@ -5,14 +5,14 @@ The fresh venv (made in a temporary folder, without pip) gets the wheel with `--
 `.pth` line naming the test venv's site-packages, so torch, fastai, gradio and ipykernel are
 reused instead of installed (a few seconds instead of minutes). That line only appends the folder
 to sys.path: the `.pth` files inside it, among them the editable install's finder, are not run,
-so `import camkit` finds the wheel's copy first; the first test checks it does. The wheel is built
+so `import camkit` finds the wheel's copy first; a test checks it does. The wheel is built
 from the sdist, as pip builds one from PyPI, so a file missing from the sdist fails here too.
 
 Everything runs with CAMKIT_DATA unset: the demo's and the exam notebook's offline data must come
 out of the installed package. Time on 2 cores: the build and install take ~10 s, the rest is the
-commands themselves (the 3-epoch demo measured 34 s and the exam's small mode 12.5 s with the
-cores to themselves), so about 1.5 minutes; 6 to 8.5 minutes measured while other suites kept
-the same 2 cores at a load average of 5 to 7.
+commands themselves (the 3-epoch demo took 34 s at this machine's quietest moment, the exam's
+small mode 12.5 s on an idle one), so about 1.5 minutes; 6 to 8.5 minutes measured while other
+suites kept the same 2 cores at a load average of 5 to 7.
 Select with `pytest -m install`; skip with `-m "not install"`.
 """
 
