@@ -66,7 +66,7 @@ def cam_learner(dls, arch, stride: int | None = None, pretrained: bool = True, n
     model is built once and handed to `Learner` with the arch's splitter; with pretrained
     weights the body is frozen and ImageNet normalisation is added to `dls`, as
     `vision_learner` does. Other keyword arguments go to `Learner` (metrics, loss_func, ...)."""
-    spec = ModelSpec.parse(arch, "cam", stride, dilate)
+    spec = ModelSpec.parse(arch, "cam", stride, dilate, pretrained=pretrained)
     built = build_model(spec, dls.c, pretrained=pretrained)
     if normalize and built.pretrained:
         _add_imagenet_norm(dls)

@@ -39,12 +39,19 @@ def test_bad_options_fail_before_the_data_folder_is_read(tmp_path, monkeypatch):
 
 
 def test_the_resolved_values_are_recorded_once():
-    spec = TrainSpec.parse("resnet18", lr="auto", recipe="auto")
+    spec = TrainSpec.parse("resnet18", lr="auto", recipe="auto", pretrained=False)
     assert spec.model == ModelSpec("resnet18", "torchvision", "cam", 16, False)
     assert spec.recipe == "counterfactual" and spec.lr == "auto"
     resolved = spec.for_data(108, pretrained=False)
     assert (resolved.bs, resolved.epochs) == (16, 40)
     assert resolved.to_json()["stride"] == 16 and resolved.to_json()["bs"] == 16
+
+
+@pytest.mark.parametrize("options,dilate", [({"pretrained": False}, False), ({}, True), ({"pretrained": True}, True),
+                                            ({"pretrained": False, "dilate": True}, True),
+                                            ({"dilate": False}, False), ({"stride": 32}, False)])
+def test_a_lower_stride_is_made_by_dilation_when_pretrained_weights_are_loaded(options, dilate, tmp_path):
+    assert TrainSpec.parse("resnet18", **options).model.dilate is dilate
 
 
 def test_explicit_options_win_over_the_adaptive_ones():
