@@ -252,7 +252,7 @@ def verdict_banner(verdict: Verdict | None) -> str:
     """The training verdict as the app's second line (Markdown): said before any map is shown."""
     if verdict is None:
         return "**Training verdict: unknown** (this run has no held-out evaluation)."
-    text = f"**Training verdict: {verdict.status}** — {verdict.headline}."
+    text = f"**Training verdict: {verdict.status}** — {verdict.reason}."
     if not verdict.usable:
         text += " The maps of an unusable model explain nothing: retrain before reading them."
     return text

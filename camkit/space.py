@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from camkit.errors import CamkitError
 from camkit.files import TMP_PREFIX, ensure_writable_dir
-from camkit.run import export_model, read_info
+from camkit.run import export_model, read_info, read_verdict
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -78,11 +78,21 @@ def readme(run: Path, gradio_version: str) -> str:
               f"trained with camkit on {len(info.classes)} classes: "
               + ", ".join(info.classes) + "."
               + (f" Held-out accuracy: {acc:.1%}." if isinstance(acc, (int, float)) else ""), "",
+              *_verdict_lines(run, info),
               "Upload, paste or take a picture: the app shows the class probabilities and a class activation "
               "map of where the model looked.", "",
               "Run it locally: `pip install -r requirements.txt && python app.py`, then open http://127.0.0.1:7860.",
               "", "If the training images were crawled, credit their authors: `camkit credits DATA` lists them.", ""]
     return "\n".join(lines)
+
+
+def _verdict_lines(run: Path, info) -> list[str]:
+    """The training verdict on the model card, said before anything else a visitor reads."""
+    verdict = read_verdict(run, info)
+    if verdict is None:
+        return []
+    line = f"**Training verdict: {verdict.status}** — {verdict.reason}."
+    return [line + (" Its heatmaps explain nothing." if not verdict.usable else ""), ""]
 
 
 def _copy_examples(run: Path, dest: Path, per_class: int) -> int:

@@ -67,17 +67,20 @@ class Verdict:
         return self.status != "unusable"
 
     @property
-    def headline(self) -> str:
-        """One sentence: the status and its first reason (a failure before a warning), with the
-        accuracy against always answering the larger class."""
+    def reason(self) -> str:
+        """The first reason (a failure before a warning) with the accuracy against always
+        answering the larger class; for a usable model, that accuracy alone."""
         vs = (f"accuracy {self.accuracy:.0%} on {self.n_valid} held-out images, where always answering "
               f"'{self.baseline_class}' scores {self.baseline:.0%}")
         if not self.findings:
-            return f"usable: {vs}"
+            return vs
         first = sorted(self.findings, key=lambda f: f.severity != "fail")[0]
-        if first.code in ("below_baseline", "near_baseline"):
-            return f"{self.status}: {first.message}"
-        return f"{self.status}: {first.message} ({vs})"
+        return first.message if first.code in ("below_baseline", "near_baseline") else f"{first.message} ({vs})"
+
+    @property
+    def headline(self) -> str:
+        """One sentence: the status ('usable' for ok) and the reason."""
+        return f"{'usable' if self.status == 'ok' else self.status}: {self.reason}"
 
     def low_recall_classes(self) -> list[str]:
         return [f.code.split(":", 1)[1] for f in self.findings if f.code.startswith("low_recall:")]

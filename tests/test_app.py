@@ -206,7 +206,7 @@ def test_the_header_says_the_training_verdict_in_a_real_browser(browser, server,
 
     browser.get(server)
     text = WebDriverWait(browser, 60).until(lambda d: d.find_element(By.ID, "camkit-verdict").text or None)
-    assert f"Training verdict: {camapp.verdict.status}" in text and camapp.verdict.headline[:40] in text
+    assert f"Training verdict: {camapp.verdict.status}" in text and camapp.verdict.reason[:40] in text
     if not camapp.verdict.usable:
         assert "The maps of an unusable model explain nothing" in text
 
