@@ -31,7 +31,7 @@ from camkit.errors import CamkitError
 from camkit.files import confined, move_aside, parse_json, read_text
 from camkit.images import REJECTED, is_dataset_image
 from camkit.predict import iter_scores
-from camkit.run import LoadedModel, data_root, load, read_info, read_valid
+from camkit.run import LoadedModel, data_root, load, read_info, read_valid, warn_if_unusable
 
 CLEAN_LOG = "clean.jsonl"
 CLEANED = "cleaned"            # DATA/_rejected/cleaned/<rel>: where 'delete' moves a file
@@ -127,6 +127,7 @@ def rank(run: str | Path | LoadedModel, data: str | Path | None = None, split: s
     root = data_root(loaded.path, loaded.info, data)
     valid = {r.file.resolve() for r in read_valid(loaded.path, loaded.info, root)} if split != "all" else set()
     items = dataset_files(root, loaded.classes, split, valid)
+    warn_if_unusable(loaded)
     labels = dict(items)
     files, rows, hashes = [], [], []
     part = shard(len(items))

@@ -32,7 +32,7 @@ from camkit.files import atomic_write, confined, ensure_writable_dir, parse_json
 from camkit.geometry import Grid
 from camkit.images import list_images, open_or_skip, open_rgb
 from camkit.render import DIVERGING, Style, fit_for_drawing, gallery_html, overlay, peak_xy, to_numpy
-from camkit.run import LoadedModel, load
+from camkit.run import LoadedModel, load, warn_if_unusable
 from camkit.targets import ContrastTarget, OutputTarget
 
 if TYPE_CHECKING:
@@ -253,6 +253,7 @@ def explain(model: "str | Path | LoadedModel | Learner", images: Sequence[str | 
     loaded, extractor, precision = prepare(model, method, layer, bs, precision, device, **options)
     tgt = resolve_target(target, loaded.classes)
     files, named = collect_files(images)
+    warn_if_unusable(loaded)
     return Explanations(r for b in iter_explain(loaded, files, extractor, tgt, bs, precision, named) for r in b.results)
 
 
@@ -272,6 +273,7 @@ def cam(images: Sequence[str | Path] | str | Path, model: str | Path | LoadedMod
                                            aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
     tgt = resolve_target(target, loaded.classes)
     files, named = collect_files(images)
+    warn_if_unusable(loaded)
     writer = main_first(lambda: CamWriter(out, [stem(f, i) for i, f in enumerate(files)], style))
     part = shard(len(files))
     batches = iter_explain(loaded, files, extractor, tgt, bs, precision, named, max_side=style.max_side, part=part)

@@ -22,7 +22,7 @@ from camkit.distributed import gather, in_group, shard
 from camkit.errors import CamkitError
 from camkit.explain import collect_files
 from camkit.images import open_or_skip
-from camkit.run import LoadedModel, load
+from camkit.run import LoadedModel, load, warn_if_unusable
 
 
 @dataclass
@@ -100,6 +100,7 @@ def predict(images: Sequence[str | Path] | str | Path, model: str | Path | Loade
     loaded = model if isinstance(model, LoadedModel) else load(model, device=device)
     check_options(loaded, top_k, bs)
     files, named = collect_files(images)
+    warn_if_unusable(loaded)
     part = shard(len(files))
     return gather([to_prediction(f, row, loaded.classes, top_k)
                    for batch in iter_scores(loaded, files[part.start:part.stop], bs, named)

@@ -220,11 +220,16 @@ def load(run_dir: str | Path, device: str | torch.device | None = None) -> Loade
         raise CamkitError(f"'{weights}' does not match {info.arch} ({str(e).splitlines()[0][:120]})") from None
     if not info.complete:
         warnings.warn(f"'{run_dir}' holds an incomplete run (training was interrupted)", stacklevel=2)
-    verdict = read_verdict(run_dir, info)
-    if verdict is not None and not verdict.usable:
-        warnings.warn(TrainingVerdict(f"'{run_dir}' holds a model whose training verdict is {verdict.headline}; "
-                                      "its maps explain nothing"), stacklevel=2)
     return LoadedModel(model.to(resolve_device(device)).eval(), info, run_dir)
+
+
+def warn_if_unusable(loaded: LoadedModel) -> None:
+    """Warn, once the command's own checks have passed and before any map or prediction is
+    made, that an unusable run's outputs explain nothing (a TrainingVerdict warning)."""
+    verdict = read_verdict(loaded.path, loaded.info)
+    if verdict is not None and not verdict.usable:
+        warnings.warn(TrainingVerdict(f"'{loaded.path}' holds a model whose training verdict is {verdict.headline}; "
+                                      "its maps and predictions explain nothing"), stacklevel=3)
 
 
 # ---------------------------------------------------------------- history, validation, evaluation

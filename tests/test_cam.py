@@ -275,3 +275,18 @@ def test_signed_maps_are_drawn_diverging():
     assert px[-1, -1, 0] > 2 * px[-1, -1, 2]     # evidence for: red
     none, _ = overlay(Image.new("RGB", (8, 8)), torch.zeros(2, 2), Style(colormap=DIVERGING, signed=True))
     assert np.asarray(none).min() > 230                # no evidence either way: white
+
+
+@pytest.mark.parametrize("confusion,warned", [([[4, 4], [4, 4]], True), ([[8, 0], [0, 8]], False)])
+def test_explaining_with_an_unusable_run_warns_once_its_checks_pass(run_copy, canvas_dir, cli, confusion, warned):
+    from camkit.run import read_history
+    from camkit.verdict import judge
+
+    meta = json.loads((run_copy / "model.json").read_text())
+    meta["verdict"] = judge(confusion, meta["classes"], read_history(run_copy), [40, 40], True).to_json()
+    (run_copy / "model.json").write_text(json.dumps(meta))
+    img = sorted(canvas_dir.glob("bag/*.png"))[0]
+    code, out, err = cli("cam", img, "--model", run_copy, "--out", run_copy.parent / "c")
+    assert code == 0 and ("its maps and predictions explain nothing" in err) == warned
+    code, out, err = cli("cam", img, "--model", run_copy, "--target", "cat", "--out", run_copy.parent / "c2")
+    assert code == 2 and err.count("\n") == 1    # a bad option: its one line, no verdict before it
