@@ -28,7 +28,7 @@ from camkit.crawl import MANIFEST, PHASH_THRESHOLD, phash
 from camkit.data import scan_class_folders
 from camkit.distributed import gather, in_group, shard
 from camkit.errors import CamkitError
-from camkit.files import confined, move_aside, parse_json, read_text
+from camkit.files import confined, move_aside, parse_json, read_text, real_folder
 from camkit.images import REJECTED, is_dataset_image
 from camkit.predict import iter_scores
 from camkit.run import LoadedModel, data_root, load, read_info, read_valid, warn_if_unusable
@@ -250,6 +250,23 @@ def _move(src: Path, dest: Path, root: Path) -> str:
                           f"logged in {root / CLEAN_LOG}") from None
 
 
+def _destination(root: Path, rel: str, action: str) -> Path:
+    """Where a decision moves its file: DATA/_rejected/cleaned/<rel> for 'delete',
+    DATA/CLASS/<name> for 'relabel:CLASS' (a free name beside it when taken, at the move)."""
+    folder = f"{REJECTED}/{CLEANED}/{Path(rel).parent.as_posix()}" if action == "delete" else action[len("relabel:"):]
+    return root / folder / Path(rel).name
+
+
+def check_destinations(root: Path, destinations: list[Path]) -> None:
+    """Refuse unless every folder a file is about to be moved into is a real folder inside the
+    data root (`real_folder`): all checked before the first move, so a refusal moves nothing."""
+    for dest in destinations:
+        try:
+            real_folder(root, dest.parent.relative_to(root).as_posix(), "destination folder")
+        except CamkitError as e:
+            raise CamkitError(f"{e}; nothing was moved") from None
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -267,10 +284,11 @@ def apply(run: str | Path, decisions: str | Path, data: str | Path | None = None
     info = read_info(run)
     root = data_root(run, info, data)
     todo = read_decisions(decisions, root, info.classes)
+    destinations = [_destination(root, rel, action) for rel, _, action in todo]
+    check_destinations(root, destinations)
     start = len(read_log(root))
     moves = []
-    for n, (rel, file, action) in enumerate(todo, start):
-        dest = root / REJECTED / CLEANED / rel if action == "delete" else root / action[8:] / file.name
+    for n, ((rel, file, action), dest) in enumerate(zip(todo, destinations), start):
         new = _move(file, dest, root)
         move = {"id": n, "from": rel, "to": new, "action": action, "time": _now()}
         _append(root / CLEAN_LOG, move)
@@ -312,6 +330,7 @@ def undo(run: str | Path, data: str | Path | None = None) -> list[dict]:
     undone = {r.get("undoes") for r in log if r.get("action") == "undo"}
     pending = [r for r in log if r.get("action") != "undo" and r["id"] not in undone]
     done, next_id = [], max((r["id"] for r in log), default=-1) + 1
+    check_destinations(root, [root / r["from"] for r in pending])
     for rec in reversed(pending):
         src = root / rec["to"]
         if not src.is_file():

@@ -157,6 +157,20 @@ def confined(root: str | Path, relative: object, what: str = "path") -> Path:
     return candidate
 
 
+def real_folder(root: str | Path, relative: str, what: str = "folder") -> Path:
+    """`confined(root, relative)` where, besides, no part below `root` is a symbolic link: a
+    folder camkit moves a user's file into. A link swapped in for `_rejected` or a class folder
+    would carry the file out of `root` (or, pointing inside, to a place its log does not name),
+    where an undo could not find it; parts that do not exist yet are made as real folders."""
+    part = Path(root)
+    for name in Path(relative).parts:
+        part = part / name
+        if part.is_symlink():
+            raise CamkitError(f"{what} '{part}' is a symbolic link: files are moved only into real "
+                              f"folders inside '{root}'")
+    return confined(root, relative, what)
+
+
 def free_name(path: Path) -> Path:
     """`path` if nothing is there, else `stem-1.ext`, `stem-2.ext`, ... (first free one)."""
     if not path.exists() and not path.is_symlink():

@@ -673,3 +673,51 @@ def test_ctrl_c_stops_the_serving_app_with_exit_130(tiny_run):
     code, err = interrupted_after(["app", tiny_run, "--port", port], ready="camkit app on http://", serving=port)
     assert code == 130 and err.splitlines()[-1] == "error: interrupted", err
     assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------- clean --apply / --undo: every move stays inside DATA
+
+@pytest.fixture
+def canvas(canvas_dir, tmp_path):
+    """A private copy of the shared canvas dataset (classes bag and trouser) for moves."""
+    return shutil.copytree(canvas_dir, tmp_path / "data")
+
+
+def decisions_for(path, run, root, decisions: dict):
+    """A decisions file as the review page downloads it, made for `run` over `root`."""
+    path.write_text(json.dumps({"version": 1, "run": str(run.resolve()), "data_root": str(root.resolve()),
+                                "decisions": decisions}))
+    return path
+
+
+@pytest.mark.parametrize("link, points, action", [
+    ("_rejected", "outside", "delete"), ("_rejected/cleaned", "outside", "delete"),
+    ("_rejected/cleaned/bag", "outside", "delete"), ("_rejected/cleaned", "inside", "delete"),
+    ("trouser", "outside", "relabel:trouser"), ("trouser", "inside", "relabel:trouser")])
+def test_apply_refuses_a_destination_through_a_symlink(cli, tiny_run, canvas, tmp_path, link, points, action):
+    """A folder on the way to a destination swapped for a link (out of DATA, or elsewhere in it)
+    would carry the user's files where the log does not say: refused before anything moves."""
+    elsewhere = tmp_path / "elsewhere" if points == "outside" else canvas / "_store"
+    if link == "trouser":
+        shutil.move(canvas / "trouser", elsewhere)
+    else:
+        elsewhere.mkdir()
+        (canvas / link).parent.mkdir(parents=True, exist_ok=True)
+    (canvas / link).symlink_to(elsewhere, target_is_directory=True)
+    before, outside = snapshot(canvas), snapshot(elsewhere)
+    d = decisions_for(tmp_path / "d.json", tiny_run, canvas, {"bag/0000.png": action})
+    code, _, err = cli("clean", tiny_run, "--data", canvas, "--apply", d)
+    one_line(code, err, "symbolic link")
+    assert snapshot(canvas) == before and snapshot(elsewhere) == outside and not (canvas / "clean.jsonl").exists()
+
+
+def test_undo_refuses_to_move_back_through_a_symlink(cli, tiny_run, canvas, tmp_path):
+    """A class folder swapped for a link after an apply: undo moves nothing, says why in one line."""
+    d = decisions_for(tmp_path / "d.json", tiny_run, canvas, {"bag/0000.png": "delete"})
+    assert cli("clean", tiny_run, "--data", canvas, "--apply", d)[0] == 0
+    shutil.move(canvas / "bag", canvas / "_store")
+    (canvas / "bag").symlink_to(canvas / "_store", target_is_directory=True)
+    before = snapshot(canvas)
+    code, _, err = cli("clean", tiny_run, "--data", canvas, "--undo")
+    one_line(code, err, "symbolic link")
+    assert snapshot(canvas) == before
