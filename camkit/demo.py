@@ -28,6 +28,7 @@ class DemoResult:
     valid_accuracy: float
     pointing_game: float
     train_seconds: float
+    verdict: str = ""        # the training verdict's headline (camkit.verdict)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -54,6 +55,7 @@ def demo(out: str | Path = "demo", classes: tuple[str, ...] = DEMO_CLASSES, n_pe
     from camkit.report import report
     from camkit.run import read_valid
     from camkit.train import train
+    from camkit.verdict import Verdict
 
     out = Path(out)
     images = out / "images"
@@ -73,7 +75,7 @@ def demo(out: str | Path = "demo", classes: tuple[str, ...] = DEMO_CLASSES, n_pe
     report_path = report(out / "run", cams=cams_dir)
     res = DemoResult(images=str(images), run=str(out / "run"), cams=str(cams_dir), report=str(report_path),
                      valid_accuracy=result.valid_accuracy, pointing_game=round(hits, 4),
-                     train_seconds=result.train_seconds)
+                     train_seconds=result.train_seconds, verdict=Verdict.from_json(result.verdict).headline)
     if result.valid_accuracy < MIN_ACCURACY:
         raise CamkitError(f"demo reached only {result.valid_accuracy:.1%} held-out accuracy "
                           f"(expected at least {MIN_ACCURACY:.0%}); outputs are in '{out}'")

@@ -13,6 +13,7 @@ def test_demo_learns_and_its_maps_find_the_item(tmp_path):
     result = demo(out=tmp_path / "demo", quiet=True)
     assert result.valid_accuracy >= 0.90
     assert result.pointing_game >= 0.8
+    assert not result.verdict.startswith("unusable") and "on 80 held-out images" in result.verdict
     lines = (tmp_path / "demo" / "cams" / "cams.jsonl").read_text().splitlines()
     assert len(lines) == 80 and json.loads(lines[0])["method"] == "cam"
 

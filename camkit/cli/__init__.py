@@ -260,6 +260,7 @@ def demo(
         emit(result.to_dict())
         return
     print(f"held-out accuracy: {result.valid_accuracy:.1%} (trained in {result.train_seconds:.0f} s)")
+    print(f"training verdict: {result.verdict}")
     print(f"exact-CAM pointing game on held-out images: {result.pointing_game:.1%}")
     print(f"dataset: {result.images}\nmodel:   {result.run}\nCAMs:    {result.cams}/index.html")
     print(f"report:  {result.report}")
