@@ -57,11 +57,18 @@ def test_a_final_validation_loss_ten_times_its_best_is_divergence():
     assert "diverged" in codes(v) and v.status == "unusable"
 
 
-def test_a_spike_that_recovered_is_a_warning():
-    history = rows([1.0, 0.7, 0.5, 0.4], [0.6, 9.0, 0.5, 0.45])
+def test_a_spike_not_recovered_from_is_a_warning():
+    history = rows([1.0, 0.7, 0.5, 0.4], [0.6, 9.0, 1.5, 1.2])
     v = judge([[14, 2], [1, 11]], CLASSES, history, [64, 48], pretrained=True)
     assert codes(v) == ["unstable"] and v.status == "warning"
-    assert "exploded to 9 in epoch 2" in v.findings[0].message
+    assert v.findings[0].message == "the validation loss exploded to 9 in epoch 2 and ended at 1.2, above its best (0.6)"
+
+
+def test_a_spike_fully_recovered_from_is_not_held_against_the_model():
+    """One-cycle's peak learning rate: the loss spikes mid-training and ends at its best."""
+    history = rows([1.0, 0.7, 0.5, 0.4], [0.6, 9.0, 0.5, 0.45])
+    v = judge([[14, 2], [1, 11]], CLASSES, history, [64, 48], pretrained=True)
+    assert v.status == "ok" and codes(v) == []
 
 
 def test_small_losses_do_not_count_as_explosions():
