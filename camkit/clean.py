@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,7 +29,7 @@ from camkit.crawl import MANIFEST, PHASH_THRESHOLD, phash
 from camkit.data import scan_class_folders
 from camkit.distributed import gather, in_group, shard
 from camkit.errors import CamkitError
-from camkit.files import confined, move_aside, parse_json, read_text, real_folder
+from camkit.files import confined, free_name, move_aside, parse_json, read_text, real_folder
 from camkit.images import REJECTED, is_dataset_image
 from camkit.predict import iter_scores
 from camkit.run import LoadedModel, data_root, load, read_info, read_valid, warn_if_unusable
@@ -162,11 +163,13 @@ def _suspect(path: Path, root: Path, label: str, classes: list[str], log_probs: 
 
 # ---------------------------------------------------------------- decisions
 
-def read_decisions(path: str | Path, root: Path, classes: list[str]) -> list[tuple[str, Path, str]]:
+def read_decisions(path: str | Path, root: Path, classes: list[str],
+                   applied: set[Path] | frozenset = frozenset()) -> list[tuple[str, Path, str]]:
     """decisions.json as [(rel, file, action)], every entry checked before anything moves: a
     path confined to the data root naming an image in a class folder, an action that is
     keep, delete or relabel:CLASS with CLASS one of the run's classes. 'keep' entries and
-    relabels to the image's own class are dropped (nothing to do)."""
+    relabels to the image's own class are dropped (nothing to do), and so, with one warning,
+    are files gone from a place in `applied` (moved by an earlier, perhaps interrupted, apply)."""
     path = Path(path)
     try:
         doc = parse_json(read_text(path, "a decisions file"))
@@ -174,12 +177,15 @@ def read_decisions(path: str | Path, root: Path, classes: list[str]) -> list[tup
         raise CamkitError(f"'{path}' is not a readable decisions file ({type(e).__name__})") from None
     if not (isinstance(doc, dict) and doc.get("version") == 1 and isinstance(doc.get("decisions"), dict)):
         raise CamkitError(f"'{path}' is not a camkit decisions file (version 1 with a 'decisions' object)")
-    todo, seen = [], set()
+    todo, seen, done = [], set(), 0
     for rel, action in doc["decisions"].items():
         file = confined(root, rel, f"'{path}' entry")
         if file.resolve() in seen:
             raise CamkitError(f"'{path}' names the file of entry '{rel}' twice")
         seen.add(file.resolve())
+        if file.resolve() in applied and not os.path.lexists(file):
+            done += 1
+            continue
         if not (file.is_file() and is_dataset_image(file, root) and len(Path(rel).parts) >= 2
                 and Path(rel).parts[0] in classes):
             raise CamkitError(f"'{path}' entry '{rel}' is not an image of the dataset '{root}'")
@@ -191,6 +197,9 @@ def read_decisions(path: str | Path, root: Path, classes: list[str]) -> list[tup
                               f"(keep, delete or relabel:CLASS with CLASS one of {', '.join(classes)})")
         if action != f"relabel:{Path(rel).parts[0]}":
             todo.append((rel, file, action))
+    if done:
+        warnings.warn(f"{done} entries of '{path}' were carried out by an earlier apply ({root / CLEAN_LOG}); "
+                      "skipped", stacklevel=3)
     return todo
 
 
@@ -240,16 +249,6 @@ class DecisionFile:
         return move_aside(self.path, self.path.with_name(f"{self.path.stem}.applied-{stamp}.json"))
 
 
-def _move(src: Path, dest: Path, root: Path) -> str:
-    """move_aside (never over an existing file), as a path relative to `root`; a failure is one
-    sentence, the moves made before it stay logged (and undoable)."""
-    try:
-        return move_aside(src, dest).relative_to(root).as_posix()
-    except OSError as e:
-        raise CamkitError(f"cannot move '{src}' to '{dest}' ({e.strerror or e}); the moves before it are "
-                          f"logged in {root / CLEAN_LOG}") from None
-
-
 def _destination(root: Path, rel: str, action: str) -> Path:
     """Where a decision moves its file: DATA/_rejected/cleaned/<rel> for 'delete',
     DATA/CLASS/<name> for 'relabel:CLASS' (a free name beside it when taken, at the move)."""
@@ -272,34 +271,71 @@ def _now() -> str:
 
 
 def _append(path: Path, record: dict) -> None:
-    """One JSON line appended and flushed (a log that survives a kill between two moves)."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    """One JSON line appended, flushed and fsynced: a move's intent must be on disk before the
+    rename it announces. A last line cut by a crash is ended first, so this one stays whole."""
+    with open(path, "a+b") as f:
+        if f.seek(0, os.SEEK_END):
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+        f.write(json.dumps(record).encode() + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _manifest_status(action: str) -> str:
+    return {"delete": "cleaned", "undo": "restored"}.get(action, "relabelled")
+
+
+def _finish(root: Path, record: dict) -> dict:
+    """A move that has happened: told to the crawl manifest (when there is one), then marked
+    done in the log. Returns the done record."""
+    if (root / MANIFEST).is_file():
+        _append(root / MANIFEST, {"status": _manifest_status(record["action"]), "file": record["to"],
+                                  "moved_from": record["from"], "time": record["time"]})
+    done = {**record, "state": DONE}
+    _append(root / CLEAN_LOG, done)
+    return done
+
+
+def _logged_move(root: Path, entry: dict, dest: Path) -> dict:
+    """Move DATA/<entry['from']> to `dest` (a free name beside it when taken), write-ahead: the
+    record naming the exact target is logged 'pending' first, the file renamed, then the record
+    marked 'done'. A kill anywhere leaves the file in one of two places the log names, and
+    `reconcile` tells which. A failure is one sentence; earlier moves stay logged (undoable)."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        record = {**entry, "to": free_name(dest).relative_to(root).as_posix(), "time": _now()}
+        _append(root / CLEAN_LOG, {**record, "state": PENDING})
+        os.replace(root / record["from"], root / record["to"])
+    except OSError as e:
+        raise CamkitError(f"cannot move '{root / entry['from']}' to '{dest}' ({e.strerror or e}); the moves "
+                          f"before it are logged in {root / CLEAN_LOG}") from None
+    return _finish(root, record)
 
 
 def apply(run: str | Path, decisions: str | Path, data: str | Path | None = None) -> list[dict]:
     """Carry out a decisions.json: 'delete' moves the file to DATA/_rejected/cleaned/<rel>,
-    'relabel:CLASS' to DATA/CLASS/<name> (a free name when taken); each move is appended to
-    DATA/clean.jsonl and, when the data root has a crawl manifest, to it. Returns the moves."""
+    'relabel:CLASS' to DATA/CLASS/<name> (a free name when taken); each move is logged in
+    DATA/clean.jsonl before it is made and, when the data root has a crawl manifest, there
+    too. A re-run after an interrupted apply skips what the log says it already moved.
+    Returns the moves."""
     info = read_info(run)
     root = data_root(run, info, data)
-    todo = read_decisions(decisions, root, info.classes)
+    log = reconcile(root)
+    applied = {(root / r["from"]).resolve() for r in in_effect(log)}
+    todo = read_decisions(decisions, root, info.classes, applied)
     destinations = [_destination(root, rel, action) for rel, _, action in todo]
     check_destinations(root, destinations)
-    start = len(read_log(root))
-    moves = []
-    for n, ((rel, file, action), dest) in enumerate(zip(todo, destinations), start):
-        new = _move(file, dest, root)
-        move = {"id": n, "from": rel, "to": new, "action": action, "time": _now()}
-        _append(root / CLEAN_LOG, move)
-        if (root / MANIFEST).is_file():
-            _append(root / MANIFEST, {"status": "cleaned" if action == "delete" else "relabelled",
-                                      "file": new, "moved_from": rel, "time": move["time"]})
-        moves.append(move)
-    return moves
+    n = _next_id(log)
+    return [_logged_move(root, {"id": n + i, "from": file.relative_to(root).as_posix(), "action": action}, dest)
+            for i, ((_, file, action), dest) in enumerate(zip(todo, destinations))]
 
 
-# ---------------------------------------------------------------- undo
+# ---------------------------------------------------------------- the log, undo
+
+PENDING, DONE, VOID = "pending", "done", "void"   # a record's state; lines before write-ahead have none: done
+
 
 def read_log(root: Path) -> list[dict]:
     """DATA/clean.jsonl ([] when absent); a line cut by a kill is skipped, and every path in it
@@ -321,29 +357,53 @@ def read_log(root: Path) -> list[dict]:
     return records
 
 
+def _latest(log: list[dict]) -> list[dict]:
+    """Each move's last record (pending, then done or void), in the order the moves began."""
+    return list({r["id"]: r for r in log}.values())
+
+
+def _next_id(log: list[dict]) -> int:
+    return max((r["id"] for r in log), default=-1) + 1
+
+
+def reconcile(root: Path) -> list[dict]:
+    """Settle every move logged 'pending' and never marked done (killed or interrupted between
+    the two lines) by where its file is: at its target, the move happened (done, and told to
+    the manifest); not there, it never did (void). Run first by apply and undo, while the
+    file's place is still the whole story. Returns the log, settled."""
+    for rec in _latest(read_log(root)):
+        if rec.get("state") == PENDING:
+            if os.path.lexists(root / rec["to"]):
+                _finish(root, rec)
+            else:
+                _append(root / CLEAN_LOG, {**rec, "state": VOID})
+    return read_log(root)
+
+
+def in_effect(log: list[dict]) -> list[dict]:
+    """The moves the log says were made by an apply and not undone, oldest first."""
+    latest = [r for r in _latest(log) if r.get("state", DONE) == DONE]
+    undone = {r.get("undoes") for r in latest if r.get("action") == "undo"}
+    return [r for r in latest if r.get("action") != "undo" and r["id"] not in undone]
+
+
 def undo(run: str | Path, data: str | Path | None = None) -> list[dict]:
     """Move back every file that clean.jsonl records as moved and not yet undone, newest first
-    (to a free name beside the original should that name be taken now), logging each undo.
-    A moved file that is no longer there is skipped with a warning. Returns the undo records."""
+    (to a free name beside the original should that name be taken now), each undo logged
+    write-ahead like the moves. A moved file that is no longer there is skipped with a
+    warning. Returns the undo records."""
     root = data_root(run, None, data)
-    log = read_log(root)
-    undone = {r.get("undoes") for r in log if r.get("action") == "undo"}
-    pending = [r for r in log if r.get("action") != "undo" and r["id"] not in undone]
-    done, next_id = [], max((r["id"] for r in log), default=-1) + 1
-    check_destinations(root, [root / r["from"] for r in pending])
-    for rec in reversed(pending):
-        src = root / rec["to"]
-        if not src.is_file():
+    log = reconcile(root)
+    moves = in_effect(log)
+    check_destinations(root, [root / r["from"] for r in moves])
+    done, n = [], _next_id(log)
+    for rec in reversed(moves):
+        if not (root / rec["to"]).is_file():
             warnings.warn(f"cannot undo the move of '{rec['from']}': '{rec['to']}' is gone", stacklevel=2)
             continue
-        back = _move(src, root / rec["from"], root)
-        entry = {"id": next_id, "action": "undo", "undoes": rec["id"], "from": rec["to"], "to": back, "time": _now()}
-        _append(root / CLEAN_LOG, entry)
-        if (root / MANIFEST).is_file():
-            _append(root / MANIFEST, {"status": "restored", "file": back, "moved_from": rec["to"],
-                                      "time": entry["time"]})
-        done.append(entry)
-        next_id += 1
+        entry = {"id": n, "action": "undo", "undoes": rec["id"], "from": rec["to"]}
+        done.append(_logged_move(root, entry, root / rec["from"]))
+        n += 1
     return done
 
 

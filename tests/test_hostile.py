@@ -721,3 +721,82 @@ def test_undo_refuses_to_move_back_through_a_symlink(cli, tiny_run, canvas, tmp_
     code, _, err = cli("clean", tiny_run, "--data", canvas, "--undo")
     one_line(code, err, "symbolic link")
     assert snapshot(canvas) == before
+
+
+# ---------------------------------------------------------------- clean --apply / --undo: a kill at a move loses nothing
+
+# `python -c KILLER SIGNAL before|after DATA camkit-args...`: the camkit command, with os.replace
+# sending SIGNAL to its own process at the first move of a file under DATA, just before or just
+# after the move (the window between a move and its log line).
+KILLER = """
+import os, signal, sys
+sig, when, root = getattr(signal, sys.argv[1]), sys.argv[2], os.path.realpath(sys.argv[3])
+real = os.replace
+
+def replace(src, dst, *args, **kw):
+    if os.path.realpath(src).startswith(root + os.sep):
+        if when == "before":
+            os.kill(os.getpid(), sig)
+        real(src, dst, *args, **kw)
+        os.kill(os.getpid(), sig)
+    return real(src, dst, *args, **kw)
+
+os.replace = replace
+sys.argv = ["camkit", *sys.argv[4:]]
+from camkit.cli import main
+main()
+"""
+
+
+def killed_at_a_move(sig: str, when: str, root, *args) -> int:
+    """Exit status of `camkit ARGS` killed by `sig` at its first move of a file under `root`."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "CAMKIT_DEBUG")}
+    done = subprocess.run([sys.executable, "-c", KILLER, sig, when, *map(str, (root, *args))], env=env,
+                          capture_output=True, text=True, timeout=300)
+    return done.returncode
+
+
+CLEAN_DECISIONS = {"bag/0000.png": "delete", "bag/0001.png": "relabel:trouser", "trouser/0002.png": "delete"}
+
+
+@pytest.mark.parametrize("sig, when", [("SIGKILL", "after"), ("SIGKILL", "before"), ("SIGINT", "after")])
+def test_an_apply_killed_at_a_move_is_undone_whole_or_completed_by_a_rerun(cli, tiny_run, canvas, tmp_path, sig, when):
+    """kill -9 or Ctrl-C just before or after the first move: --undo restores every file, and a
+    re-run of the same --apply completes (each decision carried out once), then undoes whole."""
+    before = snapshot(canvas)
+    d = decisions_for(tmp_path / "d.json", tiny_run, canvas, CLEAN_DECISIONS)
+    code = killed_at_a_move(sig, when, canvas, "clean", tiny_run, "--data", canvas, "--apply", d)
+    assert code == (-9 if sig == "SIGKILL" else 130)
+    killed = shutil.copytree(canvas, tmp_path / "killed")
+
+    code, _, err = cli("clean", tiny_run, "--data", killed, "--undo")
+    assert code == 0 and "Traceback" not in err, err
+    assert {k: v for k, v in snapshot(killed).items() if k != "clean.jsonl"} == before
+
+    code, _, err = cli("clean", tiny_run, "--data", canvas, "--apply", d)
+    assert code == 0 and "Traceback" not in err, err
+    after = snapshot(canvas)
+    assert not set(CLEAN_DECISIONS) & set(after)
+    assert after["_rejected/cleaned/bag/0000.png"] == before["bag/0000.png"]
+    assert after["trouser/0001-1.png"] == before["bag/0001.png"]
+    assert after["_rejected/cleaned/trouser/0002.png"] == before["trouser/0002.png"]
+    assert len(after) == len(before) + 1   # the log; nothing copied twice, nothing lost
+    code, _, err = cli("clean", tiny_run, "--data", canvas, "--undo")
+    assert code == 0, err
+    assert {k: v for k, v in snapshot(canvas).items() if k != "clean.jsonl"} == before
+
+
+def test_a_log_line_cut_by_a_crash_does_not_swallow_the_next_move(cli, tiny_run, canvas, tmp_path):
+    """A last line cut short (a crash mid-write) is ended before the next record, which would
+    otherwise be glued to it, unreadable, and its move never undone."""
+    before = snapshot(canvas)
+    (canvas / "clean.jsonl").write_text('{"id": 0, "from": "bag/00')
+    d = decisions_for(tmp_path / "d.json", tiny_run, canvas, {"bag/0000.png": "delete"})
+    assert cli("clean", tiny_run, "--data", canvas, "--apply", d)[0] == 0
+    code, _, err = cli("clean", tiny_run, "--data", canvas, "--undo")
+    assert code == 0, err
+    assert {k: v for k, v in snapshot(canvas).items() if k != "clean.jsonl"} == before
