@@ -163,43 +163,78 @@ def _suspect(path: Path, root: Path, label: str, classes: list[str], log_probs: 
 
 # ---------------------------------------------------------------- decisions
 
-def read_decisions(path: str | Path, root: Path, classes: list[str],
-                   applied: set[Path] | frozenset = frozenset()) -> list[tuple[str, Path, str]]:
-    """decisions.json as [(rel, file, action)], every entry checked before anything moves: a
-    path confined to the data root naming an image in a class folder, an action that is
-    keep, delete or relabel:CLASS with CLASS one of the run's classes. 'keep' entries and
-    relabels to the image's own class are dropped (nothing to do), and so, with one warning,
-    are files gone from a place in `applied` (moved by an earlier, perhaps interrupted, apply)."""
-    path = Path(path)
+def _decisions_doc(path: Path) -> dict:
+    """The decisions file's JSON object, refused in one line unless it is one (version 1)."""
     try:
         doc = parse_json(read_text(path, "a decisions file"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CamkitError(f"'{path}' is not a readable decisions file ({type(e).__name__})") from None
     if not (isinstance(doc, dict) and doc.get("version") == 1 and isinstance(doc.get("decisions"), dict)):
         raise CamkitError(f"'{path}' is not a camkit decisions file (version 1 with a 'decisions' object)")
-    todo, seen, done = [], set(), 0
+    return doc
+
+
+def _check_made_for(doc: dict, path: Path, run: Path, root: Path) -> None:
+    """Refuse a decisions file the page or the app saved for another run or another data folder:
+    its names would pick other files, or another model's classes. A file written by hand, with
+    neither field, is taken as it is."""
+    for field, what, here in (("run", "run", run), ("data_root", "data folder", root)):
+        made = doc.get(field)
+        if made is None:
+            continue
+        if not (isinstance(made, str) and made and "\x00" not in made and Path(made).resolve() == here.resolve()):
+            raise CamkitError(f"'{path}' was made for the {what} {str(made)[:200]!r}, not '{here.resolve()}'; "
+                              "nothing was moved")
+
+
+def _check_action(path: Path, rel: str, action: object, classes: list[str]) -> None:
+    if not (action == "delete" or (isinstance(action, str) and action.startswith("relabel:")
+                                   and action[len("relabel:"):] in classes)):
+        raise CamkitError(f"'{path}' entry '{rel}': unknown action {str(action)[:60]!r} "
+                          f"(keep, delete or relabel:CLASS with CLASS one of {', '.join(classes)})")
+
+
+def _is_gone(path: Path, rel: str, file: Path, root: Path, classes: list[str]) -> bool:
+    """Whether an entry's file is gone (moved away since the decision: skipped, not refused);
+    an entry outside the class folders, or naming something that is not an image, is refused."""
+    if len(Path(rel).parts) >= 2 and Path(rel).parts[0] in classes:
+        if not os.path.lexists(file):
+            return True
+        if file.is_file() and is_dataset_image(file, root):
+            return False
+    raise CamkitError(f"'{path}' entry '{rel}' is not an image of the dataset '{root}'")
+
+
+def read_decisions(path: str | Path, run: str | Path, root: Path, classes: list[str],
+                   applied: set[Path] | frozenset = frozenset()) -> list[tuple[str, Path, str]]:
+    """decisions.json as [(rel, file, action)], every entry checked before anything moves: a
+    path confined to the data root naming an image in a class folder, an action that is
+    keep, delete or relabel:CLASS with CLASS one of the run's classes, the file made for this
+    run and data folder. 'keep' entries (checked only for their path) and relabels to the
+    image's own class are dropped (nothing to do); so is a file gone from its place, with one
+    warning line each, or one in all for those moved by an earlier apply (`applied`)."""
+    path = Path(path)
+    doc = _decisions_doc(path)
+    _check_made_for(doc, path, Path(run), root)
+    todo, seen, earlier = [], set(), 0
     for rel, action in doc["decisions"].items():
         file = confined(root, rel, f"'{path}' entry")
         if file.resolve() in seen:
             raise CamkitError(f"'{path}' names the file of entry '{rel}' twice")
         seen.add(file.resolve())
-        if file.resolve() in applied and not os.path.lexists(file):
-            done += 1
-            continue
-        if not (file.is_file() and is_dataset_image(file, root) and len(Path(rel).parts) >= 2
-                and Path(rel).parts[0] in classes):
-            raise CamkitError(f"'{path}' entry '{rel}' is not an image of the dataset '{root}'")
         if action == "keep":
             continue
-        if not (action == "delete" or (isinstance(action, str) and action.startswith("relabel:")
-                                       and action[len("relabel:"):] in classes)):
-            raise CamkitError(f"'{path}' entry '{rel}': unknown action {str(action)[:60]!r} "
-                              f"(keep, delete or relabel:CLASS with CLASS one of {', '.join(classes)})")
-        if action != f"relabel:{Path(rel).parts[0]}":
-            todo.append((rel, file, action))
-    if done:
-        warnings.warn(f"{done} entries of '{path}' were carried out by an earlier apply ({root / CLEAN_LOG}); "
-                      "skipped", stacklevel=3)
+        _check_action(path, rel, action, classes)
+        if not _is_gone(path, rel, file, root, classes):
+            if action != f"relabel:{Path(rel).parts[0]}":
+                todo.append((rel, file, action))
+        elif file.resolve() in applied:
+            earlier += 1
+        else:
+            warnings.warn(f"'{rel}' is not in '{root}' (moved or removed since the decision); skipped", stacklevel=3)
+    if earlier:
+        entries = "1 entry" if earlier == 1 else f"{earlier} entries"
+        warnings.warn(f"{entries} of '{path}' carried out by an earlier apply ({root / CLEAN_LOG}): skipped", stacklevel=3)
     return todo
 
 
@@ -324,7 +359,7 @@ def apply(run: str | Path, decisions: str | Path, data: str | Path | None = None
     root = data_root(run, info, data)
     log = reconcile(root)
     applied = {(root / r["from"]).resolve() for r in in_effect(log)}
-    todo = read_decisions(decisions, root, info.classes, applied)
+    todo = read_decisions(decisions, run, root, info.classes, applied)
     destinations = [_destination(root, rel, action) for rel, _, action in todo]
     check_destinations(root, destinations)
     n = _next_id(log)

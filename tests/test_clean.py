@@ -35,7 +35,7 @@ def data(canvas_dir, tmp_path):
 
 
 def decisions_file(path, decisions):
-    path.write_text(json.dumps({"version": 1, "run": "r", "data_root": "d", "decisions": decisions}))
+    path.write_text(json.dumps({"version": 1, "decisions": decisions}))   # as written by hand: no run, data_root
     return path
 
 
@@ -119,7 +119,8 @@ def test_apply_moves_logs_and_undo_restores_the_tree(tiny_run, data, tmp_path):
 @pytest.mark.parametrize("rel, action, message", [
     ("../x.png", "delete", "leaves its folder"), ("/etc/passwd", "delete", "leaves its folder"),
     ("bag/0002.png", "relabel:cat", "unknown action"), ("bag/0002.png", "burn", "unknown action"),
-    ("bag/nope.png", "delete", "is not an image"), ("boxes.json", "delete", "is not an image"),
+    ("boxes.json", "delete", "is not an image"), ("nope/x.png", "delete", "is not an image"),
+    ("../x.png", "keep", "leaves its folder"), ("bag", "delete", "is not an image"),
     ("bag/0002.png", 3, "unknown action"), ("bag/./0000.png", "keep", "twice")])
 def test_hostile_decisions_are_refused_before_any_move(tiny_run, data, tmp_path, rel, action, message):
     before = snapshot(data)

@@ -800,3 +800,38 @@ def test_a_log_line_cut_by_a_crash_does_not_swallow_the_next_move(cli, tiny_run,
     code, _, err = cli("clean", tiny_run, "--data", canvas, "--undo")
     assert code == 0, err
     assert {k: v for k, v in snapshot(canvas).items() if k != "clean.jsonl"} == before
+
+
+# ---------------------------------------------------------------- clean --apply: stale and foreign decisions files
+
+def test_a_gone_file_set_to_keep_does_not_block_the_apply(cli, tiny_run, canvas, tmp_path):
+    d = decisions_for(tmp_path / "d.json", tiny_run, canvas, {"bag/gone.png": "keep", "bag/0000.png": "delete"})
+    code, _, err = cli("clean", tiny_run, "--data", canvas, "--apply", d)
+    assert code == 0 and "Traceback" not in err, err
+    assert (canvas / "_rejected/cleaned/bag/0000.png").is_file() and not (canvas / "bag/0000.png").exists()
+
+
+def test_a_gone_file_to_be_moved_is_reported_in_one_line_and_the_others_applied(cli, tiny_run, canvas, tmp_path):
+    """A file moved away by the user (or a stale entry after an earlier apply): one warning
+    line naming it, and every other decision still carried out."""
+    shutil.move(canvas / "bag/0001.png", tmp_path / "taken-by-the-user.png")
+    d = decisions_for(tmp_path / "d.json", tiny_run, canvas, {
+        "bag/0000.png": "delete", "bag/0001.png": "relabel:trouser", "trouser/0002.png": "delete"})
+    code, _, err = cli("clean", tiny_run, "--data", canvas, "--apply", d)
+    assert code == 0 and "Traceback" not in err, err
+    warned = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(warned) == 1 and "'bag/0001.png'" in warned[0] and "skipped" in warned[0], err
+    assert (canvas / "_rejected/cleaned/bag/0000.png").is_file() and (canvas / "_rejected/cleaned/trouser/0002.png").is_file()
+
+
+@pytest.mark.parametrize("field", ["run", "data_root"])
+def test_decisions_made_for_another_run_or_dataset_are_refused(cli, tiny_run, canvas, canvas_dir, tmp_path, field):
+    """The page and the app record the run and data folder a decisions file was made for; one
+    made for another is refused in one line (its names would pick other files), nothing moved."""
+    other = {"run": tmp_path / "another-run", "data_root": canvas_dir}[field]
+    made_for = {"run": (other, canvas), "data_root": (tiny_run, other)}[field]
+    d = decisions_for(tmp_path / "d.json", *made_for, {"bag/0000.png": "delete"})
+    before = snapshot(canvas)
+    code, _, err = cli("clean", tiny_run, "--data", canvas, "--apply", d)
+    one_line(code, err, f"was made for the {'run' if field == 'run' else 'data folder'} '{other.resolve()}'")
+    assert snapshot(canvas) == before and not (canvas / "clean.jsonl").exists()
