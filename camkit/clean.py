@@ -234,7 +234,8 @@ def read_decisions(path: str | Path, run: str | Path, root: Path, classes: list[
             warnings.warn(f"'{rel}' is not in '{root}' (moved or removed since the decision); skipped", stacklevel=3)
     if earlier:
         entries = "1 entry" if earlier == 1 else f"{earlier} entries"
-        warnings.warn(f"{entries} of '{path}' carried out by an earlier apply ({root / CLEAN_LOG}): skipped", stacklevel=3)
+        warnings.warn(f"{entries} of '{path}' carried out by an earlier apply ({root / CLEAN_LOG}): skipped",
+                      stacklevel=3)
     return todo
 
 

@@ -106,7 +106,8 @@ def test_apply_moves_logs_and_undo_restores_the_tree(tiny_run, data, tmp_path):
     assert (data / "bag/0000.png").read_bytes() == before["trouser/0000.png"]  # the freed name, reused
     log = [json.loads(line) for line in (data / CLEAN_LOG).read_text().splitlines()]
     assert [set(r) >= {"from", "to", "action", "time"} for r in log] == [True] * 6
-    assert [(r["id"], r["state"]) for r in log] == [(i, s) for i in range(3) for s in ("pending", "done")]  # write-ahead
+    # written ahead: each move announced (pending) before it is made, then marked done
+    assert [(r["id"], r["state"]) for r in log] == [(i, s) for i in range(3) for s in ("pending", "done")]
     statuses = [r["status"] for r in read_manifest(data)]
     assert statuses == ["cleaned", "relabelled", "relabelled"]
     assert len(undo(tiny_run, data=data)) == 3
