@@ -20,6 +20,8 @@ stand-in of scripts/pretrain_standin.py: no ImageNet weights can be downloaded h
                     pretrained=False) with the stand-in body loaded into learn.model[0] and
                     ImageNet normalisation (what vision_learner adds for a pretrained body),
                     fine_tune(4)
+  fastai-adaptive-bs  (not run by default) the same at the batch size camkit's defaults pick for
+                    these images (camkit.spec.adaptive_bs), to tell the batch size from the recipe
   scratch-defaults  train(data, arch="resnet18", pretrained=False, size=128, seed=s): camkit's
                     defaults from scratch
   scratch-e12       (canvas set only) the same with epochs=12, the issue's command
@@ -66,7 +68,6 @@ class Setting:
     fit: Callable[[Path, int, Path | None, Path, int], float]   # (data, seed, weights, out, size) -> train s
     pretrained: bool = True
     canvas: bool = False          # the canvas set's (from scratch) rather than the real sets'
-    bs: int | None = None         # the batch size, where the run folder does not record it
 
     def unavailable(self) -> str | None:
         if self.name == "dilate16" and "dilate" not in inspect.signature(_train().train).parameters:
@@ -89,7 +90,15 @@ def camkit_fit(**options) -> Callable:
     return fit
 
 
-def fastai_vanilla(data: Path, seed: int, weights: Path | None, out: Path, size: int) -> float:
+def fastai_fit(bs: int | None = 64) -> Callable:
+    """vision_learner + fine_tune(4) on camkit's split at batch size `bs` (None: the one camkit
+    would choose for these training images, camkit.spec.adaptive_bs)."""
+    def fit(data: Path, seed: int, weights: Path | None, out: Path, size: int) -> float:
+        return fastai_vanilla(data, seed, weights, out, size, bs)
+    return fit
+
+
+def fastai_vanilla(data: Path, seed: int, weights: Path | None, out: Path, size: int, bs: int | None = 64) -> float:
     """vision_learner + fine_tune(4) on camkit's split; the learner exported as a camkit run at `out`."""
     import torch
     from fastai.vision.all import (
@@ -117,7 +126,11 @@ def fastai_vanilla(data: Path, seed: int, weights: Path | None, out: Path, size:
                        get_items=lambda p: get_image_files(p, folders=classes),
                        splitter=FuncSplitter(lambda f: str(Path(f).resolve()) in valid),
                        item_tfms=Resize(size), batch_tfms=[*aug_transforms(), Normalize.from_stats(*imagenet_stats)])
-    dls = dblock.dataloaders(data, path=data, bs=64)
+    if bs is None:
+        from camkit.spec import adaptive_bs
+
+        bs = adaptive_bs(sum(1 for f in get_image_files(data, folders=classes) if str(f.resolve()) not in valid))
+    dls = dblock.dataloaders(data, path=data, bs=bs)
     assert {str(Path(f).resolve()) for f in dls.valid.items} == valid, "fastai's split is not camkit's"
     torch.manual_seed(seed)
     learn = vision_learner(dls, resnet18, pretrained=False, metrics=accuracy)
@@ -128,6 +141,7 @@ def fastai_vanilla(data: Path, seed: int, weights: Path | None, out: Path, size:
         learn.fine_tune(4)
     seconds = time.perf_counter() - start
     learn.export_run(out, overwrite=True)
+    (out / "bench_fit.json").write_text(json.dumps({"bs": bs}))    # what model.json does not record
     return seconds
 
 
@@ -148,7 +162,8 @@ SETTINGS = {s.name: s for s in [
     Setting("stride32", camkit_fit(stride=32)),
     Setting("plain", camkit_fit(recipe="plain")),
     Setting("dilate16", camkit_fit(stride=16, dilate=True)),
-    Setting("fastai-vanilla", fastai_vanilla, bs=64),
+    Setting("fastai-vanilla", fastai_fit(64)),
+    Setting("fastai-adaptive-bs", fastai_fit(None)),
     Setting("scratch-defaults", camkit_fit(pretrained=False), pretrained=False),
     Setting("scratch-e12", camkit_fit(pretrained=False, epochs=12), pretrained=False, canvas=True),
 ]}
@@ -188,6 +203,8 @@ def score(run: Path, data: Path, seed: int, boxes: Path | None) -> dict:
            "class_accuracy": {c: round(cm[i][i] / held[i], 4) if held[i] else math.nan for i, c in enumerate(classes)},
            "verdict": _verdict(info), "epochs": info.get("summary", {}).get("epochs"),
            "bs": info.get("summary", {}).get("bs") or info.get("spec", {}).get("bs")}
+    if (run / "bench_fit.json").is_file():
+        row.update(json.loads((run / "bench_fit.json").read_text()))
     try:
         trust = evaluate_run(run, TRUST_METHODS, steps=1, percentiles=(80,))
         row["kept"] = {c: trust["absence"]["per_class"].get(c, {}).get("score", math.nan) for c in classes}
@@ -250,17 +267,17 @@ def fmt_pair(d: dict | None, classes: list[str], spec: str = ".2f") -> str:
                       else format(d[c], spec) for c in classes)
 
 
-HEADER = (f"{'set':<16} {'setting':<17} {'seed':>4} {'acc':>5} {'base':>5} {'acc per class':>13} "
+HEADER = (f"{'set':<16} {'setting':<18} {'seed':>4} {'acc':>5} {'base':>5} {'acc per class':>13} "
           f"{'kept w/o top 20%':>16} {'flagged':>10} {'ep':>3} {'bs':>3} {'train s':>7}  verdict")
 
 
 def line(r: dict) -> str:
     if "error" in r:
-        return f"{r['set']:<16} {r['setting']:<17} {r['seed']:>4} error: {r['error']}"
+        return f"{r['set']:<16} {r['setting']:<18} {r['seed']:>4} error: {r['error']}"
     c = r["classes"]
     flagged = ",".join(r["flagged"]) if r["flagged"] else ("-" if r["flagged"] is not None else "n/a")
     extra = f"  pointing {fmt_pair(r['pointing'], c)}" if r.get("pointing") else ""
-    return (f"{r['set']:<16} {r['setting']:<17} {r['seed']:>4} {r['accuracy']:>5.2f} {r['baseline']:>5.2f} "
+    return (f"{r['set']:<16} {r['setting']:<18} {r['seed']:>4} {r['accuracy']:>5.2f} {r['baseline']:>5.2f} "
             f"{fmt_pair(r['class_accuracy'], c):>13} {fmt_pair(r['kept'], c, '.3f'):>16} {flagged:>10} "
             f"{r['epochs'] or '?':>3} {r['bs'] or '?':>3} {r['train_seconds']:>7.0f}  {r['verdict'] or '-'}{extra}")
 
@@ -270,7 +287,7 @@ def means(rows: list[dict], order: list[str]) -> list[str]:
     accuracy, the larger 'kept' of the two classes, flagged rows, train seconds and the ratio to
     the first setting's (over the sets and seeds both ran)."""
     ok = [r for r in rows if "error" not in r]
-    head = (f"{'setting':<17} {'rows':>4} {'acc':>5} {'acc-base':>8} {'min class acc':>13} {'max kept':>8} "
+    head = (f"{'setting':<18} {'rows':>4} {'acc':>5} {'acc-base':>8} {'min class acc':>13} {'max kept':>8} "
             f"{'flagged':>7} {'train s':>7} {'x first':>7}")
     out = [head]
     first = next((s for s in order if any(r["setting"] == s for r in ok)), None)
@@ -283,7 +300,7 @@ def means(rows: list[dict], order: list[str]) -> list[str]:
                 if r["kept"] and any(not math.isnan(v) for v in r["kept"].values())]
         paired = [(r["train_seconds"], base_t[(r["set"], r["seed"])]) for r in rs if (r["set"], r["seed"]) in base_t]
         ratio = sum(a for a, _ in paired) / sum(b for _, b in paired) if paired else math.nan
-        out.append(f"{s:<17} {len(rs):>4} {statistics.mean(r['accuracy'] for r in rs):>5.3f} "
+        out.append(f"{s:<18} {len(rs):>4} {statistics.mean(r['accuracy'] for r in rs):>5.3f} "
                    f"{100 * statistics.mean(r['accuracy'] - r['baseline'] for r in rs):>+8.1f} "
                    f"{statistics.mean(min(r['class_accuracy'].values()) for r in rs):>13.3f} "
                    f"{statistics.mean(kept) if kept else math.nan:>8.3f} "
@@ -303,7 +320,6 @@ def run_one(setting: Setting, set_name: str, data: Path, seed: int, a, boxes: Pa
     try:
         row["train_seconds"] = round(setting.fit(data, seed, a.weights if setting.pretrained else None, run, a.size), 2)
         row.update(score(run, data, seed, boxes))
-        row["bs"] = row["bs"] or setting.bs
     except Exception as e:  # noqa: BLE001  one failed setting must not end the benchmark
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
     if "error" not in row:
