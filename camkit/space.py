@@ -5,7 +5,8 @@ same app as `camkit app` (push it to a Space with the Gradio SDK, or run `python
     DIR/requirements.txt  camkit's own dependencies and the Gradio it was exported with
     DIR/README.md         the Space header (sdk: gradio, sdk_version, app_file) and a model card
     DIR/model/            the run's weights (plain tensors) and model.json without the local data path
-    DIR/examples/         a few of the run's held-out images, renamed example-N.ext
+    DIR/examples/         a few of the run's held-out images, re-encoded as example-N.png
+                          without metadata (no EXIF, no text chunks)
     DIR/camkit/           camkit's code as installed (Python files, py.typed, licence notes),
                           so the Space needs nothing that is not on PyPI
 
@@ -101,8 +102,20 @@ def _copy_examples(run: Path, dest: Path, per_class: int) -> int:
     files = held_out_examples(run, per_class)
     dest.mkdir()
     for i, f in enumerate(files):
-        shutil.copyfile(f, dest / f"example-{i}{Path(f).suffix.lower()}")
+        pixels_only(f, dest / f"example-{i}.png")
     return len(files)
+
+
+def pixels_only(src: Path, dest: Path) -> None:
+    """`src` re-encoded as a PNG of its pixels alone (as the model sees them: EXIF orientation
+    applied, RGB): a public Space must not carry the author's EXIF (GPS, camera, software
+    paths) or PNG text chunks, which a byte-for-byte copy would."""
+    import numpy as np
+    from PIL import Image
+
+    from camkit.images import open_rgb
+
+    Image.fromarray(np.asarray(open_rgb(src))).save(dest)
 
 
 # What of the package a Space needs: the code and the licence notes. The demo's 1 MB

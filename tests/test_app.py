@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -326,3 +327,29 @@ def test_serving_writes_nothing_into_the_package(server):
 
     package = os.path.dirname(camkit.__file__)
     assert not [f for f in os.listdir(package) if f.endswith(".pyi")]
+
+
+def test_space_examples_carry_pixels_but_no_metadata(run_copy, canvas_dir, tmp_path):
+    """EXIF (camera, software path) and PNG text chunks of the author's images stay home."""
+    from PIL import Image, PngImagePlugin
+
+    from camkit.run import read_valid
+    from camkit.space import export_space
+
+    data = Path(shutil.copytree(canvas_dir, tmp_path / "data"))
+    meta = json.loads((run_copy / "model.json").read_text())
+    meta["data_root"] = str(data)
+    (run_copy / "model.json").write_text(json.dumps(meta))
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0131] = "Alice's camera", "/home/alice/secret-tool"
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Comment", "/home/alice/holiday")
+    for record in read_valid(run_copy):
+        Image.open(record.file).convert("RGB").save(record.file, exif=exif, pnginfo=text)
+    space = export_space(run_copy, tmp_path / "space")
+    examples = sorted((space / "examples").iterdir())
+    assert len(examples) == 4 and all(p.suffix == ".png" for p in examples)
+    for p in examples:
+        assert b"alice" not in p.read_bytes().lower()
+        with Image.open(p) as im:
+            assert not im.info.get("exif") and not getattr(im, "text", {}) and im.mode == "RGB"

@@ -167,3 +167,20 @@ def test_the_report_leads_with_the_verdict_and_folds_long_tables(run_copy):
     assert "data-status='unusable'" in verdict and "not better than always answering" in verdict
     assert "<details><summary>Per-epoch history (2 epochs)</summary>" in page
     assert "always answering 'bag' scores 50.00%" in page[page.index("id='evaluation'"):]
+
+
+def test_embedded_images_are_re_encoded_without_metadata(tmp_path):
+    """A page meant to be shared carries pixels, not the author's EXIF or PNG text chunks."""
+    import base64
+
+    from PIL import Image, PngImagePlugin
+
+    from camkit.report import _uri
+
+    exif = Image.Exif()
+    exif[0x0131] = "/home/alice/secret-tool"
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Comment", "/home/alice/holiday")
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "meta.png", exif=exif, pnginfo=text)
+    raw = base64.b64decode(_uri(tmp_path / "meta.png").split(",", 1)[1])
+    assert b"alice" not in raw.lower() and raw.startswith(b"\x89PNG")
