@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -17,3 +18,15 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under `folder` by relative path, with its bytes: compare two to prove that
     a command left a tree byte-identical."""
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def with_verdict(run: Path, confusion: list[list[int]]) -> None:
+    """Give a run folder's model.json the held-out `confusion` matrix and the training verdict
+    camkit.verdict gives for it (its own history, 40 training images a class, pretrained)."""
+    from camkit.run import read_history
+    from camkit.verdict import judge
+
+    meta = json.loads((run / "model.json").read_text())
+    meta["confusion"] = confusion
+    meta["verdict"] = judge(confusion, meta["classes"], read_history(run), [40, 40], True).to_json()
+    (run / "model.json").write_text(json.dumps(meta))

@@ -279,12 +279,9 @@ def test_signed_maps_are_drawn_diverging():
 
 @pytest.mark.parametrize("confusion,warned", [([[4, 4], [4, 4]], True), ([[8, 0], [0, 8]], False)])
 def test_explaining_with_an_unusable_run_warns_once_its_checks_pass(run_copy, canvas_dir, cli, confusion, warned):
-    from camkit.run import read_history
-    from camkit.verdict import judge
+    from helpers import with_verdict
 
-    meta = json.loads((run_copy / "model.json").read_text())
-    meta["verdict"] = judge(confusion, meta["classes"], read_history(run_copy), [40, 40], True).to_json()
-    (run_copy / "model.json").write_text(json.dumps(meta))
+    with_verdict(run_copy, confusion)
     img = sorted(canvas_dir.glob("bag/*.png"))[0]
     code, out, err = cli("cam", img, "--model", run_copy, "--out", run_copy.parent / "c")
     assert code == 0 and ("its maps and predictions explain nothing" in err) == warned

@@ -571,39 +571,34 @@ def test_a_device_named_as_an_image_is_refused_before_any_read(device):
 
 
 def test_an_image_over_the_size_cap_is_refused_unread(tmp_path):
-    import tracemalloc
-
-    from camkit.images import MAX_IMAGE_BYTES, open_rgb
+    from camkit.images import MAX_IMAGE_BYTES
 
     big = tmp_path / "big.png"
     with open(big, "wb") as f:   # sparse: no disk used
         f.truncate(MAX_IMAGE_BYTES + 1)
-    tracemalloc.start()
-    try:
-        with pytest.raises(CamkitError, match="over camkit's limit of 1.2 GB for an image"):
-            open_rgb(big)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 1_000_000
+    assert _refusal_peak(big, "over camkit's limit of 1.2 GB for an image") < 1_000_000
 
 
-def test_a_large_file_that_is_no_image_is_refused_without_being_read_whole(tmp_path):
+def _refusal_peak(path, message: str) -> int:
+    """Peak bytes Python allocated while open_rgb refused `path` with `message`."""
     import tracemalloc
 
     from camkit.images import open_rgb
 
+    tracemalloc.start()
+    try:
+        with pytest.raises(CamkitError, match=message):
+            open_rgb(path)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_large_file_that_is_no_image_is_refused_without_being_read_whole(tmp_path):
     junk = tmp_path / "junk.png"
     with open(junk, "wb") as f:   # 400 MB of zeros, sparse
         f.truncate(400_000_000)
-    tracemalloc.start()
-    try:
-        with pytest.raises(CamkitError, match="not a readable image"):
-            open_rgb(junk)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 16_000_000
+    assert _refusal_peak(junk, "not a readable image") < 16_000_000
 
 
 # ---------------------------------------------------------------- Ctrl-C: exit 130, one line, whatever was running

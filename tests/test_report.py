@@ -10,6 +10,7 @@ from camkit.explain import cam
 from camkit.errors import CamkitError
 from camkit.run import read_valid
 from camkit.report import build, report, summarize
+from helpers import with_verdict
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -132,17 +133,11 @@ def _scores(**extra) -> dict:
 
 def _with_trust_and_verdict(run: Path, confusion: list[list[int]]) -> None:
     """A cam-eval result in which no class is flagged, and model.json's verdict for `confusion`."""
-    from camkit.run import read_history
-    from camkit.verdict import judge
-
     per_class = {"bag": _scores(), "trouser": _scores()}
     trust = {"split": "valid", "images": 8, "methods": {"cam": _scores(sanity_passed=True, per_class=per_class)},
              "absence": {"flagged": [], "per_class": {c: {"score": 0.3, "method": "cam"} for c in per_class}}}
     (run / "cam_trust.json").write_text(json.dumps(trust))
-    meta = json.loads((run / "model.json").read_text())
-    meta["confusion"] = confusion
-    meta["verdict"] = judge(confusion, meta["classes"], read_history(run), [40, 40], True).to_json()
-    (run / "model.json").write_text(json.dumps(meta))
+    with_verdict(run, confusion)
 
 
 @pytest.mark.parametrize("confusion,vouches,says", [
