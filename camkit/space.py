@@ -88,12 +88,12 @@ def readme(run: Path, gradio_version: str) -> str:
 
 
 def _verdict_lines(run: Path, info) -> list[str]:
-    """The training verdict on the model card, said before anything else a visitor reads."""
+    """The training verdict on the model card, in the app's own words, before anything else a
+    visitor reads."""
+    from camkit.app import verdict_banner
+
     verdict = read_verdict(run, info)
-    if verdict is None:
-        return []
-    line = f"**Training verdict: {verdict.status}** — {verdict.reason}."
-    return [line + (" Its heatmaps explain nothing." if not verdict.usable else ""), ""]
+    return [] if verdict is None else [verdict_banner(verdict), ""]
 
 
 def _copy_examples(run: Path, dest: Path, per_class: int) -> int:
