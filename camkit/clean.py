@@ -6,10 +6,17 @@ is, review the worst on an offline page, then apply (and undo) the decisions mad
     apply("runs/pets", "decisions.json")             # moves only: DATA/_rejected/cleaned/, DATA/CLASS/
     undo("runs/pets")                                # every move logged in DATA/clean.jsonl, reversed
 
-The main score is the loss under the folder's label (what fastai's `top_losses` sorts by),
-computed for training images too, since noise the model memorised still costs more than the
-clean images around it. Nothing is ever deleted: a 'delete' moves the file under
-`_rejected/cleaned/`, every move is one line of `clean.jsonl`, and `undo` moves files back.
+Without folds, the score is the loss under the folder's label (what fastai's `top_losses` sorts
+by) under the run's own model, training images included: noise the model memorised looks clean
+to it. With `folds=K` (camkit.folds) every image is scored by a model trained without it, and
+cleanlab ranks and counts: `cleanlab.rank.get_label_quality_scores` (self-confidence, the
+out-of-sample probability of the folder's label), `cleanlab.filter.find_label_issues`
+(confident learning: how many images are likely mislabelled), and the fold model's
+out-of-distribution score (cleanlab's OutOfDistribution on its features) for off-topic images,
+which a two-class model often places confidently in the folder's class. Image-quality and
+train/valid leakage checks come from camkit.quality. Nothing is ever deleted: a 'delete' moves
+the file under `_rejected/cleaned/`, every move is one line of `clean.jsonl`, and `undo` moves
+files back.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from camkit.errors import CamkitError
 from camkit.files import confined, free_name, move_aside, parse_json, read_text, real_folder
 from camkit.images import REJECTED, is_dataset_image
 from camkit.predict import iter_scores
+from camkit.quality import findings, leaks, measure, twin_elsewhere
 from camkit.run import LoadedModel, data_root, load, read_info, read_valid, warn_if_unusable
 
 CLEAN_LOG = "clean.jsonl"
@@ -43,16 +51,18 @@ OFF_TOPIC_ENTROPY = 0.9        # normalised entropy above this: no class fits ("
 # only by their shared noisy background), and a +1.0 bonus cut the recall of injected noise in
 # the top 15 % from 90.6 % to 85.9 %.
 DUPLICATE_BONUS = 0.0
-
-
-
+# cleanlab Datalab's feature-outlier rule (OutlierIssueManager, threshold 0.37037): an image is
+# an outlier when its kNN distance exceeds Q3 + (1 / 0.37037 - 1) x IQR of all the distances
+OUTLIER_IQR = 1 / 0.37037 - 1
 
 
 @dataclass
 class Suspect:
     """One scored image: its label (the class folder), the model's prediction and probability,
     the loss under the label, why it looks suspicious ("" when nothing does) and the score
-    the ranking sorts by (the loss, plus DUPLICATE_BONUS for a near-duplicate across classes)."""
+    the ranking sorts by (the loss, plus DUPLICATE_BONUS for a near-duplicate across classes;
+    with folds, `suspicion` of the out-of-sample scores). With folds also: the fold the image
+    was held out in, cleanlab's label quality and OOD score; always: image-quality findings."""
     image: Path
     rel: str
     label: str
@@ -61,11 +71,43 @@ class Suspect:
     loss: float
     reason: str
     score: float
+    fold: int | None = None
+    label_quality: float | None = None
+    ood: float | None = None
+    quality: tuple[str, ...] = ()
 
     def record(self) -> dict:
         """The `--json` line."""
-        return {"image": str(self.image.resolve()), "label": self.label, "pred": self.pred,
-                "prob": round(self.prob, 6), "loss": round(self.loss, 6), "reason": self.reason}
+        out = {"image": str(self.image.resolve()), "label": self.label, "pred": self.pred,
+               "prob": round(self.prob, 6), "loss": round(self.loss, 6), "reason": self.reason,
+               "score": round(self.score, 6), "quality": list(self.quality)}
+        if self.fold is not None:
+            out.update(fold=self.fold, label_quality=round(float(self.label_quality), 6), ood=round(float(self.ood), 6))
+        return out
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """How many images to review: cleanlab's confident-learning count of likely mislabelled
+    images (`find_label_issues` on the out-of-sample probabilities) plus the images that are
+    outliers to their fold model's training features (off-topic), without counting one twice."""
+    to_review: int
+    mislabelled: int
+    off_topic: int
+    folds: int
+    epochs: int
+    seconds: float
+
+    def record(self) -> dict:
+        return {"estimate": {"to_review": self.to_review, "mislabelled": self.mislabelled,
+                             "off_topic": self.off_topic, "folds": self.folds, "epochs_per_fold": self.epochs,
+                             "seconds": round(self.seconds, 1)}}
+
+
+class Ranking(list):
+    """The suspects, most suspicious first (a list), with the out-of-sample estimate of how
+    many to review (`estimate`, None without folds)."""
+    estimate: Estimate | None = None
 
 
 # ---------------------------------------------------------------- ranking
@@ -88,16 +130,8 @@ def dataset_files(root: Path, classes: list[str], split: str, valid: set[Path]) 
 
 def near_duplicates(hashes: list[int], labels: list[str], threshold: int = PHASH_THRESHOLD) -> np.ndarray:
     """For each image, whether an image of another label lies within `threshold` bits of its
-    64-bit pHash (the crawl's near-duplicate rule), computed in row blocks to bound memory."""
-    h = np.array(hashes, dtype=np.uint64)
-    lab = np.unique(np.array(labels), return_inverse=True)[1]
-    found = np.zeros(len(h), dtype=bool)
-    for start in range(0, len(h), 256):
-        xor = h[start:start + 256, None] ^ h[None, :]
-        bits = np.unpackbits(xor.view(np.uint8).reshape(*xor.shape, 8), axis=-1).sum(-1)
-        other = lab[start:start + 256, None] != lab[None, :]
-        found[start:start + 256] = ((bits <= threshold) & other).any(1)
-    return found
+    64-bit pHash (the crawl's near-duplicate rule)."""
+    return twin_elsewhere(hashes, labels, threshold)
 
 
 def reasons(probs: np.ndarray, label: int, duplicate: bool) -> str:
@@ -119,30 +153,105 @@ def reasons(probs: np.ndarray, label: int, duplicate: bool) -> str:
 
 @in_group
 def rank(run: str | Path | LoadedModel, data: str | Path | None = None, split: str = "all", bs: int = 64,
-         device: str | None = None) -> list[Suspect]:
+         device: str | None = None, folds: int | None = None, fold_epochs: int | None = None,
+         cache: str | Path | None = None) -> Ranking:
     """Score every image of the run's dataset (training images included) and sort them, most
     suspicious first. `data` overrides the data root recorded in the run. Under torchrun each
-    rank scores its block of the images; every rank then ranks the whole gathered set."""
+    rank scores its block of the images; every rank then ranks the whole gathered set.
+
+    `folds` K: K models on the run's recipe score every image out of sample (camkit.folds;
+    `fold_epochs` overrides the run's epochs per fold, `cache` is camkit.cache's folder), and
+    the ranking is `suspicion` of cleanlab's label quality and the OOD score, with the
+    estimate of how many images to review. Every image also gets the camkit.quality findings
+    (blank, tiny content, extreme aspect, a near-twin across the run's train / valid split)."""
     split = _check_split(split)
     loaded = run if isinstance(run, LoadedModel) else load(run, device=device)
+    if folds is not None and (isinstance(folds, bool) or not isinstance(folds, int) or folds < 2):
+        raise CamkitError(f"--folds must be at least 2 (each image held out once), not {folds}")
     root = data_root(loaded.path, loaded.info, data)
-    valid = {r.file.resolve() for r in read_valid(loaded.path, loaded.info, root)} if split != "all" else set()
-    items = dataset_files(root, loaded.classes, split, valid)
+    valid = {r.file.resolve() for r in read_valid(loaded.path, loaded.info, root)}
+    items = dataset_files(root, loaded.classes, "all", valid)
     warn_if_unusable(loaded)
     labels = dict(items)
-    files, rows, hashes = [], [], []
+    files, rows, extras = [], [], []
     part = shard(len(items))
-    for batch in iter_scores(loaded, [f for f, _ in items[part.start:part.stop]], bs, also=phash):
+    for batch in iter_scores(loaded, [f for f, _ in items[part.start:part.stop]], bs, also=_hash_and_measure):
         files += batch.files
         rows.append(batch.logits.double().log_softmax(1).numpy())  # exact losses where softmax underflows
-        hashes += batch.extras
-    files, rows, hashes = gather(files), gather(rows), gather(hashes)
+        extras += batch.extras
+    files, rows, extras = gather(files), gather(rows), gather(extras)
     if not rows:
         raise CamkitError(f"no readable images in '{root}'")
     log_probs = np.concatenate(rows)
+    hashes = [h for h, _ in extras]
     dup = near_duplicates(hashes, [labels[f] for f in files])
-    out = [_suspect(f, root, labels[f], loaded.classes, lp, d) for f, lp, d in zip(files, log_probs, dup)]
-    return sorted(out, key=lambda s: -s.score)
+    leak = leaks(hashes, [f.resolve() in valid for f in files])
+    out = Ranking(_suspect(f, root, labels[f], loaded.classes, lp, d) for f, lp, d in zip(files, log_probs, dup))
+    for s, (_, m), leaked in zip(out, extras, leak):
+        s.quality = findings(m) + (("near-duplicate across train/valid",) if leaked else ())
+    if folds is not None:
+        out.estimate = _out_of_sample(out, loaded, root, folds, fold_epochs, cache)
+    keep = [s for s in out if split == "all" or (s.image.resolve() in valid) == (split == "valid")]
+    if not keep:
+        raise CamkitError(f"no images of the run's classes in '{root}' for split '{split}'")
+    ranked = Ranking(sorted(keep, key=lambda s: -s.score))
+    ranked.estimate = out.estimate
+    return ranked
+
+
+def _hash_and_measure(image) -> tuple:
+    """What the ranking needs of each decoded image besides the model's scores, in one decode."""
+    return phash(image), measure(image)
+
+
+def suspicion(label_quality: np.ndarray, ood: np.ndarray) -> np.ndarray:
+    """The out-of-sample ranking score, higher first: the larger of 1 - label quality
+    (cleanlab's self-confidence: the held-out probability of the folder's label; a swapped
+    label) and 1 - the OOD score (far from every training image of the fold model: off-topic)."""
+    return np.maximum(1.0 - label_quality, 1.0 - ood)
+
+
+def outliers(ood: np.ndarray) -> np.ndarray:
+    """Which images are off-topic by cleanlab Datalab's feature-outlier rule, applied to the
+    normalised kNN distance d / t = -log(OOD score): above Q3 + OUTLIER_IQR x IQR."""
+    d = -np.log(np.clip(ood, 1e-300, 1.0))
+    q1, q3 = np.percentile(d, [25, 75])
+    return d > q3 + OUTLIER_IQR * (q3 - q1)
+
+
+def _out_of_sample(suspects: list[Suspect], loaded: LoadedModel, root: Path, folds: int,
+                   epochs: int | None, cache: str | Path | None) -> Estimate:
+    """Re-score `suspects` in place with K-fold out-of-sample probabilities (camkit.folds) and
+    cleanlab's label quality, label issues and OOD outliers; returns the estimate to review."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    from camkit.distributed import joined
+    from camkit.folds import out_of_sample
+
+    if joined():
+        raise CamkitError("--folds trains its models in one process; run it without a launcher")
+    scores = out_of_sample(loaded, root, folds, epochs, cache)
+    quality = get_label_quality_scores(scores.labels, scores.probs)
+    issues = find_label_issues(scores.labels, scores.probs)
+    far = outliers(scores.ood)
+    score = suspicion(quality, scores.ood)
+    where = {f.resolve(): i for i, f in enumerate(scores.files)}
+    classes = loaded.classes
+    for s in suspects:
+        i = where.get(s.image.resolve())
+        if i is None:   # decoded by the model's loader but not by the folds' (cannot happen with one decode)
+            s.score = 0.0
+            continue
+        k, probs = int(scores.labels[i]), scores.probs[i]
+        top = int(probs.argmax())
+        why = (["mislabelled?"] if issues[i] else []) + (["off-topic?"] if far[i] else [])
+        rest = [r for r in s.reason.split("; ") if r.startswith("near-duplicate")]
+        s.pred, s.prob, s.loss = classes[top], float(probs[top]), float(-np.log(max(probs[k], 1e-300)))
+        s.fold, s.label_quality, s.ood, s.score = int(scores.fold[i]), float(quality[i]), float(scores.ood[i]), \
+            float(score[i])
+        s.reason = "; ".join(why + rest)
+    return Estimate(int((issues | far).sum()), int(issues.sum()), int(far.sum()), folds, scores.epochs, scores.seconds)
 
 
 def _check_split(split: str) -> str:
@@ -565,11 +674,12 @@ def write_page(suspects: list[Suspect], run: str | Path | LoadedModel, out: str 
                data: str | Path | None = None) -> Path:
     """The offline review page of the `top` most suspicious images, written atomically to
     `out`. A file at `out` that this function did not write is never replaced."""
-    from camkit.files import atomic_write, ensure_writable_dir
+    from camkit.files import atomic_write, ensure_writable_dir, refuse_inside_class_folder
 
     out = check_page(out, top)
     loaded = run if isinstance(run, LoadedModel) else load(run)
     root = str(data_root(loaded.path, loaded.info, data).resolve())
+    refuse_inside_class_folder(out.parent, (root,))
     chosen = suspects[:top]
     ensure_writable_dir(out.parent, "page folder")
     text = page_html(chosen, overlays(loaded, chosen), loaded.classes, str(loaded.path.resolve()), root)

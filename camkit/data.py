@@ -21,6 +21,7 @@ import torch
 
 from camkit.cache import cache_key, decode_cached, release_rows
 from camkit.errors import CamkitError
+from camkit.files import is_camkit_output
 from camkit.images import is_dataset_image, open_rgb, resize_square
 from camkit.resources import SAMPLE, resource
 
@@ -175,14 +176,6 @@ class FolderData:
             valid.append(idx[:n_valid])
             train.append(idx[n_valid:])
         return torch.cat(train).sort().values, torch.cat(valid).sort().values
-
-
-CAMKIT_OUTPUT_MARKERS = ("model.json", "cams.jsonl", "report.html")
-
-
-def is_camkit_output(folder: Path) -> bool:
-    """A run, CAM or report folder camkit wrote (directly or one level down, as runs/NAME/)."""
-    return any((folder / m).is_file() or any(folder.glob(f"*/{m}")) for m in CAMKIT_OUTPUT_MARKERS)
 
 
 def scan_class_folders(root: str | Path) -> tuple[list[str], list[list[Path]]]:

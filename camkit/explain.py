@@ -28,7 +28,8 @@ from camkit.cam import BaseCAM, get_layer, make_cam, split_layers
 from camkit.device import autocast, resolve_precision
 from camkit.distributed import gather, in_group, main_first, rank_world, shard
 from camkit.errors import CamkitError
-from camkit.files import atomic_write, confined, ensure_writable_dir, parse_json, read_text, remove_if_empty
+from camkit.files import (atomic_write, confined, ensure_writable_dir, parse_json, read_text, refuse_inside_class_folder,
+                          remove_if_empty)
 from camkit.geometry import Grid
 from camkit.images import list_images, open_or_skip, open_rgb
 from camkit.render import DIVERGING, Style, fit_for_drawing, gallery_html, overlay, peak_xy, to_numpy
@@ -274,7 +275,8 @@ def cam(images: Sequence[str | Path] | str | Path, model: str | Path | LoadedMod
     tgt = resolve_target(target, loaded.classes)
     files, named = collect_files(images)
     warn_if_unusable(loaded)
-    writer = main_first(lambda: CamWriter(out, [stem(f, i) for i, f in enumerate(files)], style))
+    writer = main_first(lambda: CamWriter(out, [stem(f, i) for i, f in enumerate(files)], style,
+                                          data_roots=(loaded.info.data_root,)))
     part = shard(len(files))
     batches = iter_explain(loaded, files, extractor, tgt, bs, precision, named, max_side=style.max_side, part=part)
     quiet = quiet or rank_world()[0] != 0  # progress once: rank 0's share
@@ -302,10 +304,14 @@ def stem(path: Path, index: int) -> str:
 
 class CamWriter:
     """Writes a CAM folder. Refuses, before any work, a folder holding files of the same names
-    that camkit did not write (no `.camkit-cams` marker): a user's index.html is never replaced."""
+    that camkit did not write (no `.camkit-cams` marker): a user's index.html is never replaced;
+    and a folder inside a dataset's class folder (`data_roots`: the datasets known to the caller,
+    see files.class_folder_of), which the next training would skip."""
 
-    def __init__(self, out: str | Path, stems: Sequence[str], style: Style = Style()):
+    def __init__(self, out: str | Path, stems: Sequence[str], style: Style = Style(),
+                 data_roots: Sequence[str | Path | None] = ()):
         self.out, self.style = Path(out), style
+        refuse_inside_class_folder(self.out, data_roots)
         if self.out.exists() and not self.out.is_dir():
             raise CamkitError(f"--out '{self.out}' is a file, not a folder")
         if self.out.is_dir() and not (self.out / MARKER).exists():

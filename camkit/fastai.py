@@ -238,9 +238,11 @@ def export_run(self: Learner, path: str | Path, overwrite: bool = False) -> Path
     held-out predictions, figures): never a pickle, so `camkit cam / report / cam-eval` and
     `camkit.run.load` work on a notebook-trained model. Refuses a non-empty folder that is not
     a run (and an existing run unless `overwrite`), and a model camkit cannot rebuild."""
+    from camkit.files import refuse_inside_class_folder
     from camkit.run import check_out, discard_out, save_run
 
     path = Path(path)
+    refuse_inside_class_folder(path, (getattr(getattr(self, "dls", None), "path", None),), "export_run path")
     created = check_out(path, overwrite)  # before the predictions pass, as train does
     try:
         contents = run_contents(self)

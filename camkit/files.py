@@ -24,11 +24,17 @@ import os
 import stat
 import uuid
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Sequence
 
 from camkit.errors import CamkitError
 
 TMP_PREFIX = ".camkit-tmp-"
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+
+# Files only camkit's own output folders hold: a folder with one of them directly (or one level
+# down, as runs/NAME/) is a run, CAM or report folder, never a class.
+CAMKIT_OUTPUT_MARKERS = ("model.json", "cams.jsonl", "report.html")
 
 
 # camkit's text files (manifest, valid.json, decisions, logs) are far smaller: a manifest line is
@@ -218,3 +224,99 @@ def remove_if_empty(folder: Path, top: Path | None = None) -> None:
             return
         if top is None or p == top:
             return
+
+
+def is_camkit_output(folder: Path) -> bool:
+    """A run, CAM or report folder camkit wrote (directly or one level down, as runs/NAME/)."""
+    return any((folder / m).is_file() or any(folder.glob(f"*/{m}")) for m in CAMKIT_OUTPUT_MARKERS)
+
+
+# How many entries of a folder are looked at to decide whether it holds images: a class folder's
+# first entries are images, so the check costs a few stat calls, whatever the folder's size.
+_LOOK = 1000
+
+
+def _holds_images(folder: Path, deep: bool) -> bool:
+    """Whether one of the first _LOOK entries under `folder` (directly, or at any depth when
+    `deep`) is an image file; hidden and `_` entries are not looked into."""
+    seen, todo = 0, [folder]
+    while todo and seen < _LOOK:
+        try:
+            with os.scandir(todo.pop()) as it:
+                for entry in it:
+                    seen += 1
+                    if entry.name.startswith((".", "_")):
+                        continue
+                    if entry.is_file() and Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+                        return True
+                    if deep and entry.is_dir(follow_symlinks=False):
+                        todo.append(Path(entry.path))
+                    if seen >= _LOOK:
+                        break
+        except OSError:
+            continue
+    return False
+
+
+def _is_class_folder(folder: Path, deep: bool) -> bool:
+    """A folder the next training would take as a class: visible (no '.' or '_' prefix), not
+    camkit's own output, holding images."""
+    return (not folder.name.startswith((".", "_")) and folder.is_dir() and not is_camkit_output(folder)
+            and _holds_images(folder, deep))
+
+
+def _looks_like_dataset(root: Path) -> bool:
+    """A class-per-folder dataset by its shape alone: at least two visible sub-folders, and every
+    one of them that is not camkit's own output holds images directly. (A home folder, where
+    Documents holds none, is not one; the first folder without images ends the look.)"""
+    try:
+        subs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))]
+    except OSError:
+        return False
+    classes = 0
+    for sub in subs:
+        if is_camkit_output(sub):
+            continue
+        if not _holds_images(sub, deep=False):
+            return False
+        classes += 1
+    return classes >= 2
+
+
+def class_folder_of(path: str | Path, roots: Sequence[str | Path | None] = ()) -> tuple[Path, Path] | None:
+    """(class folder, dataset root) when `path` (existing or not) is a class folder of a dataset
+    or inside one, else None. camkit output there would corrupt the next training: a folder
+    holding cams.jsonl or model.json makes the whole class skipped, and an output's images
+    (overlays, a Space's examples of every class) would be taken as the class's own.
+
+    The rule, on the resolved path: some folder C on it (the path itself included) is a class
+    folder (visible, not camkit output, holding images) of its parent R, where R is
+    - one of `roots`, the datasets the caller knows (a run's data root from model.json, a
+      Learner's data path): C then counts when it holds images at any depth; or
+    - any folder shaped like a dataset (`_looks_like_dataset`): C holds images directly.
+    A folder not yet made is no class, so `DATA/new` (a new sibling of the classes, which the
+    next scan skips as camkit output) is allowed, while `DATA/bag/cams` is not."""
+    target = Path(path).resolve()
+    known = {Path(r).resolve() for r in roots if r is not None}
+    for folder in (target, *target.parents):
+        parent = folder.parent
+        if parent == folder:
+            break
+        if parent in known and _is_class_folder(folder, deep=True):
+            return folder, parent
+        if _is_class_folder(folder, deep=False) and _looks_like_dataset(parent):
+            return folder, parent
+    return None
+
+
+def refuse_inside_class_folder(path: str | Path, roots: Sequence[str | Path | None] = (),
+                               what: str = "--out") -> None:
+    """Raise a CamkitError when `path` is inside a dataset's class folder (`class_folder_of`):
+    every camkit writer (train, cam, export_run, --export-space, the clean page) calls this
+    before any work."""
+    found = class_folder_of(path, roots)
+    if found is not None:
+        cls, root = found
+        raise CamkitError(f"{what} '{path}' is inside the class folder '{cls.name}' of the dataset '{root}': "
+                          "the next training would skip that class or take camkit's files as its images; "
+                          "choose a folder outside the dataset's class folders")

@@ -11,9 +11,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from camkit.errors import CamkitError
-from camkit.files import open_regular
+from camkit.files import IMAGE_SUFFIXES, open_regular
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 REJECTED = "_rejected"  # where the crawl and verify move images aside (never deleted)
 # Refuse images that would take more than ~1 GB as RGB; Pillow's own bomb check is per-format.
 MAX_PIXELS = 300_000_000

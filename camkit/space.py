@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from camkit.errors import CamkitError
-from camkit.files import TMP_PREFIX, ensure_writable_dir
+from camkit.files import TMP_PREFIX, ensure_writable_dir, refuse_inside_class_folder
 from camkit.run import export_model, read_info, read_verdict
 
 if TYPE_CHECKING:
@@ -143,9 +143,13 @@ def _copy_package(dest: Path) -> None:
 def export_space(run: str | Path, out: str | Path, examples_per_class: int = 2) -> Path:
     """Write the Space folder `out` (which must not exist yet) for the run; returns it."""
     run, out = Path(run), Path(out)
+    if out.is_symlink():
+        raise CamkitError(f"'{out}' is a symbolic link{'' if out.exists() else ' to nothing'}; "
+                          "--export-space writes a new folder: name one that does not exist")
     if out.exists():
         raise CamkitError(f"'{out}' already exists; --export-space writes a new folder")
     reqs = requirements()
+    refuse_inside_class_folder(out, (read_info(run).data_root,), "--export-space")
     created = ensure_writable_dir(out.parent, "Space's parent folder")
     staging = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}space-", dir=out.parent))
     try:

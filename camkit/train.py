@@ -33,6 +33,7 @@ from camkit.device import resolve_device, resolve_precision
 from camkit.distributed import ddp_callback, in_group, joined, launch, local_device, main_first, on_main, rank_world
 from camkit.errors import CamkitError, Interrupted
 from camkit.evidence import get_recipe, load_negatives, recipe_callbacks, recipe_loss, with_recipe
+from camkit.files import refuse_inside_class_folder
 from camkit.images import open_rgb
 from camkit.models import BuiltModel, build_model
 from camkit.run import MODEL_FORMAT, RunContents, RunInfo, check_out, discard_out, run_summary, save_run
@@ -284,10 +285,12 @@ class Split:
 
 
 def _check_out_not_in_data(out: Path, data_dir: Path) -> None:
-    """A run inside the dataset would be taken as a class by the next training."""
+    """A run inside the dataset would be taken as a class by the next training; inside a class
+    folder of another dataset it would make that class skipped (files.refuse_inside_class_folder)."""
     if data_dir.is_dir() and out.resolve().is_relative_to(data_dir.resolve()):
         raise CamkitError(f"--out '{out}' is inside the data folder '{data_dir}'; the next training would "
                           "take it as a class: choose an --out outside it")
+    refuse_inside_class_folder(out)
 
 
 def _split(data: FolderData, valid_pct: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

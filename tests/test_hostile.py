@@ -831,3 +831,77 @@ def test_decisions_made_for_another_run_or_dataset_are_refused(cli, tiny_run, ca
     code, _, err = cli("clean", tiny_run, "--data", canvas, "--apply", d)
     one_line(code, err, f"was made for the {'run' if field == 'run' else 'data folder'} '{other.resolve()}'")
     assert snapshot(canvas) == before and not (canvas / "clean.jsonl").exists()
+
+
+# ---------------------------------------------------------------- no writer puts its output in a class folder (issue 26 item 9)
+
+@pytest.fixture
+def run_on_canvas(run_copy, canvas):
+    """The tiny run, its model.json pointing at the private `canvas` copy as its data root."""
+    meta = json.loads((run_copy / "model.json").read_text())
+    (run_copy / "model.json").write_text(json.dumps({**meta, "data_root": str(canvas.resolve())}))
+    return run_copy
+
+
+@pytest.mark.parametrize("writer", ["cam --out", "app --export-space", "clean --out", "train --out"])
+def test_no_writer_puts_output_inside_a_class_folder(cli, run_on_canvas, canvas, writer):
+    """cams.jsonl or model.json in DATA/bag made the next training skip the whole class (a
+    warning only), a Space's examples of every class were taken as bags: each is one line, exit
+    2, nothing written into the dataset."""
+    before = snapshot(canvas)
+    target = canvas / "bag" / "out"
+    args = {"cam --out": ("cam", canvas / "trouser", "--model", run_on_canvas, "--out", target),
+            "app --export-space": ("app", run_on_canvas, "--export-space", target),
+            "clean --out": ("clean", run_on_canvas, "--top", "2", "--out", target / "clean.html"),
+            "train --out": ("train", canvas.parent / "elsewhere", *TRAIN, "--out", target)}[writer]
+    if writer == "train --out":   # another dataset, so that only the class-folder rule can refuse it
+        shutil.copytree(canvas, canvas.parent / "elsewhere")
+    code, _, err = cli(*args)
+    one_line(code, err, f"is inside the class folder 'bag' of the dataset '{canvas.resolve()}'")
+    assert snapshot(canvas) == before and not target.exists()
+
+
+def test_export_run_refuses_a_class_folder_of_the_learners_data(canvas):
+    """The guard comes before the Learner is read: the data path (fastai's dls.path) is all it needs."""
+    from types import SimpleNamespace
+
+    from fastai.learner import Learner
+
+    import camkit.fastai  # noqa: F401  (adds export_run)
+
+    before = snapshot(canvas)
+    with pytest.raises(CamkitError, match="export_run path .* is inside the class folder 'trouser'"):
+        Learner.export_run(SimpleNamespace(dls=SimpleNamespace(path=canvas)), canvas / "trouser" / "run")
+    assert snapshot(canvas) == before
+
+
+def test_a_dataset_is_recognised_by_its_shape_and_its_known_root(tmp_path, canvas):
+    from camkit.files import class_folder_of
+
+    # by shape: every visible sub-folder holds images; camkit outputs, '_' folders and new names are no class
+    assert class_folder_of(canvas / "bag" / "cams" / "deep") == (canvas.resolve() / "bag", canvas.resolve())
+    assert class_folder_of(canvas / "bag") == (canvas.resolve() / "bag", canvas.resolve())
+    (canvas / "run").mkdir()
+    (canvas / "run" / "model.json").write_text("{}")
+    for allowed in (canvas / "new" / "x", canvas / "_rejected" / "x", canvas / "run" / "cams", canvas, tmp_path):
+        assert class_folder_of(allowed) is None, allowed
+    # a home folder: pictures in some sub-folders, none in Documents, is not a dataset
+    home = tmp_path / "home"
+    for name in ("Pictures", "Downloads", "Documents"):
+        (home / name).mkdir(parents=True)
+    for name in ("Pictures", "Downloads"):
+        Image.new("RGB", (4, 4)).save(home / name / "photo.png")
+    (home / "Documents" / "cv.txt").write_text("me")
+    assert class_folder_of(home / "Pictures" / "cams") is None
+    # a known root: a class whose images sit one level down counts too
+    (home / "Documents" / "scans").mkdir()
+    Image.new("RGB", (4, 4)).save(home / "Documents" / "scans" / "page.png")
+    assert class_folder_of(home / "Documents" / "cams") is None
+    assert class_folder_of(home / "Documents" / "cams", roots=[home]) == (home.resolve() / "Documents", home.resolve())
+
+
+def test_export_space_at_a_dangling_symlink_is_one_line(cli, tiny_run, tmp_path):
+    (tmp_path / "space").symlink_to(tmp_path / "nowhere")
+    code, _, err = cli("app", tiny_run, "--export-space", tmp_path / "space")
+    one_line(code, err, f"'{tmp_path / 'space'}' is a symbolic link to nothing")
+    assert not (tmp_path / "nowhere").exists() and (tmp_path / "space").is_symlink()
