@@ -4,9 +4,43 @@ crawl -> image folder -> train -> run folder -> cam / explain -> render -> repor
 command is a library function with the same arguments (``camkit.crawl.crawl``,
 ``camkit.train.train``, ``camkit.explain.cam``, ``camkit.report.report`` ...); in a notebook,
 ``camkit.fastai`` works on any fastai ``Learner``.
+
+The package face is lazy (PEP 562, as torchcam's ``__init__``): ``import camkit`` loads no
+torch, fastai or icrawler (a command's ``--help`` and ``camkit crawl`` never need them); a
+public sub-module or name listed below is imported on first use, so ``import camkit;
+camkit.explain.cam(...)`` works as ``import camkit.explain`` does.
 """
 
-from camkit.errors import CamkitError
+from __future__ import annotations
+
+from importlib import import_module as _import_module
+from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["CamkitError", "__version__"]
+
+# the public sub-modules, each imported on first attribute access
+_SUBMODULES = frozenset({
+    "app", "cache", "cam", "choices", "clean", "course", "crawl", "data", "demo", "device", "distributed",
+    "errors", "evidence", "explain", "fastai", "files", "geometry", "images", "metrics", "models", "plots",
+    "predict", "render", "report", "run", "space", "spec", "targets", "train", "verdict",
+})
+# public names re-exported from a sub-module: name -> module
+_NAMES = {"CamkitError": "camkit.errors", "Interrupted": "camkit.errors"}
+
+__all__ = ["CamkitError", "Interrupted", "__version__"]  # noqa: F822  (resolved by __getattr__)
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public sub-module or re-exported name the first time it is asked for, and keep it."""
+    if name in _NAMES:
+        value = getattr(_import_module(_NAMES[name]), name)
+    elif name in _SUBMODULES:
+        value = _import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_NAMES, *_SUBMODULES})
