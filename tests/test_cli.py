@@ -1,5 +1,7 @@
 """The real entry point, as a user's shell runs it: one line on stderr, exit 2, no traceback;
-and the CLI's typed choices, which must match the registries they name."""
+the CLI's typed choices, which must match the registries they name; and what each command
+imports before it answers (help, version, argument errors, crawl, verify and credits never load
+torch or fastai: assertions on modules, the seconds live in scripts/bench_startup.py)."""
 
 import json
 import os
@@ -88,3 +90,81 @@ def test_choices_match_the_registries():
     assert [m.value for m in Method] == list(METHODS)
     assert [e.value for e in Engine] == ["auto", *ENGINES]
     assert {d.value for d in CourseDataset} == set(DATASETS)
+
+
+# ---------------------------------------------------------------- start-up: what a command loads
+
+HEAVY = ("torch", "torchvision", "fastai", "matplotlib", "sklearn", "pandas")
+# runs the console entry point with the given arguments, then names the heavy packages it loaded
+PROBE = ("import sys\nfrom camkit.cli import main\ntry:\n    main()\nfinally:\n"
+         f"    print('loaded:' + ','.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)\n")
+
+
+def camkit_loads(*args) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """(the finished process, the heavy packages it had imported when the command returned)."""
+    r = subprocess.run([sys.executable, "-c", PROBE, *map(str, args)], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "COLUMNS": "200"})
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("loaded:"), r.stderr
+    return r, set(filter(None, last.removeprefix("loaded:").split(",")))
+
+
+@pytest.mark.parametrize("args,code", [
+    (("--help",), 0),
+    (("--version",), 0),
+    (("crawl", "--help"), 0),
+    (("cam", "--help"), 0),
+    (("train", "--bogus", "1"), 2),                  # an unknown option
+    (("cam", "x.jpg"), 2),                           # a missing --model
+    (("cam", "x.jpg", "-m", "r", "--method", "gradkam"), 2),   # a bad choice
+    (("crawl",), 2),                                 # no keyword: the command's own check
+    (("calc", "conv", "--input", "32x32x3"), 0),
+])
+def test_help_version_and_argument_errors_load_no_torch(args, code):
+    r, loaded = camkit_loads(*args)
+    assert r.returncode == code, r.stderr
+    assert loaded == set()
+
+
+def test_crawl_verify_and_credits_load_no_torch(tmp_path):
+    from fake_engine import FakeEngine, encode, smooth_image
+
+    out = tmp_path / "images"
+    with FakeEngine() as engine:
+        engine.result("cats", *[engine.add(f"/img/{i}.jpg", encode(smooth_image(900 + i))) for i in range(3)])
+        crawled, crawl_loads = camkit_loads("crawl", "cats", "--max-num", "3", "--out", out, "--endpoint",
+                                            engine.endpoint, "--engine", "bing", "--threads", "2", "--min-size", "32")
+    verified, verify_loads = camkit_loads("verify", out, "--min-size", "32")
+    credited, credits_loads = camkit_loads("credits", out)
+    assert crawled.returncode == 0 and len(list((out / "cats").iterdir())) == 3, crawled.stderr
+    assert verified.returncode == 0 and "checked 3, kept 3" in verified.stdout, verified.stderr
+    assert credited.returncode == 0 and credited.stdout.count("| cats/") == 3, credited.stderr
+    assert crawl_loads == verify_loads == credits_loads == set()
+
+
+def test_the_probe_sees_a_command_that_needs_torch(tmp_path):
+    """The control: a command that must load a model imports torch before it can refuse the run."""
+    r, loaded = camkit_loads("predict", tmp_path / "x.png", "-m", tmp_path / "no-run")
+    assert r.returncode == 2 and "torch" in loaded, r.stderr
+
+
+def test_import_camkit_loads_only_its_face():
+    r = subprocess.run([sys.executable, "-c", "import sys, camkit; from camkit import CamkitError, __version__; "
+                        "print(sorted(m for m in sys.modules if m.startswith('camkit') or m in "
+                        f"{HEAVY!r} or m in ('numpy', 'PIL', 'icrawler')))"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "['camkit', 'camkit.errors']", r.stderr
+
+
+def test_the_lazy_face_keeps_every_import_path():
+    import importlib
+
+    import camkit
+    from camkit import CamkitError, Interrupted
+
+    assert CamkitError is importlib.import_module("camkit.errors").CamkitError
+    assert issubclass(Interrupted, CamkitError)
+    assert camkit.run is importlib.import_module("camkit.run") and "run" in dir(camkit)
+    assert all(importlib.util.find_spec(f"camkit.{name}") is not None for name in camkit._SUBMODULES)
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        camkit.no_such_name
