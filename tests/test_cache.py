@@ -1,7 +1,13 @@
-"""camkit.cache: decode once, reuse while path + size + mtime match, rebuild what fails a check."""
+"""camkit.cache: decode once, reuse while a file's stamp matches, rebuild what fails a check,
+one builder per key (real processes, a real SIGKILL)."""
 
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from camkit.cache import CHECKED_ROWS, cache_key, decode_cached
+from camkit.cache import STALE_TEMP_S, cache_key, decode_cached
 from camkit.data import TensorBatches, load_folder
 from camkit.errors import CamkitError
 
@@ -112,10 +118,43 @@ def test_a_damaged_cache_is_rebuilt_not_trusted(tmp_path, files, damage):
     assert rows.decoded == 6 and _values(rows) == [0, 10, 20, 30, 40, 50]
 
 
-def test_every_row_is_checked_up_to_the_sample_size(tmp_path, files):
+def test_damage_anywhere_in_the_data_file_is_caught(tmp_path):
+    """One byte changed in the middle row of 40 (the crc32 covers every byte), the file's
+    mtime set back: rebuilt, not trusted."""
+    files = [_write(tmp_path / "data" / f"{i}.png", i) for i in range(40)]
+    folder = tmp_path / "c"
+    decode_cached(folder, "k", files, SHAPE, CountingDecode())
+    data = next(folder.glob("k-*.u8"))
+    st = data.stat()
+    with open(data, "r+b") as f:
+        f.seek(20 * int(np.prod(SHAPE)) + 7)
+        f.write(b"\xff")
+    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns))
+    rows = decode_cached(folder, "k", files, SHAPE, CountingDecode())
+    assert rows.decoded == 40 and _values(rows) == list(range(40))
+
+
+def test_a_same_size_same_mtime_rewrite_is_decoded_again(tmp_path, files):
     decode_cached(tmp_path / "c", "k", files, SHAPE, CountingDecode())
-    checks = json.loads((tmp_path / "c" / "k.json").read_text())["checks"]
-    assert [r for r, _ in checks] == list(range(min(6, CHECKED_ROWS)))
+    st = files[3].stat()
+    _write(files[3], 99)   # a uniform 12x10 PNG: the same size as the one it replaces
+    os.utime(files[3], ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert files[3].stat().st_size == st.st_size and files[3].stat().st_mtime_ns == st.st_mtime_ns
+    decode = CountingDecode()
+    rows = decode_cached(tmp_path / "c", "k", files, SHAPE, decode)
+    assert decode.calls == ["3.png"] and _values(rows) == [0, 10, 20, 99, 40, 50]
+
+
+def test_a_copied_cache_is_read_in_full_once_then_trusted(tmp_path, files):
+    """A copy has a new identity (inode, ctime): its crc32 is checked over every byte, matches,
+    and is recorded, so the next open is one stat again."""
+    decode_cached(tmp_path / "c", "k", files, SHAPE, CountingDecode())
+    shutil.copytree(tmp_path / "c", tmp_path / "copy")
+    before = json.loads((tmp_path / "copy" / "k.json").read_text())["identity"]
+    rows = decode_cached(tmp_path / "copy", "k", files, SHAPE, CountingDecode())
+    assert rows.decoded == 0 and _values(rows) == [0, 10, 20, 30, 40, 50]
+    after = json.loads((tmp_path / "copy" / "k.json").read_text())["identity"]
+    assert after != before and after[1] == next((tmp_path / "copy").glob("k-*.u8")).stat().st_ino
 
 
 def test_a_build_that_fails_leaves_the_previous_cache_whole(tmp_path, files):
@@ -143,6 +182,82 @@ def test_cache_folder_that_is_a_file_is_one_clear_error(tmp_path, files):
 
 def test_keys_differ_by_size_and_dataset():
     assert len({cache_key("/a", 32, "squish"), cache_key("/a", 64, "squish"), cache_key("/b", 32, "squish")}) == 3
+
+
+# ---------------------------------------------------------------- concurrent and killed builders (real processes)
+
+BUILDER = r"""
+import sys, time
+from pathlib import Path
+import numpy as np
+from PIL import Image
+from camkit.cache import decode_cached
+folder, key, marks, *names = sys.argv[1:]
+marks = Path(marks)
+def decode(path):
+    (marks / "started").touch()
+    while not (marks / "go").exists():   # the test says when this build may go on
+        time.sleep(0.02)
+    return np.full((3, 8, 8), np.asarray(Image.open(path))[0, 0, 0], dtype=np.uint8)
+rows = decode_cached(folder, key, [Path(n) for n in names], (3, 8, 8), decode, workers=1)
+print(rows.decoded, [int(r[0, 0, 0]) for r in rows.images])
+"""
+
+
+def _builder(folder: Path, key: str, marks: Path, files: list[Path], stderr=subprocess.PIPE) -> subprocess.Popen:
+    marks.mkdir(exist_ok=True)
+    return subprocess.Popen([sys.executable, "-c", BUILDER, str(folder), key, str(marks), *map(str, files)],
+                            stdout=subprocess.PIPE, stderr=stderr, text=True)
+
+
+def _wait_for(condition, what: str, limit: float = 60) -> None:
+    end = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < end, f"gave up waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_two_processes_building_the_same_key_take_turns(tmp_path, files):
+    """The second builder waits on the key's lock, then finds the first one's cache: nothing
+    decoded twice, no file of one removed by the other (it was: FileNotFoundError, 1 of 3)."""
+    folder = tmp_path / "c"
+    first = _builder(folder, "k", tmp_path / "m1", files)
+    _wait_for(lambda: (tmp_path / "m1" / "started").exists(), "the first build")
+    log = tmp_path / "second.err"
+    with open(log, "w") as err:
+        second = _builder(folder, "k", tmp_path / "m2", files, stderr=err)
+        _wait_for(lambda: "waiting for another process" in log.read_text(), "the second builder to wait")
+    (tmp_path / "m1" / "go").touch()
+    (tmp_path / "m2" / "go").touch()
+    out1, err1 = first.communicate(timeout=120)
+    out2, _ = second.communicate(timeout=120)
+    assert first.returncode == 0 and second.returncode == 0, (err1, log.read_text())
+    assert out1.split(" ", 1) == ["6", "[0, 10, 20, 30, 40, 50]\n"]
+    assert out2.split(" ", 1) == ["0", "[0, 10, 20, 30, 40, 50]\n"]
+    assert len(list(folder.glob("k-*.u8"))) == 1 and not list(folder.glob(".camkit-tmp-*"))
+    assert decode_cached(folder, "k", files, SHAPE, CountingDecode()).decoded == 0
+
+
+@pytest.mark.parametrize("next_key", ["k", "other"])
+def test_a_build_killed_by_sigkill_leaves_no_temp_file_behind(tmp_path, files, next_key):
+    """kill -9 mid-build leaves its temp data file; the next call for the same key removes it at
+    once (it holds the key's lock, so no build of it runs), a call for another key once it is
+    older than STALE_TEMP_S and its lock is free."""
+    folder = tmp_path / "c"
+    build = _builder(folder, "k", tmp_path / "m", files)
+    _wait_for(lambda: (tmp_path / "m" / "started").exists(), "the build")
+    os.kill(build.pid, signal.SIGKILL)
+    build.communicate(timeout=60)
+    assert build.returncode == -signal.SIGKILL
+    [left] = folder.glob(".camkit-tmp-*-k-*.u8")
+    rows = decode_cached(folder, next_key, files, SHAPE, CountingDecode())
+    assert rows.decoded == 6 and _values(rows) == [0, 10, 20, 30, 40, 50]
+    if next_key == "other":
+        assert left.exists()   # young: it could be a build still running elsewhere
+        old = time.time() - 2 * STALE_TEMP_S
+        os.utime(left, (old, old))
+        assert decode_cached(folder, next_key, files, SHAPE, CountingDecode()).decoded == 0
+    assert not left.exists() and not list(folder.glob(".camkit-tmp-*"))
 
 
 # ---------------------------------------------------------------- through camkit.data
