@@ -58,7 +58,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from camkit.errors import CamkitError
-from camkit.files import TMP_PREFIX, atomic_write, ensure_writable_dir, parse_json, temp_path
+from camkit.files import (TMP_PREFIX, WRITE_ERRNOS, atomic_write, ensure_writable_dir, os_error_line, parse_json,
+                          temp_path)
 
 try:
     import fcntl
@@ -168,7 +169,12 @@ def decode_cached(folder: str | Path, key: str, files: Sequence[Path], shape: tu
         old = open_index(folder, key, shape)
         if old is not None and [tuple(e[:STAMP_LEN]) for e in old.entries] == stamps:
             return CachedRows(old.images, [e[STAMP_LEN + 1] for e in old.entries], 0, old.data)
-        return _build(folder, key, list(files), stamps, shape, decode, old, workers)
+        try:
+            return _build(folder, key, list(files), stamps, shape, decode, old, workers)
+        except OSError as e:
+            if e.errno not in WRITE_ERRNOS:   # reading an image, say: not the cache's to explain
+                raise
+            raise CamkitError(os_error_line(e, f"the decode cache in '{folder}'")) from None
 
 
 def _lock_path(folder: Path, key: str) -> Path:

@@ -25,11 +25,12 @@ import torch
 from torch import Tensor
 
 from camkit.cam import BaseCAM, get_layer, make_cam, split_layers
+from camkit.choices import value
 from camkit.device import autocast, resolve_precision
 from camkit.distributed import gather, in_group, main_first, rank_world, shard
 from camkit.errors import CamkitError
-from camkit.files import (atomic_write, confined, ensure_writable_dir, parse_json, read_text, refuse_inside_class_folder,
-                          remove_if_empty)
+from camkit.files import (atomic_write, confined, ensure_writable_dir, os_error_line, parse_json, read_text,
+                          refuse_inside_class_folder, remove_if_empty)
 from camkit.geometry import Grid
 from camkit.images import list_images, open_or_skip, open_rgb
 from camkit.render import DIVERGING, Style, fit_for_drawing, gallery_html, overlay, peak_xy, to_numpy
@@ -173,7 +174,8 @@ def iter_explain(loaded: LoadedModel, files: list[Path], extractor: BaseCAM,
             decoded = [d for d in (_decode(i, f, named, loaded, max_side) for i, f in chunk) if d is not None]
             if not decoded:
                 continue
-            yield explain_batch(extractor, loaded.batch([d.square for d in decoded]), decoded, targets,
+            feed = getattr(extractor, "feed", loaded.batch)  # the ONNX engine takes uint8, torch normalised
+            yield explain_batch(extractor, feed([d.square for d in decoded]), decoded, targets,
                                 loaded.classes, precision, loaded.size)
 
 
@@ -220,9 +222,11 @@ def _decode(index: int, path: Path, named: set[str], loaded: LoadedModel, max_si
 
 
 def prepare(model: str | Path | LoadedModel, method: str | None, layer: str | None, bs: int,
-            precision: str, device: str | None, **options) -> tuple[LoadedModel, BaseCAM, str]:
+            precision: str, device: str | None, engine: str = "torch", **options) -> tuple[LoadedModel, BaseCAM, str]:
     """Load the run and make the extractor, checking every option before any image is read
-    (`options`: signed, aug_smooth, eigen_smooth, for camkit.cam.make_cam)."""
+    (`options`: signed, aug_smooth, eigen_smooth, for camkit.cam.make_cam). `engine` 'onnx' or
+    'auto' may give exact CAM by ONNX Runtime (camkit.engine.OnnxCAM, which takes the uint8
+    batch its `feed` makes; the precision returned is then the graph's own, 'fp32')."""
     loaded = model if isinstance(model, LoadedModel) else load(model, device=device)
     precision = resolve_precision(precision, loaded.device)
     if precision == "fp16":
@@ -232,26 +236,44 @@ def prepare(model: str | Path | LoadedModel, method: str | None, layer: str | No
     probe = torch.zeros(1, 3, loaded.size, loaded.size, device=loaded.device)
     for name in split_layers(layer) or []:  # 'a,b': several layers, fused
         get_layer(loaded.model, name, probe)
-    return loaded, make_cam(method, loaded.model, layer, probe, **options), precision
+    extractor = make_cam(method, loaded.model, layer, probe, **options)
+    return (loaded, *_engine(engine, loaded, extractor, layer, precision, options))
+
+
+def _engine(engine: str, loaded: LoadedModel, extractor: BaseCAM, layer: str | None, precision: str,
+            options: dict) -> tuple[BaseCAM, str]:
+    """The torch extractor, or exact CAM by ONNX Runtime when camkit.engine chooses it."""
+    from camkit.engine import Engine, OnnxCAM, choose_engine, open_graph
+
+    if value(engine) == "torch":
+        return extractor, precision
+    why_not = ("--layer" if layer is not None else "--aug-smooth" if options.get("aug_smooth") else
+               "--eigen-smooth" if options.get("eigen_smooth") else None)
+    choice = choose_engine(engine, loaded, extractor.name == "cam", precision,
+                           None if why_not is None else f"{why_not} needs the torch engine")
+    if choice.engine is not Engine.onnx:
+        return extractor, precision
+    return OnnxCAM(open_graph(choice, loaded), signed=options.get("signed", False)), "fp32"
 
 
 def explain(model: "str | Path | LoadedModel | Learner", images: Sequence[str | Path] | str | Path, method: str | None = None,
             target: "str | int | OutputTarget" = "pred", layer: str | None = None, bs: int = 32,
             device: str | None = None, precision: str = "fp32", signed: bool = False, aug_smooth: bool = False,
-            eigen_smooth: bool = False) -> Explanations:
+            eigen_smooth: bool = False, engine: str = "auto") -> Explanations:
     """Explain images (files or folders, recursively) with a run saved by `camkit train` (or a
     fastai `Learner`, handed to `learn.cam` of the notebook layer): computes and returns the
     results, writes nothing. `precision` "bf16" (or "auto" where the hardware has native bf16)
     runs the passes under bf16 autocast, about twice as fast on such CPUs; maps are combined
     and normalised in fp32 either way. `target`: 'pred', a class name or index, 'contrast' (the
     prediction against the most likely other class) or a camkit.targets target; `signed` keeps
-    the evidence against (maps in [-1, 1]); `layer` 'a,b' fuses layers."""
+    the evidence against (maps in [-1, 1]); `layer` 'a,b' fuses layers. `engine`: 'torch',
+    'onnx' (ONNX Runtime, exact CAM) or 'auto' (camkit.engine.choose_engine)."""
     options = dict(signed=signed, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
     if hasattr(model, "dls") and hasattr(model, "model"):  # a fastai Learner: the layer above serves it
         from camkit.fastai import cam_learner  # noqa: F401  (importing the layer adds Learner.cam)
 
         return model.cam(images, method=method, target=target, layer=layer, bs=bs, **options)
-    loaded, extractor, precision = prepare(model, method, layer, bs, precision, device, **options)
+    loaded, extractor, precision = prepare(model, method, layer, bs, precision, device, engine, **options)
     tgt = resolve_target(target, loaded.classes)
     files, named = collect_files(images)
     warn_if_unusable(loaded)
@@ -263,14 +285,14 @@ def cam(images: Sequence[str | Path] | str | Path, model: str | Path | LoadedMod
         target: "str | int | OutputTarget" = "pred", out: str | Path = "cams", layer: str | None = None,
         alpha: float = 0.5, colormap: str | None = None, bs: int = 32, device: str | None = None,
         precision: str = "fp32", quiet: bool = False, signed: bool = False, aug_smooth: bool = False,
-        eigen_smooth: bool = False) -> list[Explanation]:
+        eigen_smooth: bool = False, engine: str = "auto") -> list[Explanation]:
     """What `camkit cam` runs: explain and save into `out`, batch by batch (each image decoded
     once, memory bounded by the batch). Returns the cams.jsonl records. Unless `quiet`, a line
     per tenth of the work goes to stderr. Under torchrun / accelerate launch each rank explains
     and draws its contiguous block of the images, and rank 0 writes cams.jsonl and index.html
-    in input order: the folder equals a single process's."""
+    in input order: the folder equals a single process's. `engine` as for `explain`."""
     style = Style(alpha, colormap or (DIVERGING if signed else "jet"), signed=signed)
-    loaded, extractor, precision = prepare(model, method, layer, bs, precision, device, signed=signed,
+    loaded, extractor, precision = prepare(model, method, layer, bs, precision, device, engine, signed=signed,
                                            aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
     tgt = resolve_target(target, loaded.classes)
     files, named = collect_files(images)
@@ -345,7 +367,8 @@ class CamWriter:
                 (self.out / MARKER).unlink(missing_ok=True)
                 remove_if_empty(self.out, self.created)
             if isinstance(e, OSError):
-                raise CamkitError(f"cannot write CAMs to '{self.out}' ({e.strerror or e})") from None
+                raise CamkitError(os_error_line(e, f"CAMs to '{self.out}'")
+                                  or f"cannot write CAMs to '{self.out}' ({e.strerror or e})") from None
             raise
         return records
 

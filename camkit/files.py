@@ -214,6 +214,28 @@ def ensure_writable_dir(folder: Path, what: str = "output folder") -> Path | Non
     return created
 
 
+# The environment's refusals of a file operation, in words, with what to do: a full disk, a
+# quota, a read-only mount, permissions. These are no bug of camkit's (not exit 1, "internal").
+_ENVIRONMENT = {errno.ENOSPC: ("no space left on device", "free some space or choose another folder"),
+                errno.EDQUOT: ("disk quota exceeded", "free some space or choose another folder"),
+                errno.EROFS: ("read-only file system", "choose a writable folder"),
+                errno.EACCES: ("permission denied", "check the permissions or choose another folder"),
+                errno.EPERM: ("operation not permitted", "check the permissions or choose another folder")}
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})   # only a write can raise these
+
+
+def os_error_line(e: BaseException, writing: str | None = None) -> str | None:
+    """One sentence for an OSError the environment caused (`_ENVIRONMENT`), else None:
+    "no space left on device writing the decode cache in 'c' (free some space ...)". `writing`
+    names what was being written; without it the error's own file name is used, if any (a
+    failed write() carries none)."""
+    if not isinstance(e, OSError) or e.errno not in _ENVIRONMENT:
+        return None
+    reason, hint = _ENVIRONMENT[e.errno]
+    where = f" writing {writing}" if writing else f" at '{e.filename}'" if e.filename else ""
+    return f"{reason}{where} ({hint})"
+
+
 def remove_if_empty(folder: Path, top: Path | None = None) -> None:
     """Remove `folder`, then its parents up to `top`, each only while empty: the folders a
     failed command created, never anything inside them."""

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from camkit.errors import CamkitError
-from camkit.files import TMP_PREFIX, ensure_writable_dir, refuse_inside_class_folder
+from camkit.files import TMP_PREFIX, WRITE_ERRNOS, ensure_writable_dir, os_error_line, refuse_inside_class_folder
 from camkit.run import export_model, read_info, read_verdict
 
 if TYPE_CHECKING:
@@ -160,10 +160,12 @@ def export_space(run: str | Path, out: str | Path, examples_per_class: int = 2) 
         (staging / "requirements.txt").write_text("\n".join(reqs) + "\n", encoding="utf-8")
         (staging / "README.md").write_text(readme(run, reqs[-1].split("==")[1]), encoding="utf-8")
         staging.rename(out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)   # our own temporary folder, never a user's file
         if created is not None:
             from camkit.files import remove_if_empty
             remove_if_empty(out.parent, created)
+        if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
+            raise CamkitError(os_error_line(e, f"the Space '{out}'")) from None
         raise
     return out

@@ -905,3 +905,58 @@ def test_export_space_at_a_dangling_symlink_is_one_line(cli, tiny_run, tmp_path)
     code, _, err = cli("app", tiny_run, "--export-space", tmp_path / "space")
     one_line(code, err, f"'{tmp_path / 'space'}' is a symbolic link to nothing")
     assert not (tmp_path / "nowhere").exists() and (tmp_path / "space").is_symlink()
+
+
+# ---------------------------------------------------------------- the environment refuses a write (issue 26 item 15)
+
+def _refuse(code: int, filename: str | None = None):
+    import os as _os
+
+    def refused(*args, **kwargs):
+        raise OSError(code, _os.strerror(code), *([filename] if filename else []))
+    return refused
+
+
+@pytest.mark.parametrize("case", ["train --cache", "cam --out", "app --export-space", "clean --out"])
+def test_a_full_disk_or_read_only_folder_is_one_line_not_an_internal_error(cli, data, tiny_run, canvas_dir,
+                                                                          tmp_path, monkeypatch, case):
+    """Disk full (ENOSPC), a quota (EDQUOT) or a read-only mount (EROFS) while writing: one line
+    naming what was being written, exit 2 (it was exit 1, 'internal error OSError'), nothing
+    half-written left."""
+    import errno
+
+    import camkit.cache
+    import camkit.explain
+    import camkit.files
+    import camkit.space
+
+    target = tmp_path / "out"
+    patch, code, args, message = {
+        "train --cache": ((camkit.cache._Crc32Sink, "write"), errno.ENOSPC, ("train", data, *TRAIN, "--cache", target),
+                          f"no space left on device writing the decode cache in '{target}'"),
+        "cam --out": ((camkit.explain, "atomic_write"), errno.ENOSPC,
+                      ("cam", canvas_dir / "bag" / "0000.png", "--model", tiny_run, "--out", target),
+                      f"no space left on device writing CAMs to '{target}'"),
+        "app --export-space": ((camkit.space, "pixels_only"), errno.EDQUOT, ("app", tiny_run, "--export-space", target),
+                               f"disk quota exceeded writing the Space '{target}'"),
+        "clean --out": ((camkit.files, "atomic_write"), errno.EROFS,   # no wrapper: the boundary's own line
+                        ("clean", tiny_run, "--top", "2", "--out", target / "page.html"),
+                        f"read-only file system at '{target / 'page.html'}'"),
+    }[case]
+    monkeypatch.setattr(*patch, _refuse(code, str(target / "page.html") if case == "clean --out" else None))
+    status, _, err = cli(*args)
+    one_line(status, err, message)
+    left = [p.name for p in target.rglob("*")] if target.exists() else []
+    assert not [n for n in left if n.endswith((".u8", ".json", ".png", ".html"))], left
+
+
+def test_only_the_environments_refusals_are_said_in_words():
+    import errno
+
+    from camkit.cli._boundary import error_code
+
+    assert error_code(OSError(errno.EACCES, "Permission denied", "/data/x")) == (
+        "permission denied at '/data/x' (check the permissions or choose another folder)", 2)
+    assert error_code(OSError(errno.ENOSPC, "No space left on device"))[1] == 2
+    line, code = error_code(FileNotFoundError(errno.ENOENT, "No such file or directory", "x"))
+    assert code == 1 and line.startswith("internal error FileNotFoundError")   # a bug stays a bug

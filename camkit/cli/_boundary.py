@@ -1,7 +1,9 @@
 """The CLI's one error boundary: every exception a command can raise becomes one line on
 stderr and an exit code (the `hf` CLI's `format_known_exception` pattern).
 
-    2    bad input: a CamkitError from the library, or a usage error (unknown option, bad choice)
+    2    bad input: a CamkitError from the library, or a usage error (unknown option, bad choice);
+         or the environment refused a file operation (disk full, quota, read-only, permissions:
+         an OSError named in files.os_error_line), said in words, not as an internal error
     130  interrupted (Ctrl-C): "interrupted", or an Interrupted error saying what was kept
     1    an internal error (a bug): one line too; CAMKIT_DEBUG=1 shows the traceback
 """
@@ -22,6 +24,7 @@ except ImportError:  # pragma: no cover  (older typer runs on click itself)
     from click.exceptions import ClickException, NoArgsIsHelpError
 
 from camkit.errors import CamkitError, Interrupted
+from camkit.files import os_error_line
 
 
 def error_code(e: BaseException) -> tuple[str | None, int]:
@@ -38,6 +41,8 @@ def error_code(e: BaseException) -> tuple[str | None, int]:
         return str(e), 2
     if isinstance(e, ClickException):  # typer's pydantic coercion prefixes "Value error, "
         return e.format_message().replace("Value error, ", ""), e.exit_code
+    if (line := os_error_line(e)) is not None:
+        return line, 2
     return f"internal error {type(e).__name__}: {e} (set CAMKIT_DEBUG=1 for the traceback)", 1
 
 
@@ -65,7 +70,7 @@ class Boundary(TyperGroup):
             code = 2
         except BaseException as e:  # noqa: BLE001  the boundary: nothing escapes as a traceback
             if isinstance(e, Exception) and not isinstance(e, (CamkitError, ClickException)) \
-                    and os.environ.get("CAMKIT_DEBUG"):
+                    and os_error_line(e) is None and os.environ.get("CAMKIT_DEBUG"):
                 raise
             message, code = error_code(e)
             if message:
