@@ -42,6 +42,14 @@ class Method(str, Enum):
     fullgrad = "fullgrad"
 
 
+class CamEngine(str, Enum):
+    """What computes exact CAM and predictions (camkit.engine): auto picks ONNX Runtime where the
+    run has an exported graph and it is the fastest engine passing the parity gate, else torch."""
+    auto = "auto"
+    torch = "torch"
+    onnx = "onnx"
+
+
 class Engine(str, Enum):
     """Image search engines (camkit.crawl.ENGINES); auto tries them in order."""
     auto = "auto"

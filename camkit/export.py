@@ -530,7 +530,7 @@ def export_onnx(run: str | Path | LoadedModel, out: str | Path | None = None, op
         data, gate = _int8(loaded, fp32, fp32_sess, options, calibration)
     _write(out, data, _sidecar(loaded, options, parity, gate))
     return OnnxExport(out, sidecar_path(out), options.opset, options.int8, "float32" if float_input else "uint8",
-                      parity, gate, _map_size(loaded), time.perf_counter() - start)
+                      parity, gate, map_size(loaded), time.perf_counter() - start)
 
 
 def _int8(loaded: LoadedModel, fp32: bytes, fp32_sess, options: ExportOptions, calibration: int
@@ -551,7 +551,8 @@ def _int8(loaded: LoadedModel, fp32: bytes, fp32_sess, options: ExportOptions, c
     return data, gate
 
 
-def _map_size(loaded: LoadedModel) -> tuple[int, int]:
+def map_size(loaded: LoadedModel) -> tuple[int, int]:
+    """(h, w) of the body's last features at the run's size: the maps' resolution."""
     import torch
 
     with torch.no_grad():
@@ -564,7 +565,7 @@ def run_grid(loaded: LoadedModel) -> dict:
     from camkit.geometry import grid_for, probe
 
     size = (loaded.size, loaded.size)
-    g = grid_for(probe(loaded.model, size), _map_size(loaded), size)
+    g = grid_for(probe(loaded.model, size), map_size(loaded), size)
     return {"stride": [float(v) for v in g.stride], "offset": [float(v) for v in g.offset], "size": list(g.size)}
 
 
@@ -574,7 +575,7 @@ def _sidecar(loaded: LoadedModel, options: ExportOptions, parity: Parity, gate: 
     mean, std = loaded.info.stats
     return Sidecar(classes=list(loaded.classes), size=loaded.size, resize=loaded.info.resize,
                    input_dtype="float32" if options.float_input else "uint8", mean=list(mean), std=list(std),
-                   map_size=_map_size(loaded), grid=run_grid(loaded), opset=options.opset, int8=options.int8,
+                   map_size=map_size(loaded), grid=run_grid(loaded), opset=options.opset, int8=options.int8,
                    graph_sha256="", weights_sha256=sha256(loaded.path / WEIGHTS), arch=loaded.info.arch,
                    parity={**asdict(parity), "max_abs_diff": parity.max_abs_diff},
                    int8_gate=None if gate is None else {**asdict(gate), "passed": gate.passed})

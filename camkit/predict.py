@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -23,6 +24,9 @@ from camkit.errors import CamkitError
 from camkit.explain import collect_files
 from camkit.images import open_or_skip
 from camkit.run import LoadedModel, load, warn_if_unusable
+
+if TYPE_CHECKING:
+    from camkit.engine import OrtGraph
 
 
 @dataclass
@@ -60,17 +64,23 @@ def _decode(path: Path, named: set[str], loaded: LoadedModel, also: Callable[[Im
 
 
 def iter_scores(loaded: LoadedModel, files: Sequence[Path], bs: int = 32, named: set[str] = frozenset(),
-                also: Callable[[Image.Image], Any] | None = None) -> Iterator[ScoredBatch]:
+                also: Callable[[Image.Image], Any] | None = None, graph: OrtGraph | None = None
+                ) -> Iterator[ScoredBatch]:
     """Decode, batch and score `files`, one batch at a time (memory bounded by the batch).
     `also` is run on each decoded image, so a caller needing e.g. a perceptual hash decodes
-    each file once."""
+    each file once. With `graph` (camkit.engine.OrtGraph) ONNX Runtime scores the uint8
+    squares instead of the torch model."""
     for start in range(0, len(files), bs):
         chunk = list(files[start:start + bs])
         decoded = [(f, d) for f, d in ((f, _decode(f, named, loaded, also)) for f in chunk) if d is not None]
         if not decoded:
             continue
-        with torch.inference_mode():
-            logits = loaded.model(loaded.batch([d[0] for _, d in decoded]))
+        squares = [d[0] for _, d in decoded]
+        if graph is not None:
+            logits = torch.from_numpy(graph.run(np.stack(squares).transpose(0, 3, 1, 2))[0])
+        else:
+            with torch.inference_mode():
+                logits = loaded.model(loaded.batch(squares))
         yield ScoredBatch([f for f, _ in decoded], logits.float().cpu(), [d[1] for _, d in decoded])
 
 
@@ -93,15 +103,20 @@ def to_prediction(path: Path, row: torch.Tensor, classes: list[str], top_k: int)
 
 @in_group
 def predict(images: Sequence[str | Path] | str | Path, model: str | Path | LoadedModel, top_k: int = 2,
-            bs: int = 32, device: str | None = None) -> list[Prediction]:
+            bs: int = 32, device: str | None = None, engine: str = "auto") -> list[Prediction]:
     """Class and probabilities of each image (files, or folders searched recursively), in the
     order `camkit cam` would explain them (under torchrun, each rank scores its block and every
-    rank returns the whole list)."""
+    rank returns the whole list). `engine`: 'torch', 'onnx' (ONNX Runtime: the run's exported
+    graph, or one exported now in memory) or 'auto' (camkit.engine.choose_engine)."""
+    from camkit.engine import Engine, choose_engine, open_graph
+
     loaded = model if isinstance(model, LoadedModel) else load(model, device=device)
     check_options(loaded, top_k, bs)
+    choice = choose_engine(engine, loaded, exact=True)
+    graph = open_graph(choice, loaded) if choice.engine is Engine.onnx else None
     files, named = collect_files(images)
     warn_if_unusable(loaded)
     part = shard(len(files))
     return gather([to_prediction(f, row, loaded.classes, top_k)
-                   for batch in iter_scores(loaded, files[part.start:part.stop], bs, named)
+                   for batch in iter_scores(loaded, files[part.start:part.stop], bs, named, graph=graph)
                    for f, row in zip(batch.files, batch.probs)])

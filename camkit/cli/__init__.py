@@ -17,12 +17,13 @@ from typing import Annotated, List, Optional
 import typer
 
 from camkit import __version__
-from camkit.choices import Aug, CleanSplit, EvalSplit, Head, Method, Precision, Recipe, TrainLoader
+from camkit.choices import Aug, CamEngine, CleanSplit, EvalSplit, Head, Method, Precision, Recipe, TrainLoader
 from camkit.cli._boundary import Boundary
-from camkit.cli._options import DataRootOpt, JsonOpt, ModelOpt, SeedOpt, emit, finite, split_list, stdout_for
+from camkit.cli._options import DataRootOpt, EngineOpt, JsonOpt, ModelOpt, SeedOpt, emit, finite, split_list, stdout_for
 from camkit.cli.calc import calc_app
 from camkit.cli.course import course_app
 from camkit.cli.crawl import register as register_crawl_commands
+from camkit.cli.export import register as register_export_command
 from camkit.errors import CamkitError
 
 app = typer.Typer(cls=Boundary, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -44,6 +45,7 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 
 register_crawl_commands(app)  # crawl, verify, credits (camkit/cli/crawl.py)
+register_export_command(app)  # export (camkit/cli/export.py)
 
 
 @app.command()
@@ -140,6 +142,7 @@ def cam(
                                                "weighted activations")] = False,
     bs: Annotated[int, typer.Option(help="batch size")] = 32,
     precision: Annotated[Precision, typer.Option(help="fp32, bf16 (faster on CPUs with native bf16) or auto")] = Precision.fp32,
+    engine: EngineOpt = CamEngine.auto,
     as_json: Annotated[bool, typer.Option("--json", help="print the cams.jsonl lines")] = False,
     list_methods: Annotated[bool, typer.Option("--list-methods", is_eager=True, callback=_list_methods,
                                                help="list the methods, what each needs and the peers that have it")] = False,
@@ -150,7 +153,7 @@ def cam(
     with stdout_for(as_json):
         results = cam_fn(images, model=model, method=method.value if method else None, target=target, out=out,
                          layer=layer, alpha=alpha, colormap=colormap, bs=bs, precision=precision.value, quiet=as_json,
-                         signed=signed, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
+                         signed=signed, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, engine=engine.value)
     if not main_rank():
         return  # under torchrun / accelerate launch, rank 0 reports
     if as_json:
@@ -295,13 +298,14 @@ def predict(
     model: ModelOpt,
     top_k: Annotated[int, typer.Option(help="most probable classes to list per image")] = 2,
     bs: Annotated[int, typer.Option(help="batch size")] = 32,
+    engine: EngineOpt = CamEngine.auto,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON line per image: image, pred, prob, probs")] = False,
 ):
     """Class and probabilities per image, batched (what `camkit cam` computes, without maps)."""
     from camkit.predict import predict as predict_fn
 
     with stdout_for(as_json):
-        results = predict_fn(images, model=model, top_k=top_k, bs=bs)
+        results = predict_fn(images, model=model, top_k=top_k, bs=bs, engine=engine.value)
     for r in results if main_rank() else []:
         if as_json:
             print(json.dumps(finite({"image": r.image, "pred": r.pred, "prob": r.prob, "probs": r.probs}),

@@ -12,11 +12,15 @@ from typing import Annotated, Iterator, Optional
 
 import typer
 
+from camkit.choices import CamEngine
 from camkit.errors import CamkitError
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON only on stdout (progress and warnings go to stderr)")]
 ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="run folder written by camkit train")]
 SeedOpt = Annotated[int, typer.Option(help="random seed")]
+EngineOpt = Annotated[CamEngine, typer.Option(help="torch, onnx (ONNX Runtime: exact CAM and predictions, from "
+                                              "camkit export RUN --onnx or exported now) or auto: onnx where "
+                                              "the run has an exported graph and it is the faster, else torch")]
 DataRootOpt = Annotated[Optional[Path], typer.Option("--data", help="where the run's dataset is now, if it moved")]
 
 
