@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,9 +18,25 @@ from camkit.web import colormap_table, export_web
 pytest.importorskip("onnxruntime", reason="camkit export --web needs camkit[onnx]")
 
 
+@dataclass(frozen=True)
+class Page:
+    folder: Path
+    page: Path
+    printed: dict
+
+
 @pytest.fixture(scope="module")
 def page(tiny_run, tmp_path_factory):
-    return export_web(tiny_run, tmp_path_factory.mktemp("web") / "page")
+    """`camkit export RUN --web DIR --json`, through the CLI."""
+    from typer.testing import CliRunner
+
+    from camkit.cli import app
+
+    out = tmp_path_factory.mktemp("web") / "page"
+    result = CliRunner().invoke(app, ["export", str(tiny_run), "--web", str(out), "--json"])
+    assert result.exit_code == 0, result.stderr
+    printed = json.loads(result.stdout)["web"]
+    return Page(Path(printed["folder"]), Path(printed["page"]), printed)
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +162,20 @@ def test_page_requests_nothing_outside_its_folder(chromium, answer, page):
     inside = page.folder.as_uri() + "/"
     assert {u for u in urls if u.startswith(inside)} >= {inside + f for f in ("index.html", "model.js", "ort-wasm.js")}
     assert all(u.startswith((inside, "blob:", "data:")) for u in urls), sorted(urls)
+
+
+def test_cli_writes_the_page_and_says_what_it_wrote(page):
+    files = {f.name: f.stat().st_size for f in page.folder.iterdir()}
+    assert set(files) == {"index.html", "camkit-web.js", "model.js", "ort-bundle.js", "ort-wasm.js",
+                          "LICENSE-onnxruntime-web.txt"}
+    assert page.printed["folder_bytes"] == sum(files.values()) and page.printed["max_abs_diff"] < 1e-3
+    assert files["model.js"] > page.printed["graph_bytes"] * 4 / 3      # the graph, as base64
+
+
+def test_cli_refuses_an_existing_folder_in_one_line(tiny_run, tmp_path, cli):
+    (tmp_path / "page").mkdir()
+    code, _, err = cli("export", tiny_run, "--web", tmp_path / "page")
+    assert code == 2 and err.strip() == f"error: --web '{tmp_path / 'page'}' already exists; --web writes a new folder"
 
 
 def test_export_refuses_an_existing_folder(tiny_run, tmp_path):

@@ -1,8 +1,8 @@
 """`camkit export RUN --onnx`: the run as a deployable explainer (camkit.export).
 
 The options are parsed once into a frozen ExportSpec and checked before any work. Each
-target (`--onnx` today; a sibling such as `--web DIR` is one more field and one more branch
-of `run_export`) is made by one library call, whose result the command prints.
+target (`--onnx`, `--web DIR`: camkit.web) is made by one library call, whose result the
+command prints.
 """
 
 from __future__ import annotations
@@ -25,10 +25,13 @@ class ExportSpec:
     out: Path | None = None
     opset: int = 17
     int8: bool = False
+    web: Path | None = None
 
     def __post_init__(self):
-        if not self.onnx:
-            raise CamkitError("say what to export: --onnx")
+        if not self.onnx and self.web is None:
+            raise CamkitError("say what to export: --onnx, --web DIR or both")
+        if self.web is not None and (self.web.exists() or self.web.is_symlink()):
+            raise CamkitError(f"--web '{self.web}' already exists; --web writes a new folder")
         if not self.run.is_dir():
             raise CamkitError(f"run folder '{self.run}' does not exist")
         if self.out is not None and self.out.suffix.lower() != ".onnx":
@@ -50,10 +53,20 @@ def run_export(spec: ExportSpec) -> dict:
                         "input": r.input_dtype, "map_size": list(r.map_size), "max_abs_diff": r.max_abs_diff,
                         "parity": asdict(r.parity), "int8_gate": None if r.gate is None else asdict(r.gate),
                         "seconds": round(r.seconds, 2)}
+    if spec.web is not None:
+        from camkit.web import export_web
+
+        w = export_web(spec.run, spec.web, int8=spec.int8, opset=spec.opset)
+        done["web"] = {"folder": str(w.folder), "page": str(w.page), "graph_bytes": w.graph_bytes,
+                       "folder_bytes": w.folder_bytes, "max_abs_diff": w.max_abs_diff}
     return done
 
 
 def _print(done: dict) -> None:
+    w = done.get("web")
+    if w:
+        print(f"wrote the page {w['page']} ({w['folder_bytes'] / 1e6:.1f} MB, graph max abs difference vs torch "
+              f"{w['max_abs_diff']:.3g}): open it in a browser, from disk or any static host; it needs no server")
     o = done.get("onnx")
     if o:
         p = o["parity"]
@@ -78,10 +91,13 @@ def register(app: typer.Typer) -> None:
         opset: Annotated[int, typer.Option(help="ONNX opset")] = 17,
         int8: Annotated[bool, typer.Option("--int8", help="quantize to INT8 (calibrated on the run's training "
                                            "images); written only if its maps and accuracy match fp32's")] = False,
+        web: Annotated[Optional[Path], typer.Option("--web", help="a static page in this new folder: drop an image "
+                                                    "or start the webcam, the probabilities and the CAM overlay, run "
+                                                    "in the browser by onnxruntime-web (no server, no network)")] = None,
         as_json: JsonOpt = False,
     ):
         """Export the run as a deployable explainer, checked against torch before it is written."""
-        spec = ExportSpec(run, onnx, out, opset, int8)
+        spec = ExportSpec(run, onnx, out, opset, int8, web)
         with stdout_for(as_json):
             done = run_export(spec)
         emit(done) if as_json else _print(done)
