@@ -21,16 +21,18 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 from fastai.interpret import ClassificationInterpretation
 from fastai.learner import Learner
 from fastcore.basics import patch
 from PIL import Image
+from torch import nn
 
 from camkit.cam import BaseCAM, cam_linear, make_cam
 from camkit.errors import CamkitError
 from camkit.explain import CamBatch, Decoded, Explanations, explain_batch, resolve_target
-from camkit.images import list_images, open_rgb
+from camkit.images import list_images, open_or_skip, to_rgb
 from camkit.models import build_model
 from camkit.render import Style
 from camkit.spec import ModelSpec
@@ -86,8 +88,40 @@ def _add_imagenet_norm(dls) -> None:
 
 # ---------------------------------------------------------------- learn.cam
 
+TAKES = "learn.cam takes image files or folders, PIL images, uint8 pixels, a TensorImage batch or a DataLoader"
+NOT_IMAGES = ("fastai.tabular", "fastai.text", "fastai.collab")  # fastai's families whose inputs are not images
+
+
 def _classes(learn: Learner) -> list[str]:
-    return [str(c) for c in learn.dls.vocab]
+    vocab = getattr(learn.dls, "vocab", None)
+    if vocab is None:
+        raise CamkitError("this Learner's DataLoaders have no classes (dls.vocab): camkit explains classifiers")
+    return [str(c) for c in vocab]
+
+
+def _require_images(learn: Learner) -> None:
+    """Refuse, in one sentence, a Learner whose items are not one image each (tabular, text,
+    collaborative filtering): its calls would otherwise fail deep in pandas or torch."""
+    dls, n_inp = learn.dls, getattr(learn.dls, "n_inp", 1)
+    if n_inp != 1 or type(dls).__module__.startswith(NOT_IMAGES):
+        raise CamkitError(f"camkit explains image classifiers, and this Learner's data is {type(dls).__name__} "
+                          f"({n_inp} input{'s' if n_inp != 1 else ''} an item), not images")
+
+
+def _require_items(learn: Learner, ds_idx: int = 1) -> None:
+    """Refuse a Learner whose DataLoader `ds_idx` is empty (what learn.export / load_learner
+    leave: the transforms without the data) before anything is computed on it."""
+    if len(learn.dls[ds_idx].dataset) == 0:
+        kind = {0: "training", 1: "validation"}.get(ds_idx, f"DataLoader {ds_idx}")
+        raise CamkitError(f"this Learner has no {kind} images (a Learner from load_learner keeps none): "
+                          "give the images, or set learn.dls to DataLoaders over the data")
+
+
+def _count(name: str, value: Any) -> int:
+    """A count the user gives (bs, n, k): a whole number of at least 1, refused otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise CamkitError(f"{name} must be a whole number of at least 1, not {value}")
+    return int(value)
 
 
 def _pictures(learn: Learner, x: torch.Tensor) -> list[Image.Image]:
@@ -100,30 +134,115 @@ def _pictures(learn: Learner, x: torch.Tensor) -> list[Image.Image]:
 
 
 def _batches(learn: Learner, items: Any, bs: int) -> Iterator[tuple[torch.Tensor, list[Path | str]]]:
-    """(normalised batch, names) from paths or folders, PIL images, a TensorImage batch or a
-    DataLoader; files are read with camkit's guarded decode (EXIF, modes, pixel cap)."""
+    """(normalised batch, names) from paths or folders, PIL images, uint8 pixels, a float
+    TensorImage batch or a DataLoader. Files are read with camkit's guarded decode (EXIF, modes,
+    pixel cap); an unreadable file found in a folder is skipped with a warning, as the CLI
+    does, and the count of skipped files is said at the end (one named directly is an error)."""
     from fastai.data.load import DataLoader
 
-    if isinstance(items, torch.Tensor):
-        if items.dim() != 4:
-            raise CamkitError(f"a batch of images must be (B, C, H, W), not {tuple(items.shape)}")
-        yield items.to(learn.dls.device), [f"image {i}" for i in range(len(items))]
-        return
+    if isinstance(items, (torch.Tensor, np.ndarray)):
+        items = _tensor_input(learn, torch.as_tensor(items))
+        if isinstance(items, torch.Tensor):  # a float batch: the model's input as it is
+            yield items.to(learn.dls.device), [f"image {i}" for i in range(len(items))]
+            return
     if isinstance(items, DataLoader):
+        given = False
         for start, b in _numbered(items):
+            given = True
             yield b[0], [f"image {start + i}" for i in range(len(b[0]))]
+        if not given:
+            raise CamkitError("the DataLoader gives no images")
         return
-    items = [items] if isinstance(items, (str, Path, Image.Image)) else list(items)
-    paths = [p for p in items if isinstance(p, (str, Path))]
-    files = list_images(paths) if paths else []
-    entries = files + [im for im in items if isinstance(im, Image.Image)]
-    if not entries or len(paths) + sum(isinstance(im, Image.Image) for im in items) != len(items):
-        raise CamkitError("learn.cam takes image files or folders, PIL images, a TensorImage batch or a DataLoader")
+    entries, named = _entries(items)
+    skipped = 0
     for start in range(0, len(entries), bs):
-        chunk = entries[start:start + bs]
-        images = [open_rgb(e) if isinstance(e, Path) else e.convert("RGB") for e in chunk]
-        yield learn.dls.test_dl(images).one_batch()[0], [e if isinstance(e, Path) else f"image {start + i}"
-                                                          for i, e in enumerate(chunk)]
+        chunk = [(i, e, open_or_skip(e, named) if isinstance(e, Path) else e)
+                 for i, e in enumerate(entries[start:start + bs], start)]
+        kept = [(i, e, im) for i, e, im in chunk if im is not None]
+        skipped += len(chunk) - len(kept)
+        if kept:  # the chunk as one batch, whatever the DataLoaders' own batch size
+            x = learn.dls.test_dl([im for _, _, im in kept], bs=len(kept)).one_batch()[0]
+            yield x, [e if isinstance(e, Path) else f"image {i}" for i, e, _ in kept]
+    if skipped:
+        warnings.warn(f"learn.cam skipped {skipped} of {len(entries)} images (unreadable, named above)", stacklevel=3)
+
+
+def _entries(items: Any) -> tuple[list[Path | Image.Image], set[str]]:
+    """Image files (folders expanded in place), PIL images and uint8 pixels turned into PIL
+    images, in input order; and the files named directly (an error when unreadable)."""
+    if isinstance(items, (str, Path, Image.Image)):
+        items = [items]
+    elif not hasattr(items, "__iter__"):
+        raise CamkitError(f"{TAKES}, not {type(items).__name__}")
+    items = list(items)
+    if not items:
+        raise CamkitError("no images given to learn.cam")
+    entries: list[Path | Image.Image] = []
+    for item in items:
+        if isinstance(item, (str, Path)):
+            entries.extend(list_images([item]))
+        elif isinstance(item, Image.Image):
+            entries.append(to_rgb(item))
+        elif isinstance(item, (torch.Tensor, np.ndarray)) and torch.as_tensor(item).dtype == torch.uint8:
+            entries.extend(_pixel_images(torch.as_tensor(item), one=True))
+        else:
+            raise CamkitError(f"{TAKES}, not {type(item).__name__}")
+    if not entries:
+        raise CamkitError("no images found in " + ", ".join(f"'{p}'" for p in items))
+    return entries, {str(Path(p)) for p in items if isinstance(p, (str, Path)) and not Path(p).is_dir()}
+
+
+def _tensor_input(learn: Learner, t: torch.Tensor) -> torch.Tensor | list[Image.Image]:
+    """A tensor given to learn.cam: uint8 is pixels (turned into PIL images, then resized and
+    normalised by the Learner as files are); a float tensor is the model's input as the
+    DataLoaders make it, (B, C, H, W) or one (C, H, W) image, with the model's channels."""
+    if t.dtype == torch.uint8:
+        return _pixel_images(t, one=t.dim() < 4)
+    if not t.is_floating_point():
+        raise CamkitError(f"pixels must be uint8 (0-255), or a float batch as the Learner's DataLoaders make it, "
+                          f"not {t.dtype}")
+    if t.dim() == 3:
+        t = t[None]
+    if t.dim() != 4:
+        raise CamkitError(f"a float batch must be (B, C, H, W), or one (C, H, W) image, not {tuple(t.shape)}")
+    if len(t) == 0:
+        raise CamkitError("the batch holds no images")
+    want = _in_channels(learn.model)
+    if want is not None and t.shape[1] != want:
+        raise CamkitError(f"a float batch is the model's input as the DataLoaders make it (resized, normalised), so "
+                          f"it needs {want} channels, not {t.shape[1]}; give uint8 pixels, PIL images or files to have "
+                          "them converted")
+    return t
+
+
+CHANNELS = (1, 3, 4)  # grayscale, RGB, RGBA
+
+
+def _pixel_images(t: torch.Tensor, one: bool) -> list[Image.Image]:
+    """uint8 pixels as RGB images: (H, W) grayscale, or (H, W, C) / (C, H, W) with C 1, 3 or 4
+    (`one` image, else a batch of them); grayscale is replicated and alpha laid on white, as
+    camkit's decode of a file does (camkit.images.to_rgb). Channels first or last is read
+    from which of the two axes is 1, 3 or 4; when both or neither are, it is refused."""
+    shape = tuple(t.shape)
+    if one and t.dim() == 2:
+        t = t[..., None]
+    t = t[None] if one else t
+    if t.dim() != 4:
+        raise CamkitError(f"uint8 pixels must be (H, W), (H, W, C), (C, H, W) or a batch of them, not {shape}")
+    first, last = t.shape[1] in CHANNELS, t.shape[-1] in CHANNELS
+    if first == last:
+        raise CamkitError(f"cannot tell which axis holds the channels of uint8 pixels {shape}: give (H, W, C) or "
+                          "(C, H, W) with C 1, 3 or 4")
+    if len(t) == 0:
+        raise CamkitError("the batch holds no images")
+    arrays = (t.permute(0, 2, 3, 1) if first else t).cpu().numpy()
+    return [to_rgb(Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)) for a in arrays]
+
+
+def _in_channels(model: nn.Module) -> int | None:
+    """The channels the model's first convolution takes (None: it has none)."""
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return None if conv is None else conv.in_channels
 
 
 def _numbered(dl) -> Iterator[tuple[int, tuple]]:
@@ -138,6 +257,8 @@ def _numbered(dl) -> Iterator[tuple[int, tuple]]:
 def learner_batches(learn: Learner, items: Any, extractor: BaseCAM, target: Any = "pred",
                     bs: int = 16) -> Iterator[CamBatch]:
     """CAM batches for `items` through the Learner's DataLoaders (see `Learner.cam`)."""
+    _require_images(learn)
+    bs = _count("bs", bs)
     classes = _classes(learn)
     tgt = resolve_target(target, classes)
     learn.model.eval()
@@ -158,8 +279,9 @@ def cam(self: Learner, items: Any = None, method: str | None = None, target: Any
     `method` None picks exact CAM for camkit's CAM head, else Grad-CAM. `target`: 'pred', a
     class name or index, 'contrast' or a camkit.targets target (ContrastTarget(a, b) ...);
     `options`: signed, aug_smooth, eigen_smooth (camkit.cam.make_cam)."""
+    _require_images(self)
     extractor = make_cam(method, self.model, layer, **options)
-    items = _first_items(self.dls.valid, None) if items is None else items
+    items = _first_items(self, None) if items is None else items
     return Explanations(r for b in learner_batches(self, items, extractor, target, bs) for r in b.results)
 
 
@@ -172,16 +294,20 @@ def show_cam(self: Learner, items: Any = None, method: str | None = None, target
     draws evidence for (red) and against (blue) with a diverging colormap."""
     from camkit.render import DIVERGING, plot_cams
 
+    n, ncols = _count("n", n), _count("ncols", ncols)
+    _require_images(self)
     if items is None:
-        items = _first_items(self.dls.valid, n)
+        items = _first_items(self, n)
     results = self.cam(items, method=method, target=target, layer=layer, signed=signed, **options)[:n]
     style = Style(alpha=alpha, colormap=DIVERGING, signed=True) if signed else Style(alpha=alpha)
     return plot_cams(results, ncols=ncols, style=style)
 
 
-def _first_items(dl, n: int | None) -> Any:
-    """The first n items of a DataLoader as files when it has them (names in the results),
-    else its batches (n None: all)."""
+def _first_items(learn: Learner, n: int | None) -> Any:
+    """The first n items of the validation set as files when it has them (names in the
+    results), else its batches (n None: all)."""
+    _require_items(learn)
+    dl = learn.dls.valid
     items = getattr(dl, "items", None)
     if items is not None and len(items) and isinstance(items[0], (str, Path)):
         return [Path(p) for p in list(items)[:n]]
@@ -196,10 +322,30 @@ class CAMInterpretation(ClassificationInterpretation):
     actual class: where the model looked for what it said, and for what it should have said.
     `from_learner(learn, ds_idx=0)` scores the training set (crawled data is cleaned on both)."""
 
+    @classmethod
+    def from_learner(cls, learn: Learner, ds_idx: int = 1, dl=None, act=None) -> "CAMInterpretation":
+        """fastai's `from_learner`, refusing in one sentence what it would fail on deep inside:
+        a Learner that is not for images, a `ds_idx` that names no DataLoader, no images."""
+        _require_images(learn)
+        if dl is None:
+            n = len(learn.dls.loaders)
+            if isinstance(ds_idx, bool) or not isinstance(ds_idx, int) or not 0 <= ds_idx < n:
+                raise CamkitError(f"ds_idx {ds_idx!r} is not one of this Learner's {n} DataLoaders "
+                                  "(0: the training set, 1: the validation set)")
+            _require_items(learn, ds_idx)
+        elif len(dl.dataset) == 0:
+            raise CamkitError("the DataLoader given to CAMInterpretation.from_learner holds no images")
+        return super().from_learner(learn, ds_idx, dl, act)
+
     def plot_top_losses(self, k: int = 9, largest: bool = True, cam: bool = True, method: str | None = None,
                         alpha: float = 0.5, **kwargs: Any):
         """k rows: image | map of the prediction | map of the actual class, titled with both
-        classes, the probability and the loss. Returns the figure (`cam=False`: fastai's plot)."""
+        classes, the probability and the loss. Returns the figure (`cam=False`: fastai's plot,
+        which also takes a list of positions for `k`). A k beyond the images scored shows them
+        all, with a warning that says so (fastai's own would stop with a torch error)."""
+        if not cam and isinstance(k, (list, tuple, range)):
+            return super().plot_top_losses(k, largest, **kwargs)
+        k = self._shown(k)
         if not cam:
             return super().plot_top_losses(k, largest, **kwargs)
         from camkit.render import plot_top_losses
@@ -212,6 +358,13 @@ class CAMInterpretation(ClassificationInterpretation):
         by_pred = next(learner_batches(self.learn, x, extractor, "pred", len(x))).results
         by_truth = next(_batches_for_targets(self.learn, x, extractor, actual)).results
         return plot_top_losses(by_pred, by_truth, losses.tolist(), Style(alpha=alpha))
+
+    def _shown(self, k: Any) -> int:
+        """k, at least 1, at most the number of images scored (with a warning when cut)."""
+        k, n = _count("k", k), len(self.losses)
+        if k > n:
+            warnings.warn(f"only {n} images were scored: showing all {n}", stacklevel=3)
+        return min(k, n)
 
     @property
     def verdict(self) -> Verdict:
@@ -241,6 +394,8 @@ def export_run(self: Learner, path: str | Path, overwrite: bool = False) -> Path
     from camkit.files import refuse_inside_class_folder
     from camkit.run import check_out, discard_out, save_run
 
+    _require_images(self)
+    _require_items(self)
     path = Path(path)
     refuse_inside_class_folder(path, (getattr(getattr(self, "dls", None), "path", None),), "export_run path")
     created = check_out(path, overwrite)  # before the predictions pass, as train does
@@ -256,10 +411,30 @@ def export_run(self: Learner, path: str | Path, overwrite: bool = False) -> Path
 
 
 @patch
+def export_onnx(self: Learner, path: str | Path, opset: int = 17, int8: bool = False):
+    """The Learner as camkit's ONNX explainer at `path` (camkit.export.export_onnx: uint8 images
+    in, normalised inside; logits, probs and every class's exact CAM out), with its sidecar
+    `path.json`, checked against torch on the validation images before it is written. Needs
+    camkit's CAM head (`cam_learner`). Returns the OnnxExport."""
+    import tempfile
+
+    from camkit.export import export_onnx, require_onnx
+
+    require_onnx()
+    if cam_linear(self.model) is None:
+        raise CamkitError("learn.export_onnx needs camkit's CAM head (cam_learner): with fastai's head the maps "
+                          "need gradients, which a forward graph cannot carry")
+    with tempfile.TemporaryDirectory(prefix="camkit-onnx-") as tmp:   # the run format is what export reads
+        return export_onnx(self.export_run(Path(tmp) / "run"), path, opset, int8)
+
+
+@patch
 def verdict(self: Learner) -> Verdict:
     """The training verdict of this Learner on its validation set (camkit.verdict): whether it
     beats always answering the larger class and whether its losses behaved. `export_run`
     saves it in model.json and warns when it is not ok."""
+    _require_images(self)
+    _require_items(self)
     _, _, confusion, summary = _evaluation(self)
     return judge(confusion, _classes(self), _history(self), summary.get("train_counts"),
                  bool(getattr(self, "pretrained", False)))
@@ -333,7 +508,7 @@ def _history(learn: Learner) -> list[dict]:
     if kept is not None and kept.rows:
         return list(kept.rows)
     recorder = getattr(learn, "recorder", None)
-    names = list(recorder.metric_names[1:-1]) if recorder is not None else []
+    names = list(getattr(recorder, "metric_names", [])[1:-1])  # none before the first fit (learn.load)
     rows = [list(v) for v in getattr(recorder, "values", [])]
     if not names or not rows or any(len(r) != len(names) or None in r for r in rows):
         return []
