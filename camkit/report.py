@@ -89,9 +89,10 @@ class RunView:
     """Everything the page shows, read once through the run module (nothing is computed here)."""
 
     def __init__(self, run_dir: Path, info: RunInfo | None, history: list[dict], valid: list[ValidRecord],
-                 missing: list[str], notes: list[str], verdict: Verdict | None = None):
+                 missing: list[str], notes: list[str], verdict: Verdict | None = None, root: Path | None = None):
         self.run_dir, self.info, self.history, self.valid = run_dir, info, history, valid
         self.missing, self.notes, self.verdict = missing, notes, verdict
+        self.root = root   # the dataset: --data if given, else model.json's data root (None: unknown)
 
     @classmethod
     def read(cls, run_dir: str | Path, data_root: str | Path | None = None) -> "RunView":
@@ -108,7 +109,8 @@ class RunView:
                 notes.append(f"{gone} of {len(valid)} held-out images are no longer under "
                              f"'{data_root_of(run_dir, info, data_root)}' (moved? pass --data)")
         verdict = read_verdict(run_dir, info) if info is not None else None
-        return cls(run_dir, info, read_history(run_dir), valid, missing, notes, verdict)
+        root = Path(data_root) if data_root is not None else Path(info.data_root) if info and info.data_root else None
+        return cls(run_dir, info, read_history(run_dir), valid, missing, notes, verdict, root)
 
     @property
     def summary(self) -> dict:
@@ -222,12 +224,12 @@ def _dataset(view: RunView) -> str:
                      f"classes: {html.escape(', '.join(view.classes))}.</p>")
         if isinstance(s.get("skipped"), list) and s["skipped"]:
             parts.append(f"<p>Skipped unreadable files: {len(s['skipped'])}</p>")
-    if view.info and view.info.data_root:
-        manifest = _crawl_manifest(Path(view.info.data_root))
+    if view.root is not None:   # the data the images are read from (--data), so are the credits
+        manifest = _crawl_manifest(view.root)
         if manifest:
             parts.append(_details(f"Crawl: {sum(r['count'] for r in manifest)} files by keyword and status",
                                   _table(manifest)))
-        parts.append(crawl_credits(Path(view.info.data_root)))
+        parts.append(crawl_credits(view.root))
     for cls in view.classes:
         files = [v.file for v in view.valid if v.label == cls and v.file.exists()][:8]
         if files:

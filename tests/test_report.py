@@ -110,6 +110,20 @@ def test_crawl_manifest_rejects_are_summarised(tiny_run, canvas_dir, tmp_path):
     assert "<td>bag</td><td>duplicate</td><td>2</td>" in crawl and "<td>trouser</td><td>truncated</td><td>1</td>" in crawl
 
 
+def test_credits_come_from_the_data_folder_given_with_data(tiny_run, canvas_dir, tmp_path):
+    """`camkit report RUN --data DIR`: the images are read from DIR, and so are the credits and
+    the crawl summary (they were read from model.json's data root, where this moved dataset's
+    manifest is not)."""
+    moved = shutil.copytree(canvas_dir, tmp_path / "moved")
+    (moved / "manifest.jsonl").write_text(json.dumps(
+        {"keyword": "bag", "status": "ok", "file": "bag/0000.png", "sha256": "ab" * 32, "phash": "0f0f0f0f0f0f0f0f",
+         "creator": "Ada Moved", "license": "CC BY 4.0"}) + "\n")
+    page = build(tiny_run, out=tmp_path / "r.html", data_root=moved).read_text()
+    credits = page[page.index("id='credits'"):]
+    assert "Ada Moved" in credits and "CC BY 4.0 1" in credits
+    assert "Ada Moved" not in build(tiny_run, out=tmp_path / "plain.html").read_text()
+
+
 def test_top_losses_show_the_predicted_and_the_actual_class_maps(report_path):
     from camkit.explain import read_cams
     from camkit.report import TOP_LOSSES_ACTUAL_DIR, TOP_LOSSES_DIR
