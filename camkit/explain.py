@@ -152,8 +152,14 @@ def resolve_target(target: "str | int | OutputTarget | None", classes: list[str]
 
 def collect_files(images: Sequence[str | Path] | str | Path) -> tuple[list[Path], set[str]]:
     """The image files to explain (folders searched recursively) and the files named directly
-    (an unreadable named file is an error; one found in a folder is skipped with a warning)."""
-    inputs = [images] if isinstance(images, (str, Path)) else list(images)
+    (an unreadable named file is an error; one found in a folder is skipped with a warning).
+    Anything but paths (an int, an array), or none at all, is one sentence."""
+    inputs = [images] if isinstance(images, (str, Path)) or not isinstance(images, Iterable) else list(images)
+    wrong = next((p for p in inputs if not isinstance(p, (str, Path))), None)
+    if wrong is not None:
+        raise CamkitError(f"images must be file or folder paths, not {type(wrong).__name__}")
+    if not inputs:
+        raise CamkitError("no images given")
     files = list_images(inputs)
     if not files:
         raise CamkitError("no images found in " + ", ".join(map(str, inputs)))
