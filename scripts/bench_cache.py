@@ -23,6 +23,15 @@ allocator's and page cache's state left by its decoding, so that figure is in th
 only.)
 Goals (issue #18): peak RSS of the cached path at 4x the images <= 1.3x that at 1x; warm
 pass >= 0.9x the in-memory pass; cold prep / warm prep >= 10x.
+
+    python scripts/bench_cache.py --integrity [--sizes 1000 4000] [--anchor fd37836]
+
+The price of the cache's integrity checks (issue 26 item 10: crc32 of the whole data file
+taken while writing, inode + ctime in each file's stamp, the key's flock, the temp-file sweep),
+in one process against the anchor, camkit/cache.py as it was at --anchor (16 sampled rows'
+crc32, (path, size, mtime) stamps, no lock), loaded from git: cold builds and warm opens of
+the same files, interleaved (anchor, new, anchor, new, ...), best of --repeat each; then what a
+copied cache pays once, the full crc32 read at its first open, and the open after it.
 """
 
 from __future__ import annotations
@@ -113,6 +122,76 @@ def bench_size(root: Path, n: int, px: int, repeat: int, with_memory: bool, sour
     return {"n": n, "cold": cold, "best": best, "peak": peak, "warm_prep": warm_prep, "warm_runs": runs["warm"]}
 
 
+def load_anchor(commit: str):
+    """camkit/cache.py as it was at `commit`, imported as its own module (it needs only
+    camkit.files and camkit.errors, which kept what it uses)."""
+    import importlib.util
+    import tempfile
+
+    source = subprocess.run(["git", "show", f"{commit}:camkit/cache.py"], capture_output=True, text=True,
+                            check=True, cwd=Path(__file__).resolve().parent.parent).stdout
+    path = Path(tempfile.mkdtemp(prefix="camkit-anchor-")) / "cache_anchor.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("cache_anchor", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module   # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench_integrity(root: Path, n: int, px: int, repeat: int, source_px: int, anchor) -> dict:
+    """Cold build and warm open, anchor vs now, interleaved; then a copied cache's first open."""
+    import time
+
+    import camkit.cache as now
+    from camkit.data import scan_class_folders
+    from camkit.images import open_rgb, resize_square
+
+    data = make_data(root, n, source_px)
+    files = [f for fs in scan_class_folders(data)[1] for f in fs]
+
+    def decode(f):
+        return resize_square(open_rgb(f), px).transpose(2, 0, 1)
+
+    def timed(module, folder: Path) -> float:
+        t = time.perf_counter()
+        rows = module.decode_cached(folder, "k", files, (3, px, px), decode)
+        elapsed = time.perf_counter() - t
+        assert len(rows.images) == len(files)
+        return elapsed
+
+    times: dict[str, list[float]] = {k: [] for k in ("anchor cold", "now cold", "anchor warm", "now warm")}
+    for i in range(repeat):
+        for name, module in (("anchor", anchor), ("now", now)):
+            folder = root / f"integrity-{name}-{n}-{px}"
+            shutil.rmtree(folder, ignore_errors=True)   # the bench's own cache folder
+            times[f"{name} cold"].append(timed(module, folder))
+    for i in range(repeat * 3):
+        for name, module in (("anchor", anchor), ("now", now)):
+            times[f"{name} warm"].append(timed(module, root / f"integrity-{name}-{n}-{px}"))
+    copy = root / f"integrity-copy-{n}-{px}"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(root / f"integrity-now-{n}-{px}", copy)
+    first_copy = timed(now, copy)
+    best = {k: min(v) for k, v in times.items()}
+    return {"n": n, **best, "copy first open": first_copy, "copy next open": timed(now, copy),
+            "MB": n * 3 * px * px / 2 ** 20}
+
+
+def main_integrity(args) -> None:
+    anchor = load_anchor(args.anchor)
+    results = [bench_integrity(args.root, n, args.px, args.repeat, args.source_px, anchor) for n in args.sizes]
+    print(f"\nintegrity checks vs the cache at {args.anchor}: {args.source_px}-px JPEGs decoded to {args.px} px, "
+          f"best of {args.repeat} cold / {args.repeat * 3} warm, interleaved")
+    print(f"{'images':>7} {'MB':>6} | {'cold anchor':>11} {'cold now':>9} {'ratio':>6} | {'warm anchor':>11} "
+          f"{'warm now':>9} {'ratio':>6} | {'copy 1st open':>13} {'copy next':>9}")
+    for r in results:
+        print(f"{r['n']:>7} {r['MB']:>6.0f} | {r['anchor cold']:>10.2f}s {r['now cold']:>8.2f}s "
+              f"{r['now cold'] / r['anchor cold']:>6.2f} | {r['anchor warm']:>10.3f}s {r['now warm']:>8.3f}s "
+              f"{r['now warm'] / r['anchor warm']:>6.2f} | {r['copy first open']:>12.3f}s {r['copy next open']:>8.3f}s")
+    print("raw:", json.dumps(results))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 16000])
@@ -121,8 +200,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--source-px", type=int, default=512, help="side of the synthetic JPEGs")
     ap.add_argument("--memory-max", type=int, default=16000, help="skip the in-memory anchor above this many images")
+    ap.add_argument("--integrity", action="store_true", help="the price of the integrity checks against --anchor")
+    ap.add_argument("--anchor", default="fd37836", help="commit whose camkit/cache.py is the --integrity anchor")
     args = ap.parse_args()
     args.root.mkdir(parents=True, exist_ok=True)
+    if args.integrity:
+        return main_integrity(args)
     results = [bench_size(args.root, n, args.px, args.repeat, n <= args.memory_max, args.source_px)
                for n in args.sizes]
     print(f"\n{args.source_px}-px JPEGs decoded to {args.px} px, {args.repeat} interleaved runs per mode "
