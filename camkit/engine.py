@@ -241,8 +241,9 @@ def open_graph(choice: EngineChoice, loaded: LoadedModel, threads: int | None = 
         raise CamkitError(f"the graph exported for --engine onnx differs from torch by {parity.max_abs_diff:.3g} "
                           f"(tolerance {TOLERANCE:g} x {parity.scale:.3g}); use --engine torch")
     mean, std = loaded.info.stats
+    cells = map_size(loaded)
     meta = Sidecar(classes=list(loaded.classes), size=loaded.size, resize=loaded.info.resize, input_dtype="uint8",
-                   mean=list(mean), std=list(std), map_size=map_size(loaded), grid=run_grid(loaded), opset=DEFAULT_OPSET,
+                   mean=list(mean), std=list(std), map_size=cells, grid=run_grid(loaded, cells), opset=DEFAULT_OPSET,
                    int8=False,
                    graph_sha256=hashlib.sha256(data).hexdigest(), weights_sha256="", arch=loaded.info.arch)
     return OrtGraph(sess, meta)

@@ -528,9 +528,10 @@ def export_onnx(run: str | Path | LoadedModel, out: str | Path | None = None, op
     data, gate = fp32, None
     if options.int8:
         data, gate = _int8(loaded, fp32, fp32_sess, options, calibration)
-    _write(out, data, _sidecar(loaded, options, parity, gate))
-    return OnnxExport(out, sidecar_path(out), options.opset, options.int8, "float32" if float_input else "uint8",
-                      parity, gate, map_size(loaded), time.perf_counter() - start)
+    meta = _sidecar(loaded, options, parity, gate)
+    _write(out, data, meta)
+    return OnnxExport(out, sidecar_path(out), options.opset, options.int8, meta.input_dtype, parity, gate,
+                      meta.map_size, time.perf_counter() - start)
 
 
 def _int8(loaded: LoadedModel, fp32: bytes, fp32_sess, options: ExportOptions, calibration: int
@@ -560,22 +561,24 @@ def map_size(loaded: LoadedModel) -> tuple[int, int]:
     return int(a.shape[-2]), int(a.shape[-1])
 
 
-def run_grid(loaded: LoadedModel) -> dict:
+def run_grid(loaded: LoadedModel, cells: tuple[int, int] | None = None) -> dict:
     """Where the maps' cells look in the S x S input (camkit.geometry), as JSON."""
     from camkit.geometry import grid_for, probe
 
     size = (loaded.size, loaded.size)
-    g = grid_for(probe(loaded.model, size), map_size(loaded), size)
+    g = grid_for(probe(loaded.model, size), cells or map_size(loaded), size)
     return {"stride": [float(v) for v in g.stride], "offset": [float(v) for v in g.offset], "size": list(g.size)}
 
 
 def _sidecar(loaded: LoadedModel, options: ExportOptions, parity: Parity, gate: Int8Gate | None) -> Sidecar:
+    """The sidecar of a graph exported from `loaded` (its graph hash is filled in by `_write`)."""
     from camkit.run import WEIGHTS
 
+    cells = map_size(loaded)
     mean, std = loaded.info.stats
     return Sidecar(classes=list(loaded.classes), size=loaded.size, resize=loaded.info.resize,
                    input_dtype="float32" if options.float_input else "uint8", mean=list(mean), std=list(std),
-                   map_size=map_size(loaded), grid=run_grid(loaded), opset=options.opset, int8=options.int8,
+                   map_size=cells, grid=run_grid(loaded, cells), opset=options.opset, int8=options.int8,
                    graph_sha256="", weights_sha256=sha256(loaded.path / WEIGHTS), arch=loaded.info.arch,
                    parity={**asdict(parity), "max_abs_diff": parity.max_abs_diff},
                    int8_gate=None if gate is None else {**asdict(gate), "passed": gate.passed})
