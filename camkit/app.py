@@ -26,10 +26,13 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from camkit.errors import CamkitError
-from camkit.run import LoadedModel, load, read_verdict
+# camkit.run (torch) is imported where a run is loaded: the light Space (camkit.ortlite) serves
+# this module's Explain tab on onnxruntime, without torch
+if TYPE_CHECKING:
+    from camkit.run import LoadedModel
 from camkit.verdict import Verdict
 
 APP_MAX_PIXELS = 64_000_000     # a 50-megapixel phone photo passes; ~190 MB as RGB at most
@@ -66,6 +69,8 @@ class CamApp:
     would read each other's activations."""
 
     def __init__(self, run: str | Path | LoadedModel, device: str | None = None, max_side: int = 768):
+        from camkit.run import LoadedModel, load
+
         self.loaded = run if isinstance(run, LoadedModel) else load(run, device=device)
         self.max_side = max_side
         self._extractors: dict[str, Any] = {}
@@ -78,6 +83,8 @@ class CamApp:
     @functools.cached_property
     def verdict(self) -> Verdict | None:
         """The run's training verdict (model.json's, or recomputed for an older run)."""
+        from camkit.run import read_verdict
+
         return read_verdict(self.loaded.path, self.loaded.info)
 
     @functools.cached_property
@@ -374,8 +381,8 @@ def launch(run: str | Path | LoadedModel, port: int = 7860, host: str = "127.0.0
     run's held-out images). With `block=False` returns the running Blocks (tests, notebooks)."""
     gr = require_gradio()
     check_host(host, port)
-    app = CamApp(run, device=device)
-    cleaner = Cleaner(app, data) if Cleaner.available(app, data) else None
+    app = run if hasattr(run, "explain") else CamApp(run, device=device)   # a ready app: camkit.ortlite's
+    cleaner = Cleaner(app, data) if isinstance(app, CamApp) and Cleaner.available(app, data) else None
     shown = _example_files(examples) if examples is not None else None
     blocks = build(app, cleaner, shown)
     blocks.queue(default_concurrency_limit=1)

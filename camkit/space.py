@@ -10,6 +10,11 @@ same app as `camkit app` (push it to a Space with the Gradio SDK, or run `python
     DIR/camkit/           camkit's code as installed (Python files, py.typed, licence notes),
                           so the Space needs nothing that is not on PyPI
 
+With `engine="onnx"` (`--engine onnx`) the Space is light: DIR/model/ holds the run as one ONNX
+graph (model.onnx, its sidecar, explainer.json), app.py serves it with camkit.ortlite (numpy,
+Pillow, onnxruntime: the same Explain tab, exact CAM only) and requirements.txt names
+onnxruntime, numpy, pillow and gradio, no torch, no fastai.
+
 The folder is assembled in a temporary folder beside DIR and renamed into place at the end, so
 a failed export leaves no half-made Space; an existing DIR is never written into.
 """
@@ -50,6 +55,51 @@ except KeyboardInterrupt:   # Ctrl-C: stopped, no traceback, exit 130 as `camkit
 '''
 
 
+LITE_APP_PY = '''"""A camkit app as a light Hugging Face Space, on onnxruntime without torch (written by
+`camkit app RUN --export-space DIR --engine onnx`).
+
+`python app.py` serves it on http://127.0.0.1:7860; Spaces set GRADIO_SERVER_NAME=0.0.0.0.
+"""
+import os
+import sys
+from pathlib import Path
+
+from camkit.ortlite import launch
+
+HERE = Path(__file__).resolve().parent
+try:
+    launch(HERE / "model", host=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+           port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), examples=HERE / "examples")
+except KeyboardInterrupt:   # Ctrl-C: stopped, no traceback, exit 130 as `camkit app`
+    sys.exit(130)
+'''
+# what camkit.ortlite imports, and its floor: onnxruntime 1.17 runs opset 17 with uint8 input on
+# every platform the Space may build on; numpy and Pillow as camkit itself takes them
+LITE_REQUIREMENTS = ("onnxruntime>=1.17", "numpy", "pillow")
+LITE_CARD = ("It runs the model as one ONNX graph on onnxruntime (the logits and every class's exact CAM): "
+             "no torch, no fastai.")
+
+
+def lite_requirements() -> list[str]:
+    """The light Space's requirements: onnxruntime, numpy, Pillow and the running Gradio."""
+    from camkit.app import require_gradio
+
+    return [*LITE_REQUIREMENTS, f"gradio=={require_gradio().__version__}"]
+
+
+def write_lite_model(run: str | Path, dest: Path) -> Path:
+    """`dest`/model.onnx and its sidecar (camkit.export, checked against torch before it is
+    written) and explainer.json (camkit.web.explainer_config): all camkit.ortlite reads."""
+    from camkit.export import export_onnx, read_sidecar
+    from camkit.ortlite import EXPLAINER, GRAPH
+    from camkit.web import explainer_config
+
+    dest.mkdir()
+    graph = export_onnx(run, dest / GRAPH).path
+    (dest / EXPLAINER).write_text(json.dumps(explainer_config(run, read_sidecar(graph))), encoding="utf-8")
+    return dest
+
+
 def requirements() -> list[str]:
     """camkit's core dependencies (as installed camkit declares them) and the running Gradio,
     pinned to the version the Space header names."""
@@ -65,7 +115,7 @@ def requirements() -> list[str]:
     return [*core, f"gradio=={gr.__version__}"]
 
 
-def readme(run: Path, gradio_version: str) -> str:
+def readme(run: Path, gradio_version: str, engine: str = "torch") -> str:
     """The Space's README: YAML header (values JSON-quoted, which YAML reads as strings) and a
     short model card from model.json."""
     info = read_info(run)
@@ -82,6 +132,7 @@ def readme(run: Path, gradio_version: str) -> str:
               *_verdict_lines(run, info),
               "Upload, paste or take a picture: the app shows the class probabilities and a class activation "
               "map of where the model looked.", "",
+              *([LITE_CARD, ""] if engine == "onnx" else []),
               "Run it locally: `pip install -r requirements.txt && python app.py`, then open http://127.0.0.1:7860.",
               "", "If the training images were crawled, credit their authors: `camkit credits DATA` lists them.", ""]
     return "\n".join(lines)
@@ -140,25 +191,31 @@ def _copy_package(dest: Path) -> None:
     copy(resources.files("camkit"), dest / "camkit")
 
 
-def export_space(run: str | Path, out: str | Path, examples_per_class: int = 2) -> Path:
-    """Write the Space folder `out` (which must not exist yet) for the run; returns it."""
+def export_space(run: str | Path, out: str | Path, examples_per_class: int = 2, engine: str = "torch") -> Path:
+    """Write the Space folder `out` (which must not exist yet) for the run; returns it.
+    `engine="onnx"`: the light Space (see LITE_APP_PY), no torch, no fastai."""
+    if engine not in ("torch", "onnx"):
+        raise CamkitError(f"a Space runs on torch or onnx, not '{engine}'")
     run, out = Path(run), Path(out)
     if out.is_symlink():
         raise CamkitError(f"'{out}' is a symbolic link{'' if out.exists() else ' to nothing'}; "
                           "--export-space writes a new folder: name one that does not exist")
     if out.exists():
         raise CamkitError(f"'{out}' already exists; --export-space writes a new folder")
-    reqs = requirements()
+    reqs = requirements() if engine == "torch" else lite_requirements()
     refuse_inside_class_folder(out, (read_info(run).data_root,), "--export-space")
     created = ensure_writable_dir(out.parent, "Space's parent folder")
     staging = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}space-", dir=out.parent))
     try:
-        export_model(run, staging / "model")
+        if engine == "torch":
+            export_model(run, staging / "model")
+        else:
+            write_lite_model(run, staging / "model")
         _copy_examples(run, staging / "examples", examples_per_class)
         _copy_package(staging)
-        (staging / "app.py").write_text(APP_PY, encoding="utf-8")
+        (staging / "app.py").write_text(APP_PY if engine == "torch" else LITE_APP_PY, encoding="utf-8")
         (staging / "requirements.txt").write_text("\n".join(reqs) + "\n", encoding="utf-8")
-        (staging / "README.md").write_text(readme(run, reqs[-1].split("==")[1]), encoding="utf-8")
+        (staging / "README.md").write_text(readme(run, reqs[-1].split("==")[1], engine), encoding="utf-8")
         staging.rename(out)
     except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)   # our own temporary folder, never a user's file

@@ -40,9 +40,6 @@ ORT_WEB_VERSION = "1.31.1"
 ORT_BUNDLE, ORT_WASM = "ort.wasm.bundle.min.mjs", "ort-wasm-simd-threaded.wasm"
 ORT_LICENSE = "LICENSE-onnxruntime-web.txt"
 PAGE_FILES = ("index.html", "camkit-web.js")
-# the colormaps offered on the page and in the light Space (camkit.app.COLORMAPS without the
-# diverging one: the page draws unsigned maps)
-COLORMAPS = ("jet", "turbo", "viridis", "inferno", "magma", "plasma", "gray")
 
 
 @dataclass(frozen=True)
@@ -72,23 +69,25 @@ def colormap_table(name: str):
     return cmap(np.arange(cmap.N), bytes=True)[:, :3]
 
 
-def explainer_config(run: str | Path, sidecar, colormaps: tuple[str, ...] = COLORMAPS) -> dict:
+def explainer_config(run: str | Path, sidecar, colormaps: tuple[str, ...] | None = None) -> dict:
     """What a torch-free consumer of the graph needs beyond its sidecar: the title, the training
-    verdict in words, and the colormap tables (base64 of N x 3 bytes), so that neither the page
-    nor the light Space needs matplotlib. Shared by the page (model.js) and the light Space
-    (model/explainer.json, read by camkit.ortlite)."""
-    from camkit.app import verdict_banner
+    verdict (in words, and as model.json holds it) and the tables of camkit.app's colormaps
+    (base64 of N x 3 bytes), so that neither the page nor the light Space needs matplotlib.
+    Shared by the page (model.js) and the light Space (model/explainer.json, camkit.ortlite)."""
+    from camkit.app import COLORMAPS, verdict_banner
     from camkit.export import INPUT, OUTPUTS
     from camkit.run import read_info, read_verdict
 
     info = read_info(run)
+    verdict = read_verdict(run, info)
     classes = sidecar.classes
     title = " vs ".join(classes)[:60] if len(classes) <= 4 else f"{len(classes)} classes"
     return {"title": title, "arch": info.arch, "head": info.head, "classes": classes, "size": sidecar.size,
             "resize": sidecar.resize, "input": INPUT, "outputs": {name: name for name in OUTPUTS},
             "grid": sidecar.grid, "map_size": list(sidecar.map_size),
-            "verdict": verdict_banner(read_verdict(run, info)).replace("**", ""),
-            "colormaps": {c: base64.b64encode(colormap_table(c).tobytes()).decode() for c in colormaps}}
+            "verdict": verdict_banner(verdict).replace("**", ""),
+            "verdict_json": None if verdict is None else verdict.to_json(),
+            "colormaps": {c: base64.b64encode(colormap_table(c).tobytes()).decode() for c in colormaps or COLORMAPS}}
 
 
 def _umask() -> int:

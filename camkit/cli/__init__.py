@@ -366,13 +366,25 @@ def app_command(
     data: DataRootOpt = None,
     export_space: Annotated[Optional[Path], typer.Option("--export-space", help="write a Hugging Face Space "
                                                          "folder (app.py, requirements.txt, model, README) instead of serving")] = None,
+    engine: Annotated[CamEngine, typer.Option(help="onnx: the run as one ONNX graph on onnxruntime, exact CAM only "
+                                              "(with --export-space: the light Space, no torch, no fastai); "
+                                              "torch or auto: the full app")] = CamEngine.auto,
 ):
     """Serve the run as a web app: upload / paste / webcam -> prediction and CAM overlay, plus the cleaner."""
     if export_space is not None:
         from camkit.space import export_space as export
 
-        folder = export(run_dir, export_space)
+        folder = export(run_dir, export_space, engine="onnx" if engine == CamEngine.onnx else "torch")
         print(f"Space written to {folder}; try it with: cd {folder} && python app.py")
+        return
+    if engine == CamEngine.onnx:   # the light app on this machine: exact CAM on onnxruntime, no Clean tab
+        from camkit.app import check_host, require_gradio
+        from camkit.ortlite import serve_run
+
+        require_gradio()
+        check_host(host, port)
+        print(f"camkit app (onnxruntime) on http://{host}:{port} (Ctrl-C stops it)", flush=True)
+        serve_run(run_dir, port=port, host=host, share=share)
         return
     from camkit.app import launch, require_gradio
 

@@ -1,0 +1,104 @@
+"""The light Space (`camkit app RUN --export-space DIR --engine onnx`): onnxruntime, numpy, Pillow
+and Gradio, no torch, no fastai; its app answers with camkit's numbers where torch cannot load."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime", reason="the light Space needs camkit[onnx]")
+gradio = pytest.importorskip("gradio", reason="the Space export needs camkit[app]")
+
+from camkit.ortlite import LiteApp  # noqa: E402
+
+BLOCKED = ("torch", "torchvision", "fastai", "timm", "matplotlib")
+
+
+@pytest.fixture(scope="module")
+def light(tiny_run, tmp_path_factory):
+    """`camkit app RUN --export-space DIR --engine onnx`, through the CLI."""
+    from typer.testing import CliRunner
+
+    from camkit.cli import app
+
+    out = tmp_path_factory.mktemp("light") / "space"
+    result = CliRunner().invoke(app, ["app", str(tiny_run), "--export-space", str(out), "--engine", "onnx"])
+    assert result.exit_code == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def no_torch(tmp_path_factory):
+    """A PYTHONPATH folder whose sitecustomize makes `import torch` (and fastai, matplotlib...) fail."""
+    folder = tmp_path_factory.mktemp("notorch")
+    (folder / "sitecustomize.py").write_text(f"import sys\nfor m in {BLOCKED!r}:\n    sys.modules[m] = None\n")
+    return folder
+
+
+def torch_probs(run, image) -> np.ndarray:
+    """camkit's own torch model on the image, as the full app feeds it."""
+    from camkit.export import torch_outputs
+    from camkit.images import open_rgb
+    from camkit.run import load
+
+    loaded = load(run, device="cpu")
+    square = loaded.square(open_rgb(image)).transpose(2, 0, 1)[None].copy()
+    return torch_outputs(loaded, square)[1][0]
+
+
+def test_light_space_requires_no_torch_and_holds_the_graph(light):
+    reqs = light.joinpath("requirements.txt").read_text().split()
+    assert [r.split(">")[0].split("=")[0] for r in reqs] == ["onnxruntime", "numpy", "pillow", "gradio"]
+    assert f"gradio=={gradio.__version__}" in reqs
+    assert {p.name for p in (light / "model").iterdir()} == {"model.onnx", "model.onnx.json", "explainer.json"}
+    assert "from camkit.ortlite import launch" in light.joinpath("app.py").read_text()
+    assert "no torch, no fastai" in light.joinpath("README.md").read_text()
+
+
+def test_light_space_answers_where_torch_cannot_be_imported(light, no_torch, tiny_run):
+    from gradio_client import handle_file
+    from test_app import _connect, free_port
+
+    env = {**os.environ, "PYTHONPATH": str(no_torch), "GRADIO_ANALYTICS_ENABLED": "False"}
+    control = subprocess.run([sys.executable, "-c", "import torch"], cwd=light, env=env, capture_output=True, text=True)
+    assert control.returncode != 0 and "torch" in control.stderr          # the block holds in this environment
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=light, env={**env, "GRADIO_SERVER_PORT": str(port)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    example = light / "examples" / "example-0.png"
+    try:
+        client = _connect(f"http://127.0.0.1:{port}/", proc)
+        label, overlay, caption = client.predict(handle_file(str(example)), "cam", "pred", 0.5, "jet", False,
+                                                 api_name="/explain")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    got = {c["label"]: c["confidence"] for c in label["confidences"]}
+    want = torch_probs(tiny_run, example)
+    classes = LiteApp(light / "model").classes
+    assert np.allclose([got[c] for c in classes], want, atol=1e-5)
+    assert os.path.isfile(overlay) and "onnxruntime" in caption
+
+
+@pytest.mark.parametrize("target, signed", [("pred", False), ("contrast", True)])
+def test_lite_app_draws_what_the_torch_app_draws(light, tiny_run, target, signed):
+    from camkit.app import CamApp
+
+    example = light / "examples" / "example-1.png"
+    lite = LiteApp(light / "model").explain(example, "cam", target, 0.5, "jet", signed)
+    full = CamApp(tiny_run).explain(example, "cam", target, 0.5, "jet", signed)
+    assert lite.probs.keys() == full.probs.keys()
+    assert np.allclose(list(lite.probs.values()), list(full.probs.values()), atol=1e-5)
+    a, b = np.asarray(lite.overlay, dtype=int), np.asarray(full.overlay, dtype=int)
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1
+
+
+def test_lite_app_refuses_a_method_the_graph_cannot_give(light):
+    from camkit.errors import CamkitError
+
+    with pytest.raises(CamkitError, match="method 'gradcam' is not available for this run; choose from cam"):
+        LiteApp(light / "model").explain(light / "examples" / "example-0.png", "gradcam")
