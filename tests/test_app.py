@@ -127,18 +127,20 @@ def test_cleaner_saves_each_decision_and_applies_and_undoes(tiny_run, canvas_dir
     before = snapshot(data)
     cleaner = Cleaner(CamApp(tiny_run), data)
     shown = cleaner.rank(shown=5)
-    assert len(shown) == 5 and all(s.rel in caption for s, (_, caption) in zip(cleaner.suspects, shown))
-    assert cleaner.suspects[0].loss >= cleaner.suspects[-1].loss
-    first, second = cleaner.suspects[0].rel, cleaner.suspects[1].rel
+    assert len(shown) == 5 and all(i.suspect.rel in i.caption for i in shown)
+    assert shown[0].suspect.loss >= shown[-1].suspect.loss
+    first, second = shown[0].suspect.rel, shown[1].suspect.rel
     other = "trouser" if second.startswith("bag/") else "bag"
-    cleaner.decide(0, "delete")
-    cleaner.decide(1, f"relabel:{other}")
+    cleaner.decide(first, "delete")
+    cleaner.decide(second, f"relabel:{other}")
     saved = json.loads((data / "clean-decisions.json").read_text())
     assert saved["decisions"] == {first: "delete", second: f"relabel:{other}"}   # on disk at once
     assert "2 file(s) moved" in cleaner.apply()
     assert not (data / first).exists() and (data / "_rejected" / "cleaned" / first).is_file()
     assert not (data / "clean-decisions.json").exists()            # archived beside, not lost
     assert len(list(data.glob("clean-decisions.applied-*.json"))) == 1
+    with pytest.raises(CamkitError, match="no longer in the data folder"):
+        cleaner.decide(first, "keep")                              # shown before the apply, moved since
     assert "2 file(s) moved back" in cleaner.undo()
     after = snapshot(data)
     assert {k: v for k, v in after.items() if k in before} == before
@@ -148,11 +150,22 @@ def test_cleaner_reloads_decisions_made_earlier(tiny_run, canvas_dir, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(canvas_dir, data)
     cleaner = Cleaner(CamApp(tiny_run), data)
-    cleaner.rank(shown=3)
-    cleaner.decide(2, "delete")
+    shown = cleaner.rank(shown=3)
+    cleaner.decide(shown[2].suspect.rel, "delete")
     again = Cleaner(CamApp(tiny_run), data)
-    again.rank(shown=3)
-    assert again.details(2)[3] == "delete" and again.details(0)[3] == "keep"
+    shown = again.rank(shown=3)
+    assert again.details(shown[2])[3] == "delete" and again.details(shown[0])[3] == "keep"
+
+
+@pytest.mark.parametrize("rel", ["../outside.png", "/etc/hostname", "bag/no-such.png"])
+def test_cleaner_decides_only_for_files_inside_the_data_folder(tiny_run, canvas_dir, tmp_path, rel):
+    data = tmp_path / "data"
+    shutil.copytree(canvas_dir, data)
+    (tmp_path / "outside.png").write_bytes((canvas_dir / "bag" / "0000.png").read_bytes())
+    cleaner = Cleaner(CamApp(tiny_run), data)
+    with pytest.raises(CamkitError, match="no longer in the data folder"):
+        cleaner.decide(rel, "delete")
+    assert not (data / "clean-decisions.json").exists()
 
 
 # ---------------------------------------------------------------- the server

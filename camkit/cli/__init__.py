@@ -83,12 +83,16 @@ def train(
                                            "camkit.evidence)")] = Recipe.auto,
     negatives: Annotated[Optional[Path], typer.Option(help="folder of images of neither class (e.g. a generic "
                                                       "crawl): a hidden 'neither' in every batch")] = None,
+    ddp_timeout: Annotated[Optional[float], typer.Option(help="under torchrun / accelerate launch: seconds a process "
+                                                         "waits for the others before stopping with an error "
+                                                         "(default: CAMKIT_DDP_TIMEOUT, else 1800)")] = None,
     as_json: JsonOpt = False,
 ):
     """Train a classifier on an image folder and save it in a safe format (several processes under torchrun)."""
+    from camkit.distributed import group_for
     from camkit.train import train as train_fn
 
-    with stdout_for(as_json):
+    with stdout_for(as_json), group_for(timeout=ddp_timeout):
         result = train_fn(data_dir, arch=arch, epochs=epochs, size=size, bs=bs, valid_pct=valid_pct, seed=seed,
                           out=out, lr=lr, head=head.value, pretrained=pretrained, weights=weights, stride=stride,
                           dilate=dilate,
@@ -324,10 +328,19 @@ def clean(
     apply: Annotated[Optional[Path], typer.Option("--apply", help="carry out a decisions.json saved from the page")] = None,
     undo: Annotated[bool, typer.Option("--undo", help="move back the files moved by --apply (DATA/clean.jsonl)")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the ranking (or the moves): one JSON line each")] = False,
+    folds: Annotated[int, typer.Option(help="score every image with a model trained without it, K models on the "
+                                            "run's recipe (0: the run's own model, fast but blind to memorised "
+                                            "noise)")] = 4,
+    fold_epochs: Annotated[Optional[int], typer.Option(help="epochs per fold model (default: the run's)")] = None,
 ):
     """Rank the run's images by how suspicious their label is; review them on an offline page; --apply / --undo."""
     from camkit import clean as clean_mod
     from camkit.errors import CamkitError
+
+    if folds == 1 or folds < 0:
+        raise CamkitError(f"--folds must be 0 (the run's own model) or at least 2, not {folds}")
+    if fold_epochs is not None and fold_epochs < 1:
+        raise CamkitError(f"--fold-epochs must be at least 1, not {fold_epochs}")
 
     if apply is not None and undo:
         raise CamkitError("--apply and --undo cannot be used together")
@@ -342,35 +355,44 @@ def clean(
         return
     page = None if as_json and out is None else clean_mod.check_page(out or run_dir / "clean.html", top)
     with stdout_for(as_json):
-        suspects = clean_mod.rank(run_dir, data=data, split=split.value)
+        suspects = clean_mod.rank(run_dir, data=data, split=split.value, folds=folds or None, fold_epochs=fold_epochs)
         if not main_rank():
             return  # under torchrun / accelerate launch, rank 0 writes the page and reports
         if page is not None:
             page = clean_mod.write_page(suspects, run_dir, page, top, data)
     if as_json:
+        if suspects.estimate is not None:
+            print(json.dumps(suspects.estimate.record()))
         for s in suspects:
             print(json.dumps(finite(s.record()), allow_nan=False))
         return
     for s in suspects[:10]:
-        print(f"{s.loss:7.3f}  {s.rel}: label {s.label}, predicted {s.pred} ({s.prob:.1%}) {s.reason}")
-    print(f"{len(suspects)} images ranked; review page: {page}")
+        why = "; ".join(filter(None, [s.reason, *s.quality]))
+        print(f"{s.loss:7.3f}  {s.rel}: label {s.label}, predicted {s.pred} ({s.prob:.1%}) {why}")
+    print(f"{len(suspects)} images ranked; {clean_mod.summary_line(suspects)}review page: {page}")
 
 
 @app.command("app")
 def app_command(
     run_dir: Annotated[Path, typer.Argument(help="run folder written by camkit train")],
     port: Annotated[int, typer.Option(help="port to serve on")] = 7860,
-    host: Annotated[str, typer.Option(help="address to bind: 127.0.0.1 serves this machine only; "
+    host: Annotated[str, typer.Option(help="IPv4 address to bind: 127.0.0.1 serves this machine only; "
                                            "0.0.0.0 every network this machine is on")] = "127.0.0.1",
     share: Annotated[bool, typer.Option("--share", help="also ask Gradio for a public *.gradio.live link")] = False,
     data: DataRootOpt = None,
+    auth_file: Annotated[Optional[Path], typer.Option("--auth-file", help="ask every visitor for a login: a file "
+                                                      "of user:password lines (kept out of shell history)")] = None,
+    allow_remote_clean: Annotated[bool, typer.Option("--allow-remote-clean", help="serve the Clean tab (it moves "
+                                                     "your files) on a public address or share link too; needs "
+                                                     "--auth-file")] = False,
     export_space: Annotated[Optional[Path], typer.Option("--export-space", help="write a Hugging Face Space "
                                                          "folder (app.py, requirements.txt, model, README) instead of serving")] = None,
     engine: Annotated[CamEngine, typer.Option(help="onnx: the run as one ONNX graph on onnxruntime, exact CAM only "
                                               "(with --export-space: the light Space, no torch, no fastai); "
                                               "torch or auto: the full app")] = CamEngine.auto,
 ):
-    """Serve the run as a web app: upload / paste / webcam -> prediction and CAM overlay, plus the cleaner."""
+    """Serve the run as a web app: upload / paste / webcam -> prediction and CAM overlay, plus the cleaner
+    (on this machine only, unless --allow-remote-clean with --auth-file)."""
     if export_space is not None:
         from camkit.space import export_space as export
 
@@ -378,19 +400,25 @@ def app_command(
         print(f"Space written to {folder}; try it with: cd {folder} && python app.py")
         return
     if engine == CamEngine.onnx:   # the light app on this machine: exact CAM on onnxruntime, no Clean tab
-        from camkit.app import check_host, require_gradio
+        from camkit.app import check_host, read_auth, require_gradio
         from camkit.ortlite import serve_run
 
         require_gradio()
         check_host(host, port)
         print(f"camkit app (onnxruntime) on http://{host}:{port} (Ctrl-C stops it)", flush=True)
-        serve_run(run_dir, port=port, host=host, share=share)
+        serve_run(run_dir, port=port, host=host, share=share,
+                  auth=read_auth(auth_file) if auth_file is not None else None)
         return
-    from camkit.app import launch, require_gradio
+    from camkit.app import check_host, clean_tab_allowed, launch, read_auth, require_gradio
 
     require_gradio()   # the install hint before the model is loaded
+    check_host(host, port)
+    auth = read_auth(auth_file) if auth_file is not None else None
+    if not clean_tab_allowed(host, share, allow_remote_clean, auth):
+        print("the Clean tab is left out on a public address (--allow-remote-clean with --auth-file serves it)",
+              file=sys.stderr)
     print(f"camkit app on http://{host}:{port} (Ctrl-C stops it)", flush=True)
-    launch(run_dir, port=port, host=host, share=share, data=data)
+    launch(run_dir, port=port, host=host, share=share, data=data, allow_remote_clean=allow_remote_clean, auth=auth)
 
 
 def main_rank() -> bool:
