@@ -171,6 +171,10 @@ def rank(run: str | Path | LoadedModel, data: str | Path | None = None, split: s
     root = data_root(loaded.path, loaded.info, data)
     valid = {r.file.resolve() for r in read_valid(loaded.path, loaded.info, root)}
     items = dataset_files(root, loaded.classes, "all", valid)
+    if folds is not None:
+        from camkit.folds import check_folds
+
+        check_folds(folds, {c: sum(label == c for _, label in items) for c in loaded.classes})
     warn_if_unusable(loaded)
     labels = dict(items)
     files, rows, extras = [], [], []
@@ -638,20 +642,44 @@ def _row(i: int, s: Suspect, uris: tuple[str, str], classes: list[str]) -> str:
     return (f"<tr data-rel='{e(s.rel)}'><td><img src='{uris[0]}' alt='original'></td>"
             f"<td><img src='{uris[1]}' alt='CAM overlay'></td><td class='rel'>{e(s.rel)}</td>"
             f"<td>{e(s.label)}</td><td>{e(s.pred)}</td><td>{s.prob:.1%}</td><td>{s.loss:.3f}</td>"
-            f"<td>{e(s.reason or '-')}</td><td>{controls}</td></tr>")
+            f"<td>{e(_why(s))}</td><td>{controls}</td></tr>")
 
 
-def page_html(suspects: list[Suspect], uris: list[tuple[str, str]], classes: list[str], run: str, root: str) -> str:
-    """The whole review page (pure: data in, text out)."""
+def _why(s: Suspect) -> str:
+    """The reason cell: the reasons, the quality findings, and the out-of-sample scores."""
+    scores = [] if s.fold is None else [f"held out in fold {s.fold}: label quality {s.label_quality:.3f}, "
+                                        f"OOD {s.ood:.3f}"]
+    return "; ".join(filter(None, [s.reason, *s.quality, *scores])) or "-"
+
+
+def summary_line(ranking: list[Suspect]) -> str:
+    """The estimate to review and the quality findings in one sentence ("" when there is
+    neither), for the page, the app and the CLI: ends with '; ' when not empty."""
+    estimate = getattr(ranking, "estimate", None)
+    parts = []
+    if estimate is not None:
+        parts.append(f"about {estimate.to_review} to review by cleanlab's estimate ({estimate.mislabelled} likely "
+                     f"mislabelled, {estimate.off_topic} off-topic; {estimate.folds}-fold out-of-sample scores)")
+    flagged = sum(bool(s.quality) for s in ranking)
+    if flagged:
+        parts.append(f"{flagged} with an image-quality or leakage finding")
+    return "".join(p + "; " for p in parts)
+
+
+def page_html(suspects: list[Suspect], uris: list[tuple[str, str]], classes: list[str], run: str, root: str,
+              summary: str = "") -> str:
+    """The whole review page (pure: data in, text out); `summary` is `summary_line` of the
+    whole ranking."""
     import html
 
     e = html.escape
     head = "".join(f"<th>{h}</th>" for h in ("image", "CAM (predicted class)", "file", "label", "prediction",
                                              "probability", "loss", "reason", "decision"))
     rows = "".join(_row(i, s, u, classes) for i, (s, u) in enumerate(zip(suspects, uris)))
+    estimate = f"<p id='estimate'>{e(summary.rstrip('; '))}.</p>" if summary else ""
     return (f"<!doctype html><html><head><meta charset='utf-8'>{PAGE_MARK}<title>camkit clean</title>"
             f"<style>{STYLE}</style></head><body data-run='{e(run)}' data-root='{e(root)}'>"
-            f"<h1>camkit clean: the {len(suspects)} most suspicious images</h1>"
+            f"<h1>camkit clean: the {len(suspects)} most suspicious images</h1>{estimate}"
             f"<p>run {e(run)}, data {e(root)}. Decisions are kept in this browser; "
             "<button id='download'>Download decisions</button> <button id='reset'>Forget decisions</button> "
             "then run <code>camkit clean RUN --apply decisions.json</code> (files are moved, never deleted; "
@@ -682,5 +710,6 @@ def write_page(suspects: list[Suspect], run: str | Path | LoadedModel, out: str 
     refuse_inside_class_folder(out.parent, (root,))
     chosen = suspects[:top]
     ensure_writable_dir(out.parent, "page folder")
-    text = page_html(chosen, overlays(loaded, chosen), loaded.classes, str(loaded.path.resolve()), root)
+    text = page_html(chosen, overlays(loaded, chosen), loaded.classes, str(loaded.path.resolve()), root,
+                     summary_line(suspects))
     return atomic_write(out, text)

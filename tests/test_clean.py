@@ -76,6 +76,77 @@ def test_swapped_labels_rank_at_the_top(colour_run, tmp_path):
     assert [s.loss for s in suspects] == sorted((s.loss for s in suspects), reverse=True)
 
 
+@pytest.fixture(scope="module")
+def noisy_colour(colour_run, tmp_path_factory):
+    """The colour set with 3 images of each class moved into the other class's folder."""
+    clean_root, run = colour_run
+    root = tmp_path_factory.mktemp("noisy_colour") / "data"
+    shutil.copytree(clean_root, root)
+    injected = set()
+    for src, dst in (("blue", "red"), ("red", "blue")):
+        for f in sorted((root / src).glob("*.png"))[:3]:
+            f.rename(root / dst / f"x{f.name}")
+            injected.add(f"{dst}/x{f.name}")
+    return root, run, injected
+
+
+def test_folds_score_each_image_with_a_model_that_never_saw_it(noisy_colour, monkeypatch):
+    import camkit.folds as folds_mod
+    from camkit.run import load
+
+    root, run, _ = noisy_colour
+    calls, real = [], folds_mod.fit_fold
+
+    def spy(data, train_idx, held_idx, spec, quiet=True):
+        calls.append((set(train_idx.tolist()), held_idx.tolist(), data.labels.numpy()))
+        return real(data, train_idx, held_idx, spec, quiet)
+
+    monkeypatch.setattr(folds_mod, "fit_fold", spy)
+    scores = folds_mod.out_of_sample(load(run), root, folds=3, epochs=1)
+    assert len(calls) == 3
+    held = [i for _, h, _ in calls for i in h]
+    assert sorted(held) == list(range(48))                       # every image held out exactly once
+    for k, (trained, held_k, labels) in enumerate(calls):
+        assert not trained & set(held_k)                          # never by a model that trained on it
+        assert all(scores.fold[i] == k for i in held_k)           # and its fold says which model scored it
+        assert sorted(np.bincount(labels[held_k])) == [8, 8]      # stratified: a third of each class
+    assert np.allclose(scores.probs.sum(1), 1) and ((scores.ood > 0) & (scores.ood <= 1)).all()
+
+
+def test_out_of_sample_ranking_finds_the_flips_and_counts_them(noisy_colour):
+    root, run, injected = noisy_colour
+    suspects = rank(run, data=root, folds=3)
+    assert {s.rel for s in suspects[:8]} >= injected
+    estimate = suspects.estimate
+    assert 4 <= estimate.mislabelled <= 9, estimate             # 6 injected, confident learning's count
+    assert estimate.to_review >= estimate.mislabelled and estimate.folds == 3
+    assert all("mislabelled?" in s.reason for s in suspects if s.rel in injected)
+    assert {s.fold for s in suspects} == {0, 1, 2}
+    assert [s.score for s in suspects] == sorted((s.score for s in suspects), reverse=True)
+
+
+def test_folds_json_starts_with_the_estimate(cli, noisy_colour):
+    root, run, _ = noisy_colour
+    code, out, err = cli("clean", run, "--data", root, "--json", "--folds", "2", "--fold-epochs", "1")
+    assert code == 0, err
+    first, *lines = [json.loads(line) for line in out.splitlines()]
+    assert set(first["estimate"]) >= {"to_review", "mislabelled", "off_topic", "folds"} and first["estimate"]["folds"] == 2
+    assert len(lines) == 48 and all({"fold", "label_quality", "ood"} <= set(r) for r in lines)
+
+
+def test_page_shows_the_estimate_and_the_out_of_sample_scores():
+    from pathlib import Path
+
+    from camkit.clean import Estimate, Ranking, Suspect, page_html, summary_line
+
+    ranking = Ranking([Suspect(Path("/d/a/1.png"), "a/1.png", "a", "b", 0.9, 2.3, "mislabelled?", 0.9, fold=1,
+                               label_quality=0.1, ood=0.7, quality=("tiny content",))])
+    ranking.estimate = Estimate(7, 5, 2, 4, 3, 60.0)
+    text = page_html(ranking, [("", "")], ["a", "b"], "/r", "/d", summary_line(ranking))
+    assert "about 7 to review by cleanlab&#x27;s estimate (5 likely mislabelled, 2 off-topic" in text
+    assert "held out in fold 1: label quality 0.100, OOD 0.700" in text and "tiny content" in text
+
+
 def test_near_duplicates_across_classes_are_flagged(tiny_run, data):
     twin = sorted((data / "bag").glob("*.png"))[0]
     shutil.copy(twin, data / "trouser" / "twin.png")
@@ -228,15 +299,19 @@ def test_page_is_not_written_over_a_users_file(tiny_run, data, tmp_path):
 
 
 def test_json_prints_one_ranked_line_per_image(cli, tiny_run):
-    code, out, err = cli("clean", tiny_run, "--json")
+    code, out, err = cli("clean", tiny_run, "--json", "--folds", "0")
     assert code == 0, err
     lines = [json.loads(line) for line in out.splitlines()]
-    assert len(lines) == 80 and all(set(r) == {"image", "label", "pred", "prob", "loss", "reason"} for r in lines)
+    keys = {"image", "label", "pred", "prob", "loss", "reason", "score", "quality"}
+    assert len(lines) == 80 and all(set(r) == keys for r in lines)
     assert [r["loss"] for r in lines] == sorted((r["loss"] for r in lines), reverse=True)
 
 
 @pytest.mark.parametrize("args, message", [(["--split", "nope"], "nope"), (["--top", "0"], "--top"),
-                                           (["--apply", "x.json", "--undo"], "cannot be used together")])
+                                           (["--apply", "x.json", "--undo"], "cannot be used together"),
+                                           (["--folds", "1"], "--folds must be 0"),
+                                           (["--folds", "41"], "--folds 41 is more than the 40 image(s) of class"),
+                                           (["--fold-epochs", "0"], "--fold-epochs must be at least 1")])
 def test_bad_options_are_one_line_errors(cli, tiny_run, tmp_path, args, message):
     code, _, err = cli("clean", tiny_run, "--out", tmp_path / "p.html", *args)
     one_line(code, err, message)
