@@ -269,3 +269,15 @@ def _confusion(learn) -> list[list[int]]:
 
     probs, targets = learn.get_preds()
     return confusion_matrix(probs.argmax(1), targets.long(), len(learn.dls.vocab)).tolist()
+
+
+def test_export_onnx_writes_the_cam_learners_explainer_and_refuses_fastais_head(cam_learner, exam_learner, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from camkit.export import read_sidecar
+
+    result = cam_learner.export_onnx(tmp_path / "learn.onnx")
+    assert result.parity.passed and result.map_size == (4, 4)
+    assert read_sidecar(result.path).classes == list(cam_learner.dls.vocab)
+    with pytest.raises(CamkitError, match="CAM head"):
+        exam_learner.export_onnx(tmp_path / "other.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["learn.onnx", "learn.onnx.json"]
