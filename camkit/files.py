@@ -283,8 +283,8 @@ def _holds_images(folder: Path, deep: bool) -> bool:
 def _is_class_folder(folder: Path, deep: bool) -> bool:
     """A folder the next training would take as a class: visible (no '.' or '_' prefix), not
     camkit's own output, holding images."""
-    return (not folder.name.startswith((".", "_")) and folder.is_dir() and not is_camkit_output(folder)
-            and _holds_images(folder, deep))
+    return (not folder.name.startswith((".", "_")) and folder.is_dir() and _holds_images(folder, deep)
+            and not is_camkit_output(folder))
 
 
 def _looks_like_dataset(root: Path) -> bool:

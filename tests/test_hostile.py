@@ -862,16 +862,17 @@ def test_no_writer_puts_output_inside_a_class_folder(cli, run_on_canvas, canvas,
 
 
 def test_export_run_refuses_a_class_folder_of_the_learners_data(canvas):
-    """The guard comes before the Learner is read: the data path (fastai's dls.path) is all it needs."""
-    from types import SimpleNamespace
-
-    from fastai.learner import Learner
+    """A fastai Learner over DATA (never fitted: the guard comes before any prediction)."""
+    from fastai.vision.all import ImageDataLoaders, Learner, Resize
+    from torch import nn
 
     import camkit.fastai  # noqa: F401  (adds export_run)
 
+    dls = ImageDataLoaders.from_folder(canvas, valid_pct=0.25, item_tfms=Resize(16), bs=8, num_workers=0)
+    learn = Learner(dls, nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 2)))
     before = snapshot(canvas)
     with pytest.raises(CamkitError, match="export_run path .* is inside the class folder 'trouser'"):
-        Learner.export_run(SimpleNamespace(dls=SimpleNamespace(path=canvas)), canvas / "trouser" / "run")
+        learn.export_run(canvas / "trouser" / "run")
     assert snapshot(canvas) == before
 
 
