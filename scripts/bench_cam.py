@@ -3,6 +3,7 @@ has it: same model, layer, images and targets, one run, interleaved.
 
     python scripts/bench_cam.py [--size 128] [--batch 80] [--arch resnet34] [--repeats 3]
                                 [--score-size 64] [--score-batch 2] [--samples 2] [--only gradcam,...]
+    python scripts/bench_cam.py --engines [--repeats 5] [--archs resnet18,resnet34]
 
 The model is camkit's resnet34 with the CAM head, random weights (weights do not change the
 cost); every method explains its images for their predicted classes at the body's output
@@ -11,6 +12,14 @@ model once per channel (score, ablation, SS/IS) use --score-batch images at --sc
 and the noisy ones --samples noise samples in every library. Prints images/s (best of
 --repeats) per library and camkit's ratio to each peer (goal: >= 1 everywhere), then the
 exact-CAM and Grad-CAM goals of the earlier table.
+
+`--engines` (issue 28): exact CAM of the predicted class by camkit's ONNX Runtime engine
+(camkit.engine.OnnxCAM over the exported graph, fp32 and static-INT8 QDQ) against torchcam's
+CAM, pytorch-grad-cam's Grad-CAM and camkit's torch engine in fp32 and bf16 autocast, at batch
+1 @ 224 px and batch 32 @ 128 px, for each arch; every contender starts from the same uint8
+images (normalisation included), ORT gets as many threads as torch. Random weights (cost only;
+the INT8 graph is calibrated on noise here, so its gate is not applied: speed only). Goals:
+ORT fp32 >= 2x torchcam's CAM at both settings; INT8 >= 1.5x camkit's bf16 torch path.
 """
 
 from __future__ import annotations
@@ -92,6 +101,94 @@ def contenders(method: str, model, x: torch.Tensor, pred: list[int], samples: in
     return fns
 
 
+def _loaded(arch: str, size: int, classes: int = 10):
+    """A random-weight CAM-head model as camkit.run.load gives one (no run folder needed)."""
+    from pathlib import Path
+
+    from camkit.models import build_model
+    from camkit.run import LoadedModel, RunInfo
+
+    torch.manual_seed(0)
+    model = build_model(arch, classes, "cam", pretrained=False).model.eval()
+    info = RunInfo(arch=arch, head="cam", stride=16, classes=[f"c{i}" for i in range(classes)], size=size,
+                   stats=([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]))
+    return LoadedModel(model, info, Path("."))
+
+
+def engine_contenders(arch: str, batch: int, size: int, folder) -> tuple[dict, int]:
+    """Each engine's / peer's exact CAM (Grad-CAM for pytorch-grad-cam) of the predicted class,
+    from the same uint8 batch; also returns the batch size."""
+    import numpy as np
+
+    from camkit.cam import make_cam
+    from camkit.engine import OnnxCAM, OrtGraph
+    from camkit.export import graph_bytes, quantize, session
+
+    loaded = _loaded(arch, size)
+    model, threads = loaded.model, torch.get_num_threads()
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (batch, 3, size, size), dtype=np.uint8))
+    calib = np.random.default_rng(1).integers(0, 256, (16, 3, size, size), dtype=np.uint8)
+    fp32 = graph_bytes(loaded)
+    graphs = {"ORT fp32": fp32, "ORT INT8": quantize(fp32, "static", calib, folder)}
+    meta = {"grid": {"stride": [16.0, 16.0], "offset": [0.0, 0.0], "size": [size, size]}}
+    fns = {}
+    for name, data in graphs.items():
+        cam = OnnxCAM(OrtGraph(session(data, threads), type("Meta", (), meta)()))
+        fns[name] = (lambda c: lambda: c(images))(cam)
+    batch_of = lambda: loaded.batch(list(images.numpy().transpose(0, 2, 3, 1)))  # noqa: E731  normalise, as camkit
+    exact = make_cam("cam", model)
+
+    def camkit_torch(precision):
+        def run():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                exact(batch_of())
+        return run
+    fns["camkit torch fp32"], fns["camkit torch bf16"] = camkit_torch("fp32"), camkit_torch("bf16")
+    import torchcam.methods as tc
+
+    def torchcam_cam():
+        x = batch_of()
+        with tc.CAM(model, target_layer="0", input_shape=tuple(x.shape[1:])) as extractor, torch.no_grad():
+            scores = model(x)
+            extractor(scores.argmax(1).tolist(), scores)
+    fns["torchcam CAM"] = torchcam_cam
+    import pytorch_grad_cam as pgc
+    import tqdm
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    tqdm.tqdm = lambda iterable, *_a, **_k: iterable
+    grad = pgc.GradCAM(model=model, target_layers=[model[0]])
+
+    def pgc_gradcam():
+        x = batch_of()
+        with torch.no_grad():
+            pred = model(x).argmax(1).tolist()   # pytorch-grad-cam needs the targets: one more pass, as its users run
+        grad(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in pred])
+    fns["pytorch-grad-cam Grad-CAM"] = pgc_gradcam
+    return fns, batch
+
+
+def engines(a) -> None:
+    """The issue-28 table: images/s per engine, and the goals' ratios."""
+    import os
+    import tempfile
+
+    print(f"CPU, {torch.get_num_threads()} threads, {platform.machine()}; load average "
+          f"{' '.join(f'{v:.1f}' for v in os.getloadavg())} (machine shared); best of {a.repeats}, interleaved")
+    for arch in a.archs.split(","):
+        for batch, size in ((1, 224), (32, 128)):
+            with tempfile.TemporaryDirectory() as tmp:
+                from pathlib import Path
+
+                fns, n = engine_contenders(arch, batch, size, Path(tmp))
+                rate = {k: n / v for k, v in best_seconds(fns, a.repeats).items()}
+            print(f"{arch} batch {batch} @ {size}px: " + ", ".join(f"{k} {v:.1f}" for k, v in rate.items()) + " img/s")
+            print(f"  ORT fp32 / torchcam CAM {rate['ORT fp32'] / rate['torchcam CAM']:.2f}x (goal >= 2); "
+                  f"INT8 / camkit bf16 {rate['ORT INT8'] / rate['camkit torch bf16']:.2f}x (goal >= 1.5); "
+                  f"ORT fp32 / camkit fp32 {rate['ORT fp32'] / rate['camkit torch fp32']:.2f}x; "
+                  f"ORT fp32 / camkit bf16 {rate['ORT fp32'] / rate['camkit torch bf16']:.2f}x", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=128)
@@ -102,7 +199,12 @@ def main() -> None:
     p.add_argument("--score-batch", type=int, default=2)
     p.add_argument("--samples", type=int, default=2)
     p.add_argument("--only", default="", help="comma-separated methods (default: all)")
+    p.add_argument("--engines", action="store_true", help="the ONNX Runtime engine table (issue 28)")
+    p.add_argument("--archs", default="resnet18,resnet34", help="with --engines: the archs")
     a = p.parse_args()
+    if a.engines:
+        engines(a)
+        return
 
     from camkit.cam import METHODS
     from camkit.models import build_model
