@@ -168,6 +168,7 @@ def decode_cached(folder: str | Path, key: str, files: Sequence[Path], shape: tu
         _remove_killed_builds(folder, key)
         old = open_index(folder, key, shape)
         if old is not None and [tuple(e[:STAMP_LEN]) for e in old.entries] == stamps:
+            _remove_stale(folder, key, keep=old.data)   # one renamed in by a build killed before its index
             return CachedRows(old.images, [e[STAMP_LEN + 1] for e in old.entries], 0, old.data)
         try:
             return _build(folder, key, list(files), stamps, shape, decode, old, workers)

@@ -173,6 +173,16 @@ def test_a_build_that_fails_leaves_the_previous_cache_whole(tmp_path, files):
     assert rows.decoded == 0 and _values(rows) == [0, 10, 20, 30, 40, 50]
 
 
+def test_a_data_file_renamed_in_by_a_build_killed_before_its_index_is_removed(tmp_path, files):
+    folder = tmp_path / "c"
+    decode_cached(folder, "k", files, SHAPE, CountingDecode())
+    kept = next(folder.glob("k-*.u8"))
+    orphan = folder / "k-0123456789ab.u8"
+    orphan.write_bytes(kept.read_bytes())
+    rows = decode_cached(folder, "k", files, SHAPE, CountingDecode())
+    assert rows.decoded == 0 and not orphan.exists() and list(folder.glob("k-*.u8")) == [kept]
+
+
 def test_cache_folder_that_is_a_file_is_one_clear_error(tmp_path, files):
     (tmp_path / "c").write_text("mine")
     with pytest.raises(CamkitError, match="is a file"):
