@@ -16,12 +16,20 @@ each forward, so every rank ends with the same weights); inference splits the in
 contiguous blocks (`shard`), so concatenating the ranks' results in rank order (`gather`) is
 the input order. Writing is rank 0's (`on_main`): the others wait, and an error there is
 raised on every rank as the same one line.
+
+A rank waits for the others in each collective (an all-reduce, a barrier) at most
+`group_timeout()`: `camkit train --ddp-timeout SECONDS`, else the environment variable
+CAMKIT_DDP_TIMEOUT, else 30 minutes (torch's own default, kept: the longest honest wait is rank
+0 decoding a large dataset into the cache alone while the others wait for it). A peer that
+stops (killed, out of memory, its own error) or does not answer in time ends the others with
+one line naming it (`PeerLost`), not a backend traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -33,7 +41,15 @@ import torch.distributed as dist
 from camkit.errors import CamkitError
 
 T = TypeVar("T")
-TIMEOUT = timedelta(minutes=30)   # a rank waiting longer than this for the others gives up
+DEFAULT_TIMEOUT = 1800.0          # seconds: torch's default for a process group, kept (see above)
+TIMEOUT_ENV = "CAMKIT_DDP_TIMEOUT"
+# what gloo and the TCP store say when a peer is gone or silent (torch 2.x; nccl's watchdog aborts the process)
+GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Connection refused")
+SILENT = ("Timed out", "timed out", "Timeout")
+
+
+class PeerLost(CamkitError):
+    """Another process of the group stopped, or did not answer within the group's timeout."""
 
 
 @dataclass(frozen=True)
@@ -86,15 +102,52 @@ def local_device(device: torch.device) -> torch.device:
     return device
 
 
+def group_timeout(seconds: float | None = None) -> timedelta:
+    """How long a rank waits for the others in one collective: `seconds` (--ddp-timeout), else
+    CAMKIT_DDP_TIMEOUT, else DEFAULT_TIMEOUT; anything but a positive number is one line."""
+    source = "--ddp-timeout"
+    if seconds is None:
+        raw = os.environ.get(TIMEOUT_ENV, "").strip()
+        if not raw:
+            return timedelta(seconds=DEFAULT_TIMEOUT)
+        source = f"environment variable {TIMEOUT_ENV}={raw!r}"
+        try:
+            seconds = float(raw)
+        except ValueError:
+            raise CamkitError(f"{source} is not a number of seconds") from None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) \
+            or seconds <= 0:
+        raise CamkitError(f"{source} must be a positive number of seconds, not {seconds}")
+    return timedelta(seconds=seconds)
+
+
+def peer_lost(error: BaseException, info: Launch, wait: timedelta) -> PeerLost | None:
+    """The one line for a collective that failed because a peer is gone or silent (None for
+    any other error). gloo names the peer by address only: with two processes it is the
+    other rank; with more, 'a peer rank'."""
+    text = str(error)
+    if not isinstance(error, RuntimeError) or not any(m in text for m in GONE + SILENT):
+        return None
+    who = f"peer rank {1 - info.rank}" if info.world_size == 2 else "a peer rank"
+    where = f"(this is rank {info.rank} of {info.world_size})"
+    if any(m in text for m in GONE):
+        return PeerLost(f"{who} stopped {where}; its own error, if any, is in its output")
+    return PeerLost(f"{who} did not answer within {wait.total_seconds():g} s {where}; a longer wait: "
+                    f"--ddp-timeout SECONDS or {TIMEOUT_ENV}")
+
+
 @contextlib.contextmanager
-def process_group(device: torch.device | str = "cpu") -> Iterator[Launch]:
+def process_group(device: torch.device | str = "cpu", timeout: float | None = None) -> Iterator[Launch]:
     """Join the launcher's process group for the block, and leave it after: nccl for CUDA,
-    gloo for the CPU. A single process (no launcher), or a group already joined by the
-    caller (a notebook, accelerate's Accelerator), is left as it is."""
+    gloo for the CPU, each collective waiting at most `group_timeout(timeout)`; a peer that
+    stops or does not answer in time is one PeerLost line on the ranks left. A single process
+    (no launcher), or a group already joined by the caller (a notebook, accelerate's
+    Accelerator), is left as it is."""
     info = launch()
     if not info.active or not dist.is_available() or dist.is_initialized():
         yield info
         return
+    wait = group_timeout(timeout)
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.set_device(info.local_rank)
@@ -102,13 +155,38 @@ def process_group(device: torch.device | str = "cpu") -> Iterator[Launch]:
     if missing:
         raise CamkitError(f"WORLD_SIZE={info.world_size} but {' and '.join(missing)} not set: start camkit "
                           "with torchrun or accelerate launch")
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://",
-                            rank=info.rank, world_size=info.world_size, timeout=TIMEOUT)
+    try:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://",
+                                rank=info.rank, world_size=info.world_size, timeout=wait)
+    except RuntimeError as e:
+        raise peer_lost(e, info, wait) or e from None
     try:
         yield info
         dist.barrier()   # leave together: a gloo peer whose partner has already gone can abort at exit
+    except RuntimeError as e:
+        lost = peer_lost(e, info, wait)
+        if lost is None:
+            raise
+        raise lost from None
     finally:
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def group_for(device: str | None = None, timeout: float | None = None) -> Iterator[None]:
+    """The block in the launcher's group when started by one and not yet in a group (the
+    device, for the backend, is `device` or camkit's default); else the block as it is. An
+    explicit `timeout` is checked even in a single process, so a wrong value is refused
+    wherever the command runs."""
+    if timeout is not None:
+        group_timeout(timeout)
+    if not launch().active or joined():
+        yield
+        return
+    from camkit.device import resolve_device
+
+    with process_group(local_device(resolve_device(device)), timeout):
+        yield
 
 
 def in_group(fn: Callable[..., T]) -> Callable[..., T]:
@@ -117,11 +195,7 @@ def in_group(fn: Callable[..., T]) -> Callable[..., T]:
     library functions `train`, `cam`, `predict` and `rank` join by themselves."""
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> T:
-        if not launch().active or joined():
-            return fn(*args, **kwargs)
-        from camkit.device import resolve_device
-
-        with process_group(local_device(resolve_device(kwargs.get("device")))):
+        with group_for(kwargs.get("device")):
             return fn(*args, **kwargs)
 
     return run

@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from camkit.data import TensorBatches, load_folder
-from camkit.distributed import Launch, block, gather, launch, main_first, on_main, process_group
+from camkit.distributed import DEFAULT_TIMEOUT, Launch, block, gather, group_timeout, launch, main_first, on_main, \
+    process_group
 from camkit.errors import CamkitError
 from camkit.run import load
 from helpers import free_port
@@ -54,6 +55,36 @@ def test_a_group_without_its_rendezvous_address_is_one_clear_error(monkeypatch):
     with pytest.raises(CamkitError, match="start camkit with torchrun or accelerate launch"):
         with process_group("cpu"):
             pass
+
+
+def test_the_group_timeout_is_torchs_default_unless_set(monkeypatch):
+    monkeypatch.delenv("CAMKIT_DDP_TIMEOUT", raising=False)
+    assert group_timeout().total_seconds() == DEFAULT_TIMEOUT == 1800
+    monkeypatch.setenv("CAMKIT_DDP_TIMEOUT", "90")
+    assert group_timeout().total_seconds() == 90 and group_timeout(2.5).total_seconds() == 2.5  # the option wins
+
+
+@pytest.mark.parametrize("env, option, message", [
+    ("soon", None, "CAMKIT_DDP_TIMEOUT='soon' is not a number of seconds"),
+    ("0", None, "CAMKIT_DDP_TIMEOUT='0' must be a positive number of seconds, not 0.0"),
+    ("nan", None, "must be a positive number of seconds, not nan"),
+    (None, -1, "--ddp-timeout must be a positive number of seconds, not -1"),
+    (None, float("inf"), "--ddp-timeout must be a positive number of seconds, not inf")])
+def test_a_wrong_group_timeout_is_one_clear_error(monkeypatch, env, option, message):
+    if env is None:
+        monkeypatch.delenv("CAMKIT_DDP_TIMEOUT", raising=False)
+    else:
+        monkeypatch.setenv("CAMKIT_DDP_TIMEOUT", env)
+    with pytest.raises(CamkitError, match=message):
+        group_timeout(option)
+
+
+@pytest.mark.parametrize("value, message", [("0", "--ddp-timeout must be a positive number of seconds, not 0.0"),
+                                            ("soon", "Invalid value for '--ddp-timeout'")])
+def test_train_refuses_a_wrong_ddp_timeout_before_any_work(cli, tmp_path, value, message):
+    """Checked even in one process, before the data folder (which does not exist here) is read."""
+    code, _, err = cli("train", tmp_path / "no-data", "--ddp-timeout", value)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
 @pytest.mark.parametrize("n", [0, 1, 5, 80])
@@ -204,6 +235,54 @@ def test_a_rank_0_error_is_one_line_on_every_rank_and_nothing_hangs(tiny_run, ca
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 2 and all("is a file, not a folder" in e for e in errors)  # rank 0's, on both ranks
     assert (tmp_path / "out").read_text() == "a file, not a folder"
+
+
+PEER = textwrap.dedent('''
+    """`camkit train DATA --ddp-timeout 2` as rank RANK of 2, with camkit.train's work replaced
+    (and fastai not imported): both ranks meet once, then rank 1 sleeps (a frozen peer) or
+    exits (a dead one) while rank 0 waits for it in a barrier."""
+    import os, sys, time, types
+    import torch.distributed as dist
+
+    MODE = sys.argv[1]
+
+    def work(*args, **kwargs):
+        dist.barrier()
+        if os.environ["RANK"] == "1":
+            if MODE == "dies":
+                os._exit(3)
+            time.sleep(8)
+        dist.barrier()
+
+    sys.modules["camkit.train"] = types.SimpleNamespace(train=work)
+    import camkit.device, camkit.distributed  # noqa: E401  (what the command imports, before the start line)
+    from camkit.cli import main
+    open(f"ready{os.environ['RANK']}", "w").close()  # start the group together: a rank still
+    while not all(os.path.exists(f"ready{r}") for r in (0, 1)):  # importing is not a frozen one
+        time.sleep(0.05)
+    sys.argv = ["camkit", "train", "DATA", "--ddp-timeout", "2"]
+    main()
+''')
+
+
+@pytest.mark.parametrize("peer, rank_0_says", [("sleeps", "peer rank 1 did not answer within 2 s"),
+                                               ("dies", "peer rank 1 stopped")])
+def test_a_silent_or_dead_peer_ends_the_other_rank_with_one_line(tmp_path, peer, rank_0_says):
+    """Two real processes in a gloo group on 127.0.0.1, as torchrun would start them (but with
+    no launcher to stop the survivor): rank 0 stops after --ddp-timeout, or as soon as its
+    peer is gone, with one line and exit 2 instead of a backend traceback."""
+    (tmp_path / "peer.py").write_text(PEER)
+    env = {**_env(), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    procs = [subprocess.Popen([sys.executable, tmp_path / "peer.py", peer], cwd=tmp_path, text=True,
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stderr=subprocess.PIPE)
+             for r in (0, 1)]
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    said = [[line for line in err.splitlines() if line.startswith("error:")] for err in errs]
+    assert procs[0].returncode == 2 and len(said[0]) == 1 and "Traceback" not in errs[0], errs[0][-2000:]
+    assert rank_0_says in said[0][0]
+    if peer == "sleeps":  # the line says how to wait longer; the sleeper wakes to a group its peer has left
+        assert "--ddp-timeout SECONDS or CAMKIT_DDP_TIMEOUT" in said[0][0]
+        assert procs[1].returncode == 2 and said[1] == [said[1][0]] and "peer rank 0 stopped" in said[1][0], errs[1]
 
 
 def test_runs_written_before_world_size_read_as_one_process(tiny_run, tmp_path):
