@@ -94,7 +94,7 @@ def test_choices_match_the_registries():
 
 # ---------------------------------------------------------------- start-up: what a command loads
 
-HEAVY = ("torch", "torchvision", "fastai", "matplotlib", "sklearn", "pandas")
+HEAVY = ("torch", "torchvision", "fastai", "matplotlib", "sklearn", "pandas", "icrawler")
 # runs the console entry point with the given arguments, then names the heavy packages it loaded
 PROBE = ("import sys\nfrom camkit.cli import main\ntry:\n    main()\nfinally:\n"
          f"    print('loaded:' + ','.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)\n")
@@ -127,6 +127,7 @@ def test_help_version_and_argument_errors_load_no_torch(args, code):
 
 
 def test_crawl_verify_and_credits_load_no_torch(tmp_path):
+    """crawl loads icrawler and no torch; verify and credits neither (they read files only)."""
     from fake_engine import FakeEngine, encode, smooth_image
 
     out = tmp_path / "images"
@@ -139,7 +140,8 @@ def test_crawl_verify_and_credits_load_no_torch(tmp_path):
     assert crawled.returncode == 0 and len(list((out / "cats").iterdir())) == 3, crawled.stderr
     assert verified.returncode == 0 and "checked 3, kept 3" in verified.stdout, verified.stderr
     assert credited.returncode == 0 and credited.stdout.count("| cats/") == 3, credited.stderr
-    assert crawl_loads == verify_loads == credits_loads == set()
+    assert crawl_loads == {"icrawler"}              # the crawl itself, and only it, needs icrawler
+    assert verify_loads == credits_loads == set()
 
 
 def test_the_probe_sees_a_command_that_needs_torch(tmp_path):
@@ -151,7 +153,7 @@ def test_the_probe_sees_a_command_that_needs_torch(tmp_path):
 def test_import_camkit_loads_only_its_face():
     r = subprocess.run([sys.executable, "-c", "import sys, camkit; from camkit import CamkitError, __version__; "
                         "print(sorted(m for m in sys.modules if m.startswith('camkit') or m in "
-                        f"{HEAVY!r} or m in ('numpy', 'PIL', 'icrawler')))"],
+                        f"{HEAVY!r} or m in ('numpy', 'PIL')))"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "['camkit', 'camkit.errors']", r.stderr
 

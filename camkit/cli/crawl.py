@@ -46,10 +46,10 @@ def crawl(
     """Search images for each class into verified, deduplicated folders with their licences."""
     if check:
         return _check(endpoint, timeout, as_json)
-    from camkit.crawl import crawl as crawl_fn
-
     if not keywords and not query:
         raise CamkitError("give at least one keyword or --query (or --check)")
+    from camkit.crawl import crawl as crawl_fn  # here, not at the top: icrawler is for crawling only (start-up time)
+
     with stdout_for(as_json):
         summaries = crawl_fn(keywords or [], queries=query or [], max_num=max_num, out=out, engine=engine.value,
                              endpoint=endpoint or None, threads=threads, per_host=per_host, min_size=min_size,

@@ -18,19 +18,37 @@ twins, a folder), ledger (manifest), licenses, engines/ (one per engine), downlo
 pipeline's threads), pipeline (crawl), check (--check), credits, progress.
 """
 
-from camkit.crawl.check import EngineCheck, check_engines, require_default_chain
+from importlib import import_module as _import_module
+
 from camkit.crawl.credits import Credit, credits, licence_line, license_counts, to_csv, to_markdown
-from camkit.crawl.download import CamkitCrawler, VerifyingDownloader
-from camkit.crawl.engines import AUTO_ORDER, ENGINES, LICENSE_ORDER, Engine, SearchLog
 from camkit.crawl.ledger import MANIFEST, HashIndex, KeywordState, Ledger, read_manifest
 from camkit.crawl.licenses import LICENSE_CLASSES, license_code
 from camkit.crawl.names import ClassQueries, origin, parse_bytes, parse_endpoints, parse_query, slugify
-from camkit.crawl.pipeline import CrawlSummary, NothingSaved, crawl
 from camkit.crawl.policy import (AddressPolicy, Deadline, FetchPolicy, HostGate, Rejected, is_private, resolve,
                                  retry_after, robots_tag_forbids)
 from camkit.crawl.progress import Progress
 from camkit.crawl.verify import (MAX_PIXELS, PHASH_THRESHOLD, Verified, VerifySummary, hamming, phash, pixel_sha256,
                                  verify, verify_bytes)
+
+# What needs icrawler (and with it requests and bs4) is imported on first use (PEP 562), so that
+# `camkit verify` and `camkit credits` start without it; the rest above is eager, and `verify` and
+# `credits` stay the functions, not the sub-modules of the same names.
+_LAZY = {
+    "camkit.crawl.check": ("EngineCheck", "check_engines", "require_default_chain"),
+    "camkit.crawl.download": ("CamkitCrawler", "VerifyingDownloader"),
+    "camkit.crawl.engines": ("AUTO_ORDER", "ENGINES", "LICENSE_ORDER", "Engine", "SearchLog"),
+    "camkit.crawl.pipeline": ("CrawlSummary", "NothingSaved", "crawl"),
+}
+_HOME = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_import_module(_HOME[name]), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AUTO_ORDER", "ENGINES", "LICENSE_CLASSES", "LICENSE_ORDER", "MANIFEST", "MAX_PIXELS", "PHASH_THRESHOLD",
@@ -41,3 +59,7 @@ __all__ = [
     "pixel_sha256", "read_manifest", "require_default_chain", "resolve", "slugify", "to_csv", "to_markdown", "verify",
     "verify_bytes",
 ]
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOME})
