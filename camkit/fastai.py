@@ -272,8 +272,10 @@ def learner_batches(learn: Learner, items: Any, extractor: BaseCAM, target: Any 
 @patch
 def cam(self: Learner, items: Any = None, method: str | None = None, target: Any = "pred",
         layer: str | None = None, bs: int = 16, **options) -> Explanations:
-    """Class activation maps for `items`: image files or folders, PIL images, a TensorImage
-    batch or a DataLoader (default: the validation set). Returns the same results as
+    """Class activation maps for `items`: image files or folders, PIL images, uint8 pixels
+    ((H, W), (H, W, C), (C, H, W) or a batch; C 1, 3 or 4), a float TensorImage batch as the
+    DataLoaders make it, or a DataLoader (default: the validation set). An unreadable file
+    found in a folder is skipped with a warning, as the CLI does. Returns the same results as
     `camkit.explain.explain`: image, prediction, probability, target and map per item, each
     with the picture the model saw; they render inline as the last expression of a cell.
     `method` None picks exact CAM for camkit's CAM head, else Grad-CAM. `target`: 'pred', a
@@ -323,7 +325,7 @@ class CAMInterpretation(ClassificationInterpretation):
     `from_learner(learn, ds_idx=0)` scores the training set (crawled data is cleaned on both)."""
 
     @classmethod
-    def from_learner(cls, learn: Learner, ds_idx: int = 1, dl=None, act=None) -> "CAMInterpretation":
+    def from_learner(cls, learn: Learner, ds_idx: int = 1, dl=None, act=None) -> CAMInterpretation:
         """fastai's `from_learner`, refusing in one sentence what it would fail on deep inside:
         a Learner that is not for images, a `ds_idx` that names no DataLoader, no images."""
         _require_images(learn)

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from camkit.data import TensorBatches, load_folder
-from camkit.distributed import DEFAULT_TIMEOUT, Launch, block, gather, group_timeout, launch, main_first, on_main, \
-    process_group
+from camkit.distributed import (DEFAULT_TIMEOUT, Launch, block, gather, group_timeout, launch, main_first, on_main,
+                                process_group)
 from camkit.errors import CamkitError
 from camkit.run import load
 from helpers import free_port
