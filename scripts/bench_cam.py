@@ -3,7 +3,7 @@ has it: same model, layer, images and targets, one run, interleaved.
 
     python scripts/bench_cam.py [--size 128] [--batch 80] [--arch resnet34] [--repeats 3]
                                 [--score-size 64] [--score-batch 2] [--samples 2] [--only gradcam,...]
-    python scripts/bench_cam.py --engines [--repeats 5] [--archs resnet18,resnet34]
+    python scripts/bench_cam.py --engines [--repeats 5] [--archs resnet18,resnet34] [--threads N]
 
 The model is camkit's resnet34 with the CAM head, random weights (weights do not change the
 cost); every method explains its images for their predicted classes at the body's output
@@ -201,7 +201,11 @@ def main() -> None:
     p.add_argument("--only", default="", help="comma-separated methods (default: all)")
     p.add_argument("--engines", action="store_true", help="the ONNX Runtime engine table (issue 28)")
     p.add_argument("--archs", default="resnet18,resnet34", help="with --engines: the archs")
+    p.add_argument("--threads", type=int, default=0, help="torch and ORT threads (default: torch's own); 1 is "
+                   "the least distorted by other work on a shared machine (no thread pool to wait for)")
     a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     if a.engines:
         engines(a)
         return
