@@ -54,6 +54,7 @@ DUPLICATE_BONUS = 0.0
 # cleanlab Datalab's feature-outlier rule (OutlierIssueManager, threshold 0.37037): an image is
 # an outlier when its kNN distance exceeds Q3 + (1 / 0.37037 - 1) x IQR of all the distances
 OUTLIER_IQR = 1 / 0.37037 - 1
+MARGIN_POINTS = 15             # camkit.verdict.MARGIN, in points, for the weak-folds warning
 
 
 @dataclass
@@ -97,11 +98,28 @@ class Estimate:
     folds: int
     epochs: int
     seconds: float
+    accuracy: float = math.nan     # the fold models' out-of-sample accuracy on the folder labels
+    baseline: float = math.nan     # always answering the larger class
+
+    @property
+    def weak(self) -> bool:
+        """The fold models do not beat the constant answer by camkit.verdict's MARGIN: their
+        ranking and count say little (label noise itself lowers this accuracy, by at most the
+        noise rate)."""
+        from camkit.verdict import MARGIN
+
+        return not self.accuracy >= self.baseline + MARGIN
+
+    def warning(self) -> str:
+        return (f"the fold models' out-of-sample accuracy {self.accuracy:.0%} is not {MARGIN_POINTS} points above "
+                f"always answering the larger class ({self.baseline:.0%}): the ranking and the estimate say little; "
+                "train a stronger run (pretrained weights, more epochs) before trusting them")
 
     def record(self) -> dict:
         return {"estimate": {"to_review": self.to_review, "mislabelled": self.mislabelled,
                              "off_topic": self.off_topic, "folds": self.folds, "epochs_per_fold": self.epochs,
-                             "seconds": round(self.seconds, 1)}}
+                             "seconds": round(self.seconds, 1), "accuracy": round(self.accuracy, 4),
+                             "baseline": round(self.baseline, 4), "weak": self.weak}}
 
 
 class Ranking(list):
@@ -255,7 +273,13 @@ def _out_of_sample(suspects: list[Suspect], loaded: LoadedModel, root: Path, fol
         s.fold, s.label_quality, s.ood, s.score = int(scores.fold[i]), float(quality[i]), float(scores.ood[i]), \
             float(score[i])
         s.reason = "; ".join(why + rest)
-    return Estimate(int((issues | far).sum()), int(issues.sum()), int(far.sum()), folds, scores.epochs, scores.seconds)
+    accuracy = float((scores.probs.argmax(1) == scores.labels).mean())
+    baseline = float(np.bincount(scores.labels).max() / len(scores.labels))
+    estimate = Estimate(int((issues | far).sum()), int(issues.sum()), int(far.sum()), folds, scores.epochs,
+                        scores.seconds, accuracy, baseline)
+    if estimate.weak:
+        warnings.warn(estimate.warning(), stacklevel=3)
+    return estimate
 
 
 def _check_split(split: str) -> str:
@@ -660,6 +684,8 @@ def summary_line(ranking: list[Suspect]) -> str:
     if estimate is not None:
         parts.append(f"about {estimate.to_review} to review by cleanlab's estimate ({estimate.mislabelled} likely "
                      f"mislabelled, {estimate.off_topic} off-topic; {estimate.folds}-fold out-of-sample scores)")
+        if estimate.weak:
+            parts.append("WARNING: " + estimate.warning())
     flagged = sum(bool(s.quality) for s in ranking)
     if flagged:
         parts.append(f"{flagged} with an image-quality or leakage finding")

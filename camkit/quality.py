@@ -62,10 +62,10 @@ def measure(image: Image.Image) -> Measures:
 def findings(m: Measures) -> tuple[str, ...]:
     """What is wrong with an image by its measures (empty when nothing is)."""
     out = []
-    if m.spread < MIN_SPREAD:
-        out.append("blank or near-constant")
-    elif m.content < MIN_CONTENT:
+    if m.content < MIN_CONTENT and m.content > 0:   # something drawn, in a corner of an empty frame
         out.append("tiny content")
+    elif m.spread < MIN_SPREAD or m.content == 0:
+        out.append("blank or near-constant")
     if m.aspect < MIN_ASPECT:
         out.append("extreme aspect ratio")
     return tuple(out)

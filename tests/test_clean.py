@@ -141,10 +141,22 @@ def test_page_shows_the_estimate_and_the_out_of_sample_scores():
 
     ranking = Ranking([Suspect(Path("/d/a/1.png"), "a/1.png", "a", "b", 0.9, 2.3, "mislabelled?", 0.9, fold=1,
                                label_quality=0.1, ood=0.7, quality=("tiny content",))])
-    ranking.estimate = Estimate(7, 5, 2, 4, 3, 60.0)
+    ranking.estimate = Estimate(7, 5, 2, 4, 3, 60.0, accuracy=0.9, baseline=0.5)
     text = page_html(ranking, [("", "")], ["a", "b"], "/r", "/d", summary_line(ranking))
     assert "about 7 to review by cleanlab&#x27;s estimate (5 likely mislabelled, 2 off-topic" in text
     assert "held out in fold 1: label quality 0.100, OOD 0.700" in text and "tiny content" in text
+    assert "WARNING" not in text
+
+
+@pytest.mark.parametrize("accuracy, weak", [(0.64, True), (0.66, False)])
+def test_folds_that_do_not_beat_the_larger_class_say_the_ranking_is_weak(accuracy, weak):
+    from camkit.clean import Estimate, Ranking, summary_line
+
+    ranking = Ranking()
+    ranking.estimate = Estimate(7, 5, 2, 4, 3, 60.0, accuracy=accuracy, baseline=0.5)
+    assert ranking.estimate.weak is weak
+    assert ("out-of-sample accuracy 64% is not 15 points above always answering the larger class (50%)"
+            in summary_line(ranking)) is weak
 
 
 def test_near_duplicates_across_classes_are_flagged(tiny_run, data):
