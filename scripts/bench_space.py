@@ -8,7 +8,7 @@ first answer to /explain (gradio_client, one example image): process start, impo
 load, server up, one explanation. The two Spaces alternate (light, today's, light, ...), so the
 machine's load falls on both alike; the median of --repeat rounds counts, with the first
 answer's probabilities compared. The run is a resnet18 at 128 px trained for one epoch on a
-small canvas set (or --run). Memory: the peak RSS of the app process (ru_maxrss of the child).
+small canvas set (or --run). Memory: the app process's peak RSS up to its first answer.
 
 Install size: with --reports, the `pip install --dry-run --ignore-installed --report` JSON of
 each Space's requirements (light.json, full.json) and a folder `wheels/` with every wheel they
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -47,7 +46,8 @@ def make_run(root: Path) -> Path:
 
 
 def cold_start(space: Path, example: Path) -> tuple[float, float, dict]:
-    """Seconds from `python app.py` to its first /explain answer, its peak RSS (MB), the answer."""
+    """Seconds from `python app.py` to its first /explain answer, the app process's peak RSS
+    until then (MB, VmHWM), and the answer."""
     from gradio_client import Client, handle_file
     from helpers import free_port
 
@@ -68,11 +68,19 @@ def cold_start(space: Path, example: Path) -> tuple[float, float, dict]:
         label, _, _ = client.predict(handle_file(str(example)), "cam", "pred", 0.5, "jet", False,
                                      api_name="/explain")
         seconds = time.perf_counter() - start
+        peak = _peak_rss(proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return seconds, peak, {c["label"]: c["confidence"] for c in label["confidences"]}
+
+
+def _peak_rss(pid: int) -> float:
+    """VmHWM of a running process, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def install_size(report: Path, wheels: Path) -> tuple[int, float]:
@@ -113,7 +121,7 @@ def main() -> None:
         for engine in ("onnx", "torch"):
             seconds, peak, answers[engine] = cold_start(spaces[engine], example)
             times[engine].append(seconds)
-            print(f"{engine:5s} cold start {seconds:6.2f} s (peak RSS of the children so far {peak:.0f} MB)")
+            print(f"{engine:5s} cold start {seconds:6.2f} s, peak RSS {peak:.0f} MB")
     light, full = statistics.median(times["onnx"]), statistics.median(times["torch"])
     diff = max(abs(answers["onnx"][c] - answers["torch"][c]) for c in answers["torch"])
     print(f"\ncold start to the first answer, median of {args.repeat}: light {light:.2f} s, today's {full:.2f} s, "

@@ -251,17 +251,18 @@ input), bilinear between cell centres, held beyond the outermost ones.
 
   /* A drawable (ImageBitmap, video) -> the model's answer, drawn. */
   async function explain(source, width, height) {
-    const canvas = new OffscreenCanvas(width, height), ctx = canvas.getContext("2d");
+    const t0 = performance.now(), canvas = new OffscreenCanvas(width, height), ctx = canvas.getContext("2d");
     ctx.drawImage(source, 0, 0);
     const rgba = ctx.getImageData(0, 0, width, height, { colorSpace: "srgb" }).data;
     const square = toSquare(onWhite(rgba, width * height), width, height);
-    const result = await infer(square);
+    const t1 = performance.now(), result = await infer(square), t2 = performance.now();
     // the part of the picture the map covers: all of it, or with `crop` its centre square
     const side = Math.min(width, height), view = C.resize === "crop"
       ? [Math.floor((width - side) / 2), Math.floor((height - side) / 2), side, side] : [0, 0, width, height];
     current = { source, view, result, input: square };
     showProbs(result.probs);
     draw(current);
+    page.timing = { prepare: t1 - t0, graph: t2 - t1, draw: performance.now() - t2 };   // milliseconds
     return current;
   }
 
