@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
@@ -155,7 +156,7 @@ def collect_files(images: Sequence[str | Path] | str | Path) -> tuple[list[Path]
     (an unreadable named file is an error; one found in a folder is skipped with a warning).
     Anything but paths (an int, an array), or none at all, is one sentence."""
     inputs = [images] if isinstance(images, (str, Path)) or not isinstance(images, Iterable) else list(images)
-    wrong = next((p for p in inputs if not isinstance(p, (str, Path))), None)
+    wrong = next((p for p in inputs if not isinstance(p, (str, PathLike))), None)
     if wrong is not None:
         raise CamkitError(f"images must be file or folder paths, not {type(wrong).__name__}")
     if not inputs:

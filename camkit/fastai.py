@@ -18,6 +18,7 @@ normalisation), and drawn on the image as the model saw it.
 from __future__ import annotations
 
 import warnings
+from os import PathLike
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -109,9 +110,14 @@ def _require_images(learn: Learner) -> None:
 
 
 def _require_items(learn: Learner, ds_idx: int = 1) -> None:
-    """Refuse a Learner whose DataLoader `ds_idx` is empty (what learn.export / load_learner
-    leave: the transforms without the data) before anything is computed on it."""
-    if len(learn.dls[ds_idx].dataset) == 0:
+    """Refuse a Learner whose DataLoader `ds_idx` is missing or empty (what learn.export /
+    load_learner leave: the transforms without the data) before anything is computed on it."""
+    loaders = list(getattr(learn.dls, "loaders", []))
+    try:
+        empty = ds_idx >= len(loaders) or len(loaders[ds_idx].dataset) == 0
+    except TypeError:  # an iterable dataset: its size is not known before it is read
+        empty = False
+    if empty:
         kind = {0: "training", 1: "validation"}.get(ds_idx, f"DataLoader {ds_idx}")
         raise CamkitError(f"this Learner has no {kind} images (a Learner from load_learner keeps none): "
                           "give the images, or set learn.dls to DataLoaders over the data")
@@ -170,7 +176,7 @@ def _batches(learn: Learner, items: Any, bs: int) -> Iterator[tuple[torch.Tensor
 def _entries(items: Any) -> tuple[list[Path | Image.Image], set[str]]:
     """Image files (folders expanded in place), PIL images and uint8 pixels turned into PIL
     images, in input order; and the files named directly (an error when unreadable)."""
-    if isinstance(items, (str, Path, Image.Image)):
+    if isinstance(items, (str, PathLike, Image.Image)):
         items = [items]
     elif not hasattr(items, "__iter__"):
         raise CamkitError(f"{TAKES}, not {type(items).__name__}")
@@ -179,7 +185,7 @@ def _entries(items: Any) -> tuple[list[Path | Image.Image], set[str]]:
         raise CamkitError("no images given to learn.cam")
     entries: list[Path | Image.Image] = []
     for item in items:
-        if isinstance(item, (str, Path)):
+        if isinstance(item, (str, PathLike)):
             entries.extend(list_images([item]))
         elif isinstance(item, Image.Image):
             entries.append(to_rgb(item))
@@ -189,7 +195,7 @@ def _entries(items: Any) -> tuple[list[Path | Image.Image], set[str]]:
             raise CamkitError(f"{TAKES}, not {type(item).__name__}")
     if not entries:
         raise CamkitError("no images found in " + ", ".join(f"'{p}'" for p in items))
-    return entries, {str(Path(p)) for p in items if isinstance(p, (str, Path)) and not Path(p).is_dir()}
+    return entries, {str(Path(p)) for p in items if isinstance(p, (str, PathLike)) and not Path(p).is_dir()}
 
 
 def _tensor_input(learn: Learner, t: torch.Tensor) -> torch.Tensor | list[Image.Image]:
