@@ -95,14 +95,19 @@ def test_a_public_app_has_no_clean_endpoint_and_no_machine_path(tiny_run, data, 
         assert str(path) not in config
 
 
-def test_a_public_app_served_answers_config_and_api_info_without_them(tiny_run, data):
-    """The Blocks of a public launch, served on loopback: what any visitor's /config shows."""
-    blocks = prepare(tiny_run, host="0.0.0.0", data=data)
+def test_a_public_app_served_asks_a_login_and_shows_no_clean_endpoint_or_path(tiny_run, data):
+    """The Blocks of a public launch with a login, served on loopback: what a visitor gets."""
+    blocks = prepare(tiny_run, host="0.0.0.0", data=data, auth=[("me", "s3cret")])
     port = free_port()
-    blocks.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False)
+    blocks.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False,
+                  auth=[("me", "s3cret")])
+    url, visitor = f"http://127.0.0.1:{port}/", requests.Session()
     try:
-        config = requests.get(f"http://127.0.0.1:{port}/config", timeout=30).text
-        info = requests.get(f"http://127.0.0.1:{port}/gradio_api/info", timeout=30).json()
+        assert visitor.get(url + "config", timeout=30).status_code == 401
+        assert visitor.post(url + "login", data={"username": "me", "password": "no"}, timeout=30).status_code == 400
+        assert visitor.post(url + "login", data={"username": "me", "password": "s3cret"}, timeout=30).ok
+        config = visitor.get(url + "config", timeout=30).text
+        info = visitor.get(url + "gradio_api/info", timeout=30).json()
     finally:
         blocks.close()
     assert set(info["named_endpoints"]) == {"/explain"} and not info["unnamed_endpoints"]
@@ -121,20 +126,6 @@ def test_remote_clean_is_served_only_behind_a_login(tiny_run, data):
         prepare(tiny_run, host="0.0.0.0", data=data, allow_remote_clean=True)
     blocks = prepare(tiny_run, host="0.0.0.0", data=data, allow_remote_clean=True, auth=[("me", "secret")])
     assert CLEAN_ENDPOINTS <= set(blocks.get_api_info()["named_endpoints"])
-
-
-def test_a_login_is_asked_of_every_visitor(tiny_run):
-    port = free_port()
-    blocks = launch(tiny_run, port=port, block=False, auth=[("me", "s3cret")])
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        assert requests.get(url + "config", timeout=30).status_code == 401
-        session = requests.Session()
-        assert session.post(url + "login", data={"username": "me", "password": "wrong"}, timeout=30).status_code == 400
-        assert session.post(url + "login", data={"username": "me", "password": "s3cret"}, timeout=30).ok
-        assert session.get(url + "config", timeout=30).status_code == 200
-    finally:
-        blocks.close()
 
 
 @pytest.mark.parametrize("text, message", [("me:pw\n# comment\n\nyou:a:b\n", None), ("", "no user:password"),
@@ -300,3 +291,4 @@ def test_a_busy_port_is_one_line(cli, tiny_run):
         port = taken.getsockname()[1]
         code, out, err = cli("app", tiny_run, "--port", port)
     assert code == 2 and f"port {port} is already in use on 127.0.0.1" in err and "Traceback" not in err
+    assert "camkit app on" not in out
