@@ -347,8 +347,10 @@ def guard_upload(gr, image) -> None:
     most MAX_UPLOAD_BYTES: an uploaded file's path as it is (the server capped its size), a
     pasted `data:` URL written out by `save_pasted` (capped before decoding), a URL never
     fetched, and no other path: a request may name any file of the machine (a FileData without
-    its "meta" skips Gradio's upload-folder check), so only the app's own folder is read. Gradio's own preprocessing would open the file with PIL first (a pasted
-    decompression bomb decoded whole, past both caps) and download a URL of any size.
+    its "meta" skips Gradio's upload-folder check), so only the app's own folder is read.
+    Gradio's own preprocessing would open the file with PIL first (a pasted decompression bomb
+    decoded whole, past both caps) and download a URL of any size. BodyCap bounds the request
+    that carries a pasted image.
     (Instance overrides, not a subclass: Gradio writes a .pyi file beside the module of
     every Component subclass.)"""
     from gradio_client.utils import is_http_url_like
@@ -374,6 +376,43 @@ def guard_upload(gr, image) -> None:
 
     image.async_move_resource_to_block_cache = local_only
     image.preprocess = guarded
+
+
+class BodyCap:
+    """ASGI middleware: a request body larger than a pasted image at the upload cap (base64
+    and JSON around it) is refused with 413 before it is read, so that a huge `data:` URL is
+    never held in memory; Gradio's upload route has its own cap (max_file_size) and is left
+    to it. The cap is read per request (MAX_UPLOAD_BYTES)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    @staticmethod
+    def limit() -> int:
+        return MAX_UPLOAD_BYTES * 4 // 3 + 1_000_000
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"].rstrip("/").endswith("/upload"):
+            return await self.app(scope, receive, send)
+        limit = self.limit()
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if length.isdigit() and int(length) > limit:
+            return await self._refuse(send, limit)
+        seen = 0
+
+        async def counted():   # a body sent without its length: cut at the cap
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b"")) if message["type"] == "http.request" else 0
+            return {"type": "http.disconnect"} if seen > limit else message
+        return await self.app(scope, counted, send)
+
+    @staticmethod
+    async def _refuse(send, limit: int) -> None:
+        body = f'{{"detail": "request larger than the app\'s {limit // 1000 ** 2} MB cap"}}'.encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
 
 def _inside(path: str, folder: Path) -> bool:
@@ -647,6 +686,8 @@ def launch(run: str | Path | LoadedModel, port: int = 7860, host: str = "127.0.0
     `block=False` returns the running Blocks (tests, notebooks); its close() also removes the
     app's temporary folder once no other app of this process serves."""
     require_gradio()
+    from starlette.middleware import Middleware
+
     check_host(host, port)
     clean_tab_allowed(host, share, allow_remote_clean, auth)   # refused before the model is loaded
     blocks = prepare(run, host, share, data, examples, device, allow_remote_clean, auth)
@@ -657,7 +698,7 @@ def launch(run: str | Path | LoadedModel, port: int = 7860, host: str = "127.0.0
     try:
         blocks.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD,
                       prevent_thread_lock=True, ssr_mode=False, quiet=not block, show_error=True,
-                      footer_links=["api"], auth=auth)
+                      footer_links=["api"], auth=auth, app_kwargs={"middleware": [Middleware(BodyCap)]})
     except OSError as e:   # Gradio's "Cannot find empty port": lost a race since check_host
         _close_quietly(blocks)
         raise CamkitError(f"cannot serve on {host}:{port} (in use, or not an address of this machine)") from e

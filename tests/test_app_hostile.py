@@ -147,7 +147,7 @@ def test_remote_clean_without_a_login_is_one_line(cli, tiny_run):
     assert "camkit app on" not in out
 
 
-# ---------------------------------------------------------------- item 5: every image through the cap and the guarded decode
+# ---------------------------------------------------------------- item 5: every image capped, guarded decode
 
 @pytest.fixture
 def bomb_png() -> bytes:
@@ -169,6 +169,23 @@ def test_a_pasted_image_over_the_upload_cap_is_refused_before_decoding(server, m
     monkeypatch.setattr(appmod, "MAX_UPLOAD_BYTES", len(noise) - 1)
     reply = explain(server, {"path": "x", "url": data_url(noise)})
     assert not reply["success"] and "larger than the app's" in reply["output"]["error"]
+
+
+def test_a_request_body_over_the_cap_is_refused_before_it_is_read(server, monkeypatch):
+    """A data: URL far over the cap is refused by its length (413), not parsed into memory;
+    without its length it is cut at the cap; uploads keep Gradio's own cap and still work."""
+    monkeypatch.setattr(appmod, "MAX_UPLOAD_BYTES", 1000)
+    body = json.dumps({"data": [{"path": "x", "url": data_url(b"\0" * 2_000_000)}], "fn_index": 0,
+                       "session_hash": uuid.uuid4().hex}).encode()
+    refused = requests.post(server + "gradio_api/queue/join", data=body, timeout=60,
+                            headers={"content-type": "application/json"})
+    assert refused.status_code == 413 and "larger than the app's" in refused.json()["detail"]
+    chunked = requests.post(server + "gradio_api/queue/join", data=iter([body[:900_000], body[900_000:]]),
+                            timeout=60, headers={"content-type": "application/json"})
+    assert not chunked.ok
+    small = png_bytes(Image.new("RGB", (64, 64)))
+    uploaded = requests.post(server + "gradio_api/upload", files={"files": ("a.png", small)}, timeout=60)
+    assert uploaded.ok and Path(uploaded.json()[0]).is_file()
 
 
 @pytest.mark.parametrize("payload, message", [
