@@ -379,13 +379,15 @@ def _absence_notes(absence: dict, weak: list[str] | None) -> list[str]:
 
 
 def _trust_rows(result: dict, ranked: list[str]) -> list[dict]:
-    """The trust table: per method (in rank order) its overall row, then one row per class."""
-    rows = []
+    """The trust table: per method (in rank order) its overall row, then one row per class; a
+    method whose maps equal an earlier one's says so ("gradcam = cam (same maps)")."""
+    rows, same = [], result.get("same_maps", {})
     for rank, m in enumerate(ranked, 1):
         r = result["methods"][m]
         verdict = " pass" if r["sanity_passed"] else " FAIL"
+        name = f"{m} = {same[m]} (same maps)" if m in same else m
         for cls, c in [("all", r), *r["per_class"].items()]:
-            rows.append({"rank": rank if cls == "all" else "", "method": m, "class": cls, "images": c["images"],
+            rows.append({"rank": rank if cls == "all" else "", "method": name, "class": cls, "images": c["images"],
                          "ROAD ↑": _num(c["road"]), "deletion ↓": _num(c["deletion_auc"]),
                          "insertion ↑": _num(c["insertion_auc"]), "avg drop % ↓": _num(c["average_drop"], 1, 100),
                          "increase % ↑": _num(c["increase_in_confidence"], 1, 100),

@@ -326,6 +326,20 @@ def test_cam_eval_without_boxes_prints_saves_and_reports(cli, run_copy):
     assert "Can these heatmaps be trusted?" in page and "layercam" in page.split("id='trust'")[1]
 
 
+def test_cam_eval_scores_identical_maps_once_and_says_so(cli, run_copy):
+    """On the tiny run's CAM head Grad-CAM's maps equal the exact CAM's: measured, printed,
+    saved, and the report's trust table names the method they equal."""
+    from camkit.report import build
+    from camkit.run import read_cam_trust
+
+    code, out, err = cli("cam-eval", run_copy, "--methods", "cam,gradcam,layercam", "--limit", "2", "--steps", "1")
+    assert code == 0, err
+    assert "gradcam = cam (same maps)" in out and "layercam = " not in out
+    saved = read_cam_trust(run_copy)
+    assert saved["same_maps"] == {"gradcam": "cam"} and saved["methods"]["gradcam"] == saved["methods"]["cam"]
+    assert "gradcam = cam (same maps)" in build(run_copy).read_text().split("id='trust'")[1]
+
+
 def test_cam_eval_json_and_a_smaller_evaluation_does_not_replace_a_larger(cli, run_copy):
     import json
 
@@ -354,3 +368,108 @@ def test_the_report_says_when_the_run_was_not_evaluated_without_boxes(run_copy):
 
     page = build(run_copy).read_text()
     assert "Not evaluated yet: run <code>camkit cam-eval RUN</code>" in page
+
+
+# ---------------------------------------------------------------- the batched path equals the per-image one
+
+@torch.no_grad()
+def _reference_deletion_insertion(model, x, maps, target, steps):
+    """The per-step loop `deletion_insertion` replaced: two forward passes per step."""
+    import torch.nn.functional as F
+
+    from camkit.geometry import upsample
+
+    b, _, h, w = x.shape
+    order = upsample(maps, (h, w)).flatten(1).argsort(1, descending=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(h * w).expand(b, -1))
+    rank = rank.view(b, 1, h, w)
+    blurred = F.avg_pool2d(F.pad(x, (5,) * 4, mode="replicate"), 11, stride=1)
+    curves = ([], [])
+    for s in range(steps + 1):
+        top = rank < round(s * h * w / steps)
+        for (source, base), curve in zip(((x, torch.zeros_like(x)), (blurred, x)), curves):
+            curve.append(model(torch.where(top, base, source)).softmax(1)[torch.arange(b), target])
+    return [_auc(torch.stack(cv, 1)).tolist() for cv in curves]
+
+
+@torch.no_grad()
+def _reference_road(model, x, maps, target, percentiles, seed=0):
+    """The per-image, per-percentile loop `road` replaced: one imputation solve per image."""
+    from camkit.geometry import upsample
+    from camkit.metrics import impute_linear
+
+    b, _, h, w = x.shape
+    saliency, idx = upsample(maps, (h, w)), torch.arange(b)
+    base = model(x).softmax(1)[idx, target]
+    g, scores = torch.Generator().manual_seed(seed), []
+    for sign in (1.0, -1.0):
+        probs = []
+        for p in percentiles:
+            ranked = sign * saliency
+            removed = ranked >= torch.quantile(ranked.flatten(1), p / 100, dim=1)[:, None, None]
+            batch = torch.stack([impute_linear(x[i], removed[i], 0.01, g) for i in range(b)])
+            probs.append(model(batch).softmax(1)[idx, target])
+        scores.append(torch.stack(probs, 1).mean(1) - base)
+    return scores  # morf, lerf per image
+
+
+METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam")
+
+
+def test_the_batched_trust_rows_equal_the_per_image_path_for_every_method():
+    """Five methods' maps of six 20 px images through `trust_rows_many` (perturbations of all
+    steps forwarded together through the BatchNorm-folded twin, ROAD's solves block-diagonal
+    and shared between equal masks, identical maps scored once) give the numbers of the
+    per-image, per-step, per-method loops within float tolerance."""
+    from camkit.cam import make_cam
+    from camkit.metrics import randomised_copies, rank_correlation, trust_rows_many
+
+    model, g = cam_net(), torch.Generator().manual_seed(3)
+    x, target = torch.randn(6, 3, 20, 20, generator=g), torch.tensor([0, 1, 0, 1, 1, 0])
+    maps = {m: make_cam(m, model)(x, target.tolist()) for m in METHODS}
+    copies = randomised_copies(model)
+    rows, twins = trust_rows_many(model, maps, copies, x, target, steps=5, percentiles=(20, 50, 80))
+    assert twins == {"gradcam": "cam", "xgradcam": "cam"}   # a GAP -> Linear head: found, not assumed
+    assert not torch.allclose(maps["layercam"], maps["cam"], atol=1e-3)
+    for m in METHODS:
+        deletion, insertion = _reference_deletion_insertion(model, x, maps[m], target, steps=5)
+        morf, lerf = _reference_road(model, x, maps[m], target, (20, 50, 80))
+        assert len(rows[m]) == 6
+        assert [r["deletion_auc"] for r in rows[m]] == pytest.approx(deletion, abs=1e-5), m
+        assert [r["insertion_auc"] for r in rows[m]] == pytest.approx(insertion, abs=1e-5), m
+        assert [r["road_morf"] for r in rows[m]] == pytest.approx(morf.tolist(), abs=1e-5), m
+        assert [r["road_lerf"] for r in rows[m]] == pytest.approx(lerf.tolist(), abs=1e-5), m
+        sims = [rank_correlation(maps[m], make_cam(m, c)(x, target)) for _, c in copies]
+        assert [r["sanity_head"] for r in rows[m]] == pytest.approx(sims[0].tolist(), abs=1e-6), m
+        assert [r["sanity_last_stage"] for r in rows[m]] == pytest.approx(sims[1].tolist(), abs=1e-6), m
+        drop, increase = _reference_average_drop(model, x, maps[m], target)
+        assert [r["average_drop"] for r in rows[m]] == pytest.approx(drop, abs=1e-5), m
+        assert [r["increase_in_confidence"] for r in rows[m]] == increase, m
+        assert [r["correct"] for r in rows[m]] == (model(x).argmax(1) == target).tolist()
+
+
+@torch.no_grad()
+def _reference_average_drop(model, x, maps, target):
+    from camkit.geometry import upsample
+
+    m = upsample(maps, x.shape[-2:])[:, None]
+    lo, hi = m.amin((1, 2, 3), keepdim=True), m.amax((1, 2, 3), keepdim=True)
+    y, o = (model(v).softmax(1)[torch.arange(len(x)), target] for v in (x, x * (m - lo) / (hi - lo).clamp_min(1e-8)))
+    return ((y - o).clamp_min(0) / y).tolist(), (o > y).float().tolist()
+
+
+def test_imputer_solves_each_distinct_mask_once():
+    """Two identical masks of the same image share one solve; the joint block-diagonal solve of
+    several images equals one solve per image."""
+    from camkit.metrics import Imputer, impute_linear
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 9, 11, generator=g)
+    masks = [(i, (torch.rand(9, 11, generator=g) < 0.5).numpy()) for i in range(3)]
+    imputer = Imputer(x)
+    solved = imputer.solve(masks + [masks[1]])
+    assert len(imputer.kept) == 3 and solved[3] is solved[1]
+    for (i, m), v in zip(masks, solved):
+        alone = impute_linear(x[i], torch.from_numpy(m), noise=0)
+        assert torch.allclose(alone[:, torch.from_numpy(m)], v, atol=1e-6)

@@ -241,6 +241,8 @@ def _print_trust(result: dict, run: Path, saved: bool) -> None:
             print(f"{name:<11} {cls:<14} {c['images']:>6} {c['accuracy']:>6.3f} {c['deletion_auc']:>8.3f} "
                   f"{c['insertion_auc']:>9.3f} {c['road']:>7.3f} {100 * c['average_drop']:>7.1f} "
                   f"{100 * c['increase_in_confidence']:>7.1f} {c['retained_confidence']:>8.3f} {sanity:>13}")
+    for name, twin in result.get("same_maps", {}).items():
+        print(f"{name} = {twin} (same maps): scored once")
     for cls in result["absence"]["flagged"]:
         print(f"warning: '{cls}' is recognised by the absence of the other class(es), not by evidence of its own: "
               f"its images keep {result['absence']['per_class'][cls]['score']:.0%} of their confidence with the "
