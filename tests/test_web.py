@@ -108,6 +108,16 @@ def test_page_squishes_the_picture_as_camkit_does(answer, python_side):
     assert np.array_equal(np.array(answer["input"], dtype=np.uint8), square.ravel())
 
 
+def test_page_composites_transparency_on_white_as_camkit_does(chromium, answer, tmp_path):
+    from camkit.images import open_rgb, resize_square
+
+    pixels = np.random.default_rng(0).integers(0, 256, (29, 45, 4), dtype=np.uint8)   # every alpha level
+    Image.fromarray(pixels, "RGBA").save(tmp_path / "clear.png")
+    _upload(chromium, tmp_path / "clear.png")
+    got = chromium.execute_script("return Array.from(window.camkitPage.last.input)")
+    assert np.array_equal(np.array(got, dtype=np.uint8), resize_square(open_rgb(tmp_path / "clear.png"), 32).ravel())
+
+
 def test_page_probabilities_and_map_equal_pythons(answer, python_side):
     _, probs, maps, _ = python_side
     assert np.allclose(answer["probs"], probs, atol=1e-5)       # torch's, in the browser
