@@ -14,7 +14,7 @@ camkit.explain.cam(...)`` works as ``import camkit.explain`` does.
 from __future__ import annotations
 
 from importlib import import_module as _import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -27,7 +27,10 @@ _SUBMODULES = frozenset({
 # public names re-exported from a sub-module: name -> module
 _NAMES = {"CamkitError": "camkit.errors", "Interrupted": "camkit.errors"}
 
-__all__ = ["CamkitError", "Interrupted", "__version__"]  # noqa: F822  (resolved by __getattr__)
+__all__ = ["CamkitError", "Interrupted", "__version__"]
+
+if TYPE_CHECKING:  # the re-exported names for static readers (type checkers, the API reference)
+    from camkit.errors import CamkitError, Interrupted
 
 
 def __getattr__(name: str) -> Any:

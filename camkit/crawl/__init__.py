@@ -19,6 +19,7 @@ pipeline's threads), pipeline (crawl), check (--check), credits, progress.
 """
 
 from importlib import import_module as _import_module
+from typing import TYPE_CHECKING
 
 from camkit.crawl.credits import Credit, credits, licence_line, license_counts, to_csv, to_markdown
 from camkit.crawl.ledger import MANIFEST, HashIndex, KeywordState, Ledger, read_manifest
@@ -40,6 +41,12 @@ _LAZY = {
     "camkit.crawl.pipeline": ("CrawlSummary", "NothingSaved", "crawl"),
 }
 _HOME = {name: module for module, names in _LAZY.items() for name in names}
+
+if TYPE_CHECKING:  # the same names for static readers (type checkers, the API reference)
+    from camkit.crawl.check import EngineCheck, check_engines, require_default_chain
+    from camkit.crawl.download import CamkitCrawler, VerifyingDownloader
+    from camkit.crawl.engines import AUTO_ORDER, ENGINES, LICENSE_ORDER, Engine, SearchLog
+    from camkit.crawl.pipeline import CrawlSummary, NothingSaved, crawl
 
 
 def __getattr__(name: str):
