@@ -3,6 +3,11 @@
 Each command parses typed options (choices are Enums, so `--help` lists them and a typo fails
 at parse time), calls one library function, and prints its result. Errors are not handled
 here: the one boundary in `_boundary.Boundary` turns them into one line and an exit code.
+
+Each command imports its library function inside its body, for start-up time: at the top sit
+only typer and the light option and choice modules, so `--help`, `--version`, an argument error,
+`crawl`, `verify` and `credits` never load torch or fastai (tests/test_cli.py checks the modules;
+scripts/bench_startup.py times every command as a whole process).
 """
 
 from __future__ import annotations
