@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("onnxruntime", reason="the light Space needs camkit[onnx]")
 gradio = pytest.importorskip("gradio", reason="the Space export needs camkit[app]")
 
-from camkit.ortlite import LiteApp  # noqa: E402
+from camkit.ortlite import LiteApp
 
 BLOCKED = ("torch", "torchvision", "fastai", "timm", "matplotlib")
 
@@ -61,10 +61,12 @@ def test_light_space_requires_no_torch_and_holds_the_graph(light):
 
 def test_light_space_answers_where_torch_cannot_be_imported(light, no_torch, tiny_run):
     from gradio_client import handle_file
-    from test_app import _connect, free_port
+    from helpers import free_port
+    from test_app import _connect
 
     env = {**os.environ, "PYTHONPATH": str(no_torch), "GRADIO_ANALYTICS_ENABLED": "False"}
-    control = subprocess.run([sys.executable, "-c", "import torch"], cwd=light, env=env, capture_output=True, text=True)
+    control = subprocess.run([sys.executable, "-c", "import torch"], cwd=light, env=env, capture_output=True,
+                             text=True, check=False)
     assert control.returncode != 0 and "torch" in control.stderr          # the block holds in this environment
     port = free_port()
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=light, env={**env, "GRADIO_SERVER_PORT": str(port)},
@@ -79,26 +81,32 @@ def test_light_space_answers_where_torch_cannot_be_imported(light, no_torch, tin
         proc.wait(timeout=30)
     got = {c["label"]: c["confidence"] for c in label["confidences"]}
     want = torch_probs(tiny_run, example)
-    classes = LiteApp(light / "model").classes
-    assert np.allclose([got[c] for c in classes], want, atol=1e-5)
+    from camkit.run import read_info
+
+    assert np.allclose([got[c] for c in read_info(tiny_run).classes], want, atol=1e-5)
     assert os.path.isfile(overlay) and "onnxruntime" in caption
 
 
-@pytest.mark.parametrize("target, signed", [("pred", False), ("contrast", True)])
-def test_lite_app_draws_what_the_torch_app_draws(light, tiny_run, target, signed):
+@pytest.fixture(scope="module")
+def apps(light, tiny_run):
+    """(the light app, camkit's torch app) on the same run."""
     from camkit.app import CamApp
 
+    return LiteApp(light / "model"), CamApp(tiny_run)
+
+
+@pytest.mark.parametrize("target, signed", [("pred", False), ("contrast", True)])
+def test_lite_app_draws_what_the_torch_app_draws(apps, light, target, signed):
     example = light / "examples" / "example-1.png"
-    lite = LiteApp(light / "model").explain(example, "cam", target, 0.5, "jet", signed)
-    full = CamApp(tiny_run).explain(example, "cam", target, 0.5, "jet", signed)
+    lite, full = (app.explain(example, "cam", target, 0.5, "jet", signed) for app in apps)
     assert lite.probs.keys() == full.probs.keys()
     assert np.allclose(list(lite.probs.values()), list(full.probs.values()), atol=1e-5)
     a, b = np.asarray(lite.overlay, dtype=int), np.asarray(full.overlay, dtype=int)
     assert a.shape == b.shape and np.abs(a - b).max() <= 1
 
 
-def test_lite_app_refuses_a_method_the_graph_cannot_give(light):
+def test_lite_app_refuses_a_method_the_graph_cannot_give(apps, light):
     from camkit.errors import CamkitError
 
     with pytest.raises(CamkitError, match="method 'gradcam' is not available for this run; choose from cam"):
-        LiteApp(light / "model").explain(light / "examples" / "example-0.png", "gradcam")
+        apps[0].explain(light / "examples" / "example-0.png", "gradcam")
