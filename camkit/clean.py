@@ -671,8 +671,7 @@ def _row(i: int, s: Suspect, uris: tuple[str, str], classes: list[str]) -> str:
 
 def _why(s: Suspect) -> str:
     """The reason cell: the reasons, the quality findings, and the out-of-sample scores."""
-    scores = [] if s.fold is None else [f"held out in fold {s.fold}: label quality {s.label_quality:.3f}, "
-                                        f"OOD {s.ood:.3f}"]
+    scores = [] if s.fold is None else [f"held out in fold {s.fold}: label quality {s.label_quality:.3f}, OOD {s.ood:.3f}"]
     return "; ".join(filter(None, [s.reason, *s.quality, *scores])) or "-"
 
 

@@ -55,10 +55,11 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1500)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
+    from realdata import CATEGORIES, ClipClass
+
     from camkit import quality
     from camkit.errors import CamkitError
     from camkit.images import open_rgb
-    from realdata import CATEGORIES, ClipClass
 
     files = [f for c in CATEGORIES for f in ClipClass(c, c).all_files()]
     random.Random(a.seed).shuffle(files)

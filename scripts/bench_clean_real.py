@@ -113,7 +113,7 @@ def noisy_set(name: str, root: Path, seed: int, size: int, flip: float = 0.10, o
 
 
 def recall_at(order: list[str], injected: set[str], top: float = TOP) -> float:
-    return len(set(order[: int(round(len(order) * top))]) & injected) / len(injected)
+    return len(set(order[: round(len(order) * top)]) & injected) / len(injected)
 
 
 def auroc(scores: dict[str, float], injected: set[str]) -> float:
