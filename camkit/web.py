@@ -69,6 +69,14 @@ def colormap_table(name: str):
     return cmap(np.arange(cmap.N), bytes=True)[:, :3]
 
 
+def unsigned_colormaps() -> tuple[str, ...]:
+    """camkit.app's colormaps but the diverging one: the page draws unsigned maps, in [0, 1]."""
+    from camkit.app import COLORMAPS
+    from camkit.render import DIVERGING
+
+    return tuple(c for c in COLORMAPS if c != DIVERGING)
+
+
 def explainer_config(run: str | Path, sidecar, colormaps: tuple[str, ...] | None = None) -> dict:
     """What a torch-free consumer of the graph needs beyond its sidecar: the title, the training
     verdict (in words, and as model.json holds it) and the tables of camkit.app's colormaps
@@ -133,7 +141,7 @@ def export_web(run: str | Path, out: str | Path, *, int8: bool = False, opset: i
         with tempfile.TemporaryDirectory(prefix="camkit-web-") as tmp:
             done = export_onnx(run, Path(tmp) / "model.onnx", opset or DEFAULT_OPSET, int8)
             graph = done.path.read_bytes()
-            config = explainer_config(run, read_sidecar(done.path))
+            config = explainer_config(run, read_sidecar(done.path), unsigned_colormaps())
         _write_page(staging, graph, config)
         staging.chmod(0o777 & ~_umask())   # mkdtemp's 0700 would hide the page from a static host
         staging.rename(out)

@@ -195,6 +195,14 @@ def test_export_refuses_an_existing_folder(tiny_run, tmp_path):
     assert list((tmp_path / "page").iterdir()) == []
 
 
+def test_page_offers_the_apps_colormaps_but_the_diverging_one(page):
+    from camkit.app import COLORMAPS
+    from camkit.render import DIVERGING
+
+    config = json.loads((page.folder / "model.js").read_text().split("window.CAMKIT_CONFIG = ", 1)[1].rstrip(";\n"))
+    assert list(config["colormaps"]) == [c for c in COLORMAPS if c != DIVERGING]
+
+
 def test_colormap_tables_match_camkits_colorize():
     from camkit.render import colorize
 
