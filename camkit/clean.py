@@ -717,9 +717,12 @@ def check_page(out: str | Path, top: int) -> Path:
     file this module did not write (a user's page is never replaced)."""
     if top < 1:
         raise CamkitError(f"--top must be at least 1, not {top}")
+    from camkit.files import refuse_inside_class_folder
+
     out = Path(out)
     if out.is_dir() or (out.exists() and PAGE_MARK not in read_text(out, "a page", errors="replace")[:400]):
         raise CamkitError(f"'{out}' exists and was not written by camkit clean; choose another --out")
+    refuse_inside_class_folder(out.parent)   # by the folder's shape, before the ranking (write_page knows the root)
     return out
 
 

@@ -918,12 +918,12 @@ def _refuse(code: int, filename: str | None = None):
     return refused
 
 
-@pytest.mark.parametrize("case", ["train --cache", "cam --out", "app --export-space", "clean --out"])
-def test_a_full_disk_or_read_only_folder_is_one_line_not_an_internal_error(cli, data, tiny_run, canvas_dir,
-                                                                          tmp_path, monkeypatch, case):
-    """Disk full (ENOSPC), a quota (EDQUOT) or a read-only mount (EROFS) while writing: one line
-    naming what was being written, exit 2 (it was exit 1, 'internal error OSError'), nothing
-    half-written left."""
+@pytest.mark.parametrize("case", ["train --cache", "cam --out", "app --export-space", "space permissions"])
+def test_a_full_disk_or_refused_permission_is_one_line_not_an_internal_error(cli, data, tiny_run, canvas_dir,
+                                                                             tmp_path, monkeypatch, case):
+    """Disk full (ENOSPC) or a quota (EDQUOT) while writing, a permission refused: one line
+    naming what was being written (or the file refused), exit 2 (it was exit 1, 'internal
+    error OSError'), nothing half-written left."""
     import errno
 
     import camkit.cache
@@ -940,11 +940,11 @@ def test_a_full_disk_or_read_only_folder_is_one_line_not_an_internal_error(cli, 
                       f"no space left on device writing CAMs to '{target}'"),
         "app --export-space": ((camkit.space, "pixels_only"), errno.EDQUOT, ("app", tiny_run, "--export-space", target),
                                f"disk quota exceeded writing the Space '{target}'"),
-        "clean --out": ((camkit.files, "atomic_write"), errno.EROFS,   # no wrapper: the boundary's own line
-                        ("clean", tiny_run, "--top", "2", "--out", target / "page.html"),
-                        f"read-only file system at '{target / 'page.html'}'"),
+        "space permissions": ((camkit.space, "_copy_package"), errno.EACCES,   # no wrapper: the boundary's own line
+                              ("app", tiny_run, "--export-space", target),
+                              f"permission denied at '{tmp_path / 'camkit' / 'files.py'}'"),
     }[case]
-    monkeypatch.setattr(*patch, _refuse(code, str(target / "page.html") if case == "clean --out" else None))
+    monkeypatch.setattr(*patch, _refuse(code, str(tmp_path / "camkit" / "files.py") if code == errno.EACCES else None))
     status, _, err = cli(*args)
     one_line(status, err, message)
     left = [p.name for p in target.rglob("*")] if target.exists() else []
@@ -958,6 +958,8 @@ def test_only_the_environments_refusals_are_said_in_words():
 
     assert error_code(OSError(errno.EACCES, "Permission denied", "/data/x")) == (
         "permission denied at '/data/x' (check the permissions or choose another folder)", 2)
+    assert error_code(OSError(errno.EROFS, "Read-only file system", "/mnt/x")) == (
+        "read-only file system at '/mnt/x' (choose a writable folder)", 2)
     assert error_code(OSError(errno.ENOSPC, "No space left on device"))[1] == 2
     line, code = error_code(FileNotFoundError(errno.ENOENT, "No such file or directory", "x"))
     assert code == 1 and line.startswith("internal error FileNotFoundError")   # a bug stays a bug
