@@ -14,7 +14,8 @@ and the noisy ones --samples noise samples in every library. Prints images/s (be
 exact-CAM and Grad-CAM goals of the earlier table.
 
 `--engines` (issue 28): exact CAM of the predicted class by camkit's ONNX Runtime engine
-(camkit.engine.OnnxCAM over the exported graph, fp32 and static-INT8 QDQ) against torchcam's
+(camkit.engine.OnnxCAM over the exported graph, fp32, static-INT8 QDQ as `--int8` makes it, and
+dynamic INT8 for comparison) against torchcam's
 CAM, pytorch-grad-cam's Grad-CAM and camkit's torch engine in fp32 and bf16 autocast, at batch
 1 @ 224 px and batch 32 @ 128 px, for each arch; every contender starts from the same uint8
 images (normalisation included), ORT gets as many threads as torch. Random weights (cost only;
@@ -129,7 +130,8 @@ def engine_contenders(arch: str, batch: int, size: int, folder) -> tuple[dict, i
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (batch, 3, size, size), dtype=np.uint8))
     calib = np.random.default_rng(1).integers(0, 256, (16, 3, size, size), dtype=np.uint8)
     fp32 = graph_bytes(loaded)
-    graphs = {"ORT fp32": fp32, "ORT INT8": quantize(fp32, "static", calib, folder)}
+    graphs = {"ORT fp32": fp32, "ORT INT8": quantize(fp32, "static", calib, folder),
+              "ORT INT8 dynamic": quantize(fp32, "dynamic", None, folder)}
     meta = {"grid": {"stride": [16.0, 16.0], "offset": [0.0, 0.0], "size": [size, size]}}
     fns = {}
     for name, data in graphs.items():
