@@ -78,7 +78,8 @@ def test_swapped_labels_rank_at_the_top(colour_run, tmp_path):
 
 @pytest.fixture(scope="module")
 def noisy_colour(colour_run, tmp_path_factory):
-    """The colour set with 3 images of each class moved into the other class's folder."""
+    """The colour set with 3 images of each class moved into the other class's folder (the
+    colour run, trained on the clean folder, gives the recipe the folds retrain)."""
     clean_root, run = colour_run
     root = tmp_path_factory.mktemp("noisy_colour") / "data"
     shutil.copytree(clean_root, root)
@@ -113,16 +114,32 @@ def test_folds_score_each_image_with_a_model_that_never_saw_it(noisy_colour, mon
     assert np.allclose(scores.probs.sum(1), 1) and ((scores.ood > 0) & (scores.ood <= 1)).all()
 
 
-def test_out_of_sample_ranking_finds_the_flips_and_counts_them(noisy_colour):
+def test_cleanlab_ranks_and_counts_the_flips_from_out_of_sample_probabilities(noisy_colour, monkeypatch):
+    """The cleanlab side of --folds on known probabilities (the folds themselves are tested
+    above): fold models that are right on the colours, so each swapped image gets 0.9 for the
+    class of its colour, against its folder; one clean image is an outlier to its fold model."""
+    import camkit.folds as folds_mod
+    from camkit.data import scan_class_folders
+
     root, run, injected = noisy_colour
+    classes, per_class = scan_class_folders(root)
+    files = [f for fs in per_class for f in fs]
+    labels = np.array([k for k, fs in enumerate(per_class) for _ in fs])
+    colour = np.array([1 - y if f.name.startswith("x") else y for f, y in zip(files, labels)])
+    probs = np.where(np.arange(2)[None, :] == colour[:, None], 0.9, 0.1)
+    ood = np.full(len(files), 0.8)
+    ood[5] = 1e-6
+    fold = np.arange(len(files)) % 3
+    scores = folds_mod.FoldScores(files, labels, probs, ood, fold, classes, 3, 2, 1.0)
+    monkeypatch.setattr(folds_mod, "out_of_sample", lambda *a, **k: scores)
     suspects = rank(run, data=root, folds=3)
-    assert {s.rel for s in suspects[:8]} >= injected
     estimate = suspects.estimate
-    assert 4 <= estimate.mislabelled <= 9, estimate             # 6 injected, confident learning's count
-    assert estimate.to_review >= estimate.mislabelled and estimate.folds == 3
+    assert (estimate.mislabelled, estimate.off_topic, estimate.to_review) == (6, 1, 7)
+    assert {s.rel for s in suspects[:7]} == injected | {files[5].relative_to(root).as_posix()}
     assert all("mislabelled?" in s.reason for s in suspects if s.rel in injected)
+    assert "off-topic?" in next(s.reason for s in suspects if s.image == files[5])
+    assert estimate.accuracy == pytest.approx(42 / 48) and not estimate.weak
     assert {s.fold for s in suspects} == {0, 1, 2}
-    assert [s.score for s in suspects] == sorted((s.score for s in suspects), reverse=True)
 
 
 def test_folds_json_starts_with_the_estimate(cli, noisy_colour):
