@@ -337,7 +337,7 @@ def clean(
     as_json: Annotated[bool, typer.Option("--json", help="print the ranking (or the moves): one JSON line each")] = False,
     folds: Annotated[int, typer.Option(help="score every image with a model trained without it, K models on the "
                                             "run's recipe (0: the run's own model, fast but blind to memorised "
-                                            "noise; default camkit.folds.DEFAULT_FOLDS)")] = 3,
+                                            "noise; each fold costs about one training)")] = 3,
     fold_epochs: Annotated[Optional[int], typer.Option(help="epochs per fold model (default: the run's)")] = None,
 ):
     """Rank the run's images by how suspicious their label is; review them on an offline page; --apply / --undo."""
