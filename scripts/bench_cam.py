@@ -191,6 +191,54 @@ def engines(a) -> None:
                   f"ORT fp32 / camkit bf16 {rate['ORT fp32'] / rate['camkit torch bf16']:.2f}x", flush=True)
 
 
+def end_to_end(a) -> None:
+    """`camkit cam DIR` as a user runs it (decode + maps + overlays + cams.jsonl), torch vs ONNX
+    engine, on --e2e-images noisy 640 x 480 JPEGs with a random resnet18 run at 224 px; then
+    where the ONNX run's time goes (cProfile, cumulative seconds per stage)."""
+    import cProfile
+    import json
+    import os
+    import pstats
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from camkit.explain import cam
+    from camkit.export import export_onnx
+    from camkit.run import META, WEIGHTS
+
+    root = Path(tempfile.mkdtemp(prefix="camkit-e2e-"))
+    try:
+        loaded = _loaded("resnet18", 224)
+        run = root / "run"
+        run.mkdir()
+        torch.save(loaded.model.state_dict(), run / WEIGHTS)
+        (run / META).write_text(json.dumps({**loaded.info.to_json(), "complete": True}))
+        export_onnx(run)
+        rng, images = np.random.default_rng(0), root / "images"
+        images.mkdir()
+        for i in range(a.e2e_images):
+            Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(images / f"img{i:03d}.jpg")
+        runs = {e: (lambda e=e: cam([images], run, out=root / f"cams-{e}", engine=e, quiet=True)) for e in ("torch", "onnx")}
+        rate = {k: a.e2e_images / v for k, v in best_seconds(runs, a.repeats).items()}
+        print(f"camkit cam DIR, {a.e2e_images} images 640x480 -> resnet18 @ 224 (load average "
+              f"{os.getloadavg()[0]:.1f}): torch {rate['torch']:.1f} img/s, onnx {rate['onnx']:.1f} img/s, "
+              f"{rate['onnx'] / rate['torch']:.2f}x")
+        profile = cProfile.Profile()
+        profile.runcall(runs["onnx"])
+        stats = pstats.Stats(profile).stats
+        stages = {"decode + resize": "_decode", "ONNX Runtime maps": "__call__", "draw + save overlays": "write"}
+        total = max(v[3] for v in stats.values())
+        for label, fn in stages.items():
+            secs = max((v[3] for (path, _, name), v in stats.items() if name == fn and "camkit" in path), default=0.0)
+            print(f"  {label:<22} {secs:6.2f} s cumulative (of {total:.2f} s)")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=128)
@@ -205,7 +253,12 @@ def main() -> None:
     p.add_argument("--archs", default="resnet18,resnet34", help="with --engines: the archs")
     p.add_argument("--threads", type=int, default=0, help="torch and ORT threads (default: torch's own); 1 is "
                    "the least distorted by other work on a shared machine (no thread pool to wait for)")
+    p.add_argument("--e2e-images", type=int, default=0, help="time `camkit cam DIR` end to end on N images, "
+                   "torch vs onnx engine, and name where the time goes")
     a = p.parse_args()
+    if a.e2e_images:
+        end_to_end(a)
+        return
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.engines:
