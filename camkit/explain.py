@@ -19,7 +19,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -37,9 +37,6 @@ from camkit.images import list_images, open_or_skip, open_rgb
 from camkit.render import DIVERGING, Style, fit_for_drawing, gallery_html, overlay, peak_xy, to_numpy
 from camkit.run import LoadedModel, load, warn_if_unusable
 from camkit.targets import ContrastTarget, OutputTarget
-
-if TYPE_CHECKING:
-    from fastai.learner import Learner
 
 CAMS_JSONL, GALLERY, MARKER = "cams.jsonl", "index.html", ".camkit-cams"
 
@@ -228,12 +225,21 @@ def _decode(index: int, path: Path, named: set[str], loaded: LoadedModel, max_si
     return Decoded(index, path, image.size, loaded.square(image), fit_for_drawing(image, max_side) if max_side else None)
 
 
+def refuse_learner(model: object) -> None:
+    """A fastai `Learner` (known by its `dls` and `model`, without importing fastai, which is
+    heavy and sits above this module) is refused with the call that serves it: `learn.cam`."""
+    if not isinstance(model, (str, PathLike, LoadedModel)) and hasattr(model, "dls") and hasattr(model, "model"):
+        raise CamkitError("explain and cam take a run folder or a loaded run, not a fastai Learner: "
+                          "call learn.cam(images, ...) after `import camkit.fastai`")
+
+
 def prepare(model: str | Path | LoadedModel, method: str | None, layer: str | None, bs: int,
             precision: str, device: str | None, engine: str = "torch", **options) -> tuple[LoadedModel, BaseCAM, str]:
     """Load the run and make the extractor, checking every option before any image is read
     (`options`: signed, aug_smooth, eigen_smooth, for camkit.cam.make_cam). `engine` 'onnx' or
     'auto' may give exact CAM by ONNX Runtime (camkit.engine.OnnxCAM, which takes the uint8
     batch its `feed` makes; the precision returned is then the graph's own, 'fp32')."""
+    refuse_learner(model)
     loaded = model if isinstance(model, LoadedModel) else load(model, device=device)
     precision = resolve_precision(precision, loaded.device)
     if precision == "fp16":
@@ -263,23 +269,19 @@ def _engine(engine: str, loaded: LoadedModel, extractor: BaseCAM, layer: str | N
     return OnnxCAM(open_graph(choice, loaded), signed=options.get("signed", False)), "fp32"
 
 
-def explain(model: "str | Path | LoadedModel | Learner", images: Sequence[str | Path] | str | Path, method: str | None = None,
+def explain(model: str | Path | LoadedModel, images: Sequence[str | Path] | str | Path, method: str | None = None,
             target: "str | int | OutputTarget" = "pred", layer: str | None = None, bs: int = 32,
             device: str | None = None, precision: str = "fp32", signed: bool = False, aug_smooth: bool = False,
             eigen_smooth: bool = False, engine: str = "auto") -> Explanations:
-    """Explain images (files or folders, recursively) with a run saved by `camkit train` (or a
-    fastai `Learner`, handed to `learn.cam` of the notebook layer): computes and returns the
-    results, writes nothing. `precision` "bf16" (or "auto" where the hardware has native bf16)
-    runs the passes under bf16 autocast, about twice as fast on such CPUs; maps are combined
+    """Explain images (files or folders, recursively) with a run saved by `camkit train` (a
+    fastai `Learner` is refused with a pointer to `learn.cam`, the notebook layer's twin, so this
+    module never imports fastai): computes and returns the results, writes nothing. `precision`
+    "bf16" (or "auto" where the hardware has native bf16) runs the passes under bf16 autocast, about twice as fast on such CPUs; maps are combined
     and normalised in fp32 either way. `target`: 'pred', a class name or index, 'contrast' (the
     prediction against the most likely other class) or a camkit.targets target; `signed` keeps
     the evidence against (maps in [-1, 1]); `layer` 'a,b' fuses layers. `engine`: 'torch',
     'onnx' (ONNX Runtime, exact CAM) or 'auto' (camkit.engine.choose_engine)."""
     options = dict(signed=signed, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
-    if hasattr(model, "dls") and hasattr(model, "model"):  # a fastai Learner: the layer above serves it
-        from camkit.fastai import cam_learner  # noqa: F401  (importing the layer adds Learner.cam)
-
-        return model.cam(images, method=method, target=target, layer=layer, bs=bs, **options)
     loaded, extractor, precision = prepare(model, method, layer, bs, precision, device, engine, **options)
     tgt = resolve_target(target, loaded.classes)
     files, named = collect_files(images)

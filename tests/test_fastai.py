@@ -196,12 +196,22 @@ def test_a_dataloader_of_non_images_is_a_clear_error(cam_learner):
         cam_learner.cam([1, 2, 3])
 
 
-def test_explain_takes_a_learner_as_it_takes_a_run(cam_learner, dls):
-    from camkit.explain import explain
-
+def test_learn_cam_takes_files_as_explain_takes_them_for_a_run(cam_learner, dls):
     files = list(dls.valid.items)[:3]
-    res = explain(cam_learner, files, target="bag")
+    res = cam_learner.cam(files, target="bag")
     assert [r.classes[r.target] for r in res] == ["bag"] * 3 and res[0].image == files[0]
+
+
+def test_explain_and_cam_refuse_a_learner_and_name_learn_cam(cam_learner, dls, tmp_path):
+    """camkit.explain never imports the notebook layer: a Learner is sent to learn.cam."""
+    from camkit.explain import cam, explain
+
+    files = list(dls.valid.items)[:2]
+    with pytest.raises(CamkitError, match=r"not a fastai Learner: call learn\.cam\(images, \.\.\.\)"):
+        explain(cam_learner, files)
+    with pytest.raises(CamkitError, match=r"call learn\.cam"):
+        cam(files, model=cam_learner, out=tmp_path / "cams", quiet=True)
+    assert not (tmp_path / "cams").exists()
 
 
 def test_export_keeps_every_epoch_even_after_an_interpretation(dls, tmp_path):

@@ -255,8 +255,6 @@ def test_library_calls_refuse_what_is_not_a_path(tiny_run, tmp_path, call, image
 
 @pytest.mark.parametrize("images, kwargs, message", [(5, {}, "not int"), ([], {}, "no images given"),
                                                      (None, {"bs": 0}, "bs must be a whole number")])
-def test_explain_with_a_learner_refuses_as_learn_cam_does(learn, files, images, kwargs, message):
-    from camkit.explain import explain
-
+def test_learn_cam_refuses_bad_images_as_explain_does(learn, files, images, kwargs, message):
     with pytest.raises(CamkitError, match=message):
-        explain(learn, files if images is None else images, **kwargs)
+        learn.cam(files if images is None else images, **kwargs)
