@@ -14,7 +14,9 @@ out-of-sample probability of the folder's label), `cleanlab.filter.find_label_is
 (confident learning: how many images are likely mislabelled), and the fold model's
 out-of-distribution score (cleanlab's OutOfDistribution on its features) for off-topic images,
 which a two-class model often places confidently in the folder's class. Image-quality and
-train/valid leakage checks come from camkit.quality. Nothing is ever deleted: a 'delete' moves
+train/valid leakage checks come from camkit.quality. `save_ranking` writes an out-of-sample
+ranking to RUN/clean_ranking.json (`clean --folds` does), where the app's Clean tab reads it
+back (`read_ranking`). Nothing is ever deleted: a 'delete' moves
 the file under `_rejected/cleaned/`, every move is one line of `clean.jsonl`, and `undo` moves
 files back.
 """
@@ -296,6 +298,105 @@ def _suspect(path: Path, root: Path, label: str, classes: list[str], log_probs: 
     top = int(probs.argmax())
     return Suspect(path, path.relative_to(root).as_posix(), label, classes[top], float(probs[top]), loss,
                    reasons(probs, k, bool(dup)), loss + (DUPLICATE_BONUS if dup else 0.0))
+
+
+# ---------------------------------------------------------------- the saved out-of-sample ranking
+
+RANKING = "clean_ranking.json"   # RUN/clean_ranking.json: `clean --folds`'s ranking, for the app's Clean tab
+RANKING_VERSION = 1
+_ESTIMATE_FIELDS = ("to_review", "mislabelled", "off_topic", "folds", "epochs", "seconds", "accuracy", "baseline")
+
+
+def ranking_doc(ranking: Ranking, root: Path, split: str = "all") -> dict:
+    """The JSON document of an out-of-sample ranking (pure): the data root it ranked, the
+    folds, the date, the estimate, and per image, most suspicious first, its path relative to
+    the root, label, prediction, scores, fold, label quality, OOD score and reasons."""
+    estimate = ranking.estimate
+    if estimate is None:
+        raise CamkitError("only an out-of-sample ranking (--folds) is saved")
+    images = [{"rel": s.rel, "label": s.label, "pred": s.pred, "prob": s.prob, "loss": s.loss, "score": s.score,
+               "fold": s.fold, "label_quality": s.label_quality, "ood": s.ood, "reason": s.reason,
+               "quality": list(s.quality)} for s in ranking]
+    return {"format": f"camkit-clean-ranking/{RANKING_VERSION}", "data_root": str(Path(root).resolve()),
+            "folds": estimate.folds, "split": split, "date": _now(),
+            "estimate": {k: getattr(estimate, k) for k in _ESTIMATE_FIELDS}, "images": images}
+
+
+def save_ranking(ranking: Ranking, run: str | Path, data: str | Path | None = None, split: str = "all") -> Path:
+    """Write `clean --folds`'s ranking to RUN/clean_ranking.json, atomically, so that the app's
+    Clean tab shows the out-of-sample scores and the estimate without training K models on a
+    click. Returns the path."""
+    from camkit.files import atomic_write
+
+    run = Path(run)
+    root = data_root(run, None, data)
+    doc = ranking_doc(ranking, root, split)
+    return atomic_write(run / RANKING, json.dumps(doc, indent=1, allow_nan=False))
+
+
+@dataclass(frozen=True)
+class SavedRanking:
+    """RUN/clean_ranking.json read back for the current data: the images still where they were
+    ranked (`ranking`, with its estimate), how many were dropped (moved or gone since), the
+    split and the date it was made."""
+    ranking: Ranking
+    dropped: int
+    split: str
+    date: str
+
+
+def _number(v: object, low: float = -math.inf, high: float = math.inf) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and low <= v <= high
+
+
+def _saved_estimate(doc: dict, path: Path) -> Estimate:
+    e = doc.get("estimate")
+    if not (isinstance(e, dict) and all(_number(e.get(k), 0) for k in _ESTIMATE_FIELDS)
+            and all(isinstance(e[k], int) for k in _ESTIMATE_FIELDS[:5]) and e["folds"] == doc.get("folds")
+            and e["folds"] >= 2 and e["accuracy"] <= 1 and e["baseline"] <= 1):
+        raise CamkitError(f"'{path}' has a malformed estimate")
+    return Estimate(*(e[k] for k in _ESTIMATE_FIELDS))
+
+
+def _saved_suspect(r: object, root: Path, classes: list[str], folds: int, path: Path) -> Suspect:
+    """One image of the saved ranking, every field checked and its path confined to `root`."""
+    ok = (isinstance(r, dict) and isinstance(r.get("rel"), str) and r.get("label") in classes
+          and r.get("pred") in classes and Path(r["rel"]).parts[:1] == (r["label"],)
+          and _number(r.get("prob"), 0, 1) and _number(r.get("loss"), 0) and _number(r.get("score"))
+          and isinstance(r.get("fold"), int) and not isinstance(r["fold"], bool) and 0 <= r["fold"] < folds
+          and _number(r.get("label_quality"), 0, 1) and _number(r.get("ood"), 0, 1)
+          and isinstance(r.get("reason"), str) and len(r["reason"]) <= 500 and isinstance(r.get("quality"), list)
+          and all(isinstance(q, str) and len(q) <= 200 for q in r["quality"]))
+    if not ok:
+        raise CamkitError(f"'{path}' has a malformed image record: {str(r)[:80]}")
+    file = confined(root, r["rel"], f"'{path}' image")
+    return Suspect(file, r["rel"], r["label"], r["pred"], float(r["prob"]), float(r["loss"]), r["reason"],
+                   float(r["score"]), r["fold"], float(r["label_quality"]), float(r["ood"]), tuple(r["quality"]))
+
+
+def read_ranking(run: str | Path, root: Path, classes: list[str]) -> SavedRanking | None:
+    """RUN/clean_ranking.json for the data root `root`: None when there is none or when it
+    ranked another data folder; the images no longer at their ranked path (moved by an apply,
+    removed) dropped. A file camkit did not write is refused in one sentence (parsed with
+    parse_json, every field checked, every path confined to `root`)."""
+    path = Path(run) / RANKING
+    if not path.is_file():
+        return None
+    try:
+        doc = parse_json(read_text(path, "a saved ranking"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CamkitError(f"'{path}' is not a readable saved ranking ({type(e).__name__})") from None
+    if not (isinstance(doc, dict) and doc.get("format") == f"camkit-clean-ranking/{RANKING_VERSION}"
+            and isinstance(doc.get("data_root"), str) and isinstance(doc.get("images"), list)
+            and doc.get("split") in [s.value for s in CleanSplit] and isinstance(doc.get("date"), str)):
+        raise CamkitError(f"'{path}' is not a camkit saved ranking ({RANKING_VERSION})")
+    if "\x00" in doc["data_root"] or Path(doc["data_root"]).resolve() != Path(root).resolve():
+        return None
+    estimate = _saved_estimate(doc, path)
+    suspects = [_saved_suspect(r, Path(root), classes, estimate.folds, path) for r in doc["images"]]
+    kept = Ranking(s for s in suspects if s.image.is_file())
+    kept.estimate = estimate
+    return SavedRanking(kept, len(suspects) - len(kept), doc["split"], doc["date"][:40])
 
 
 # ---------------------------------------------------------------- decisions
@@ -666,11 +767,12 @@ def _row(i: int, s: Suspect, uris: tuple[str, str], classes: list[str]) -> str:
     return (f"<tr data-rel='{e(s.rel)}'><td><img src='{uris[0]}' alt='original'></td>"
             f"<td><img src='{uris[1]}' alt='CAM overlay'></td><td class='rel'>{e(s.rel)}</td>"
             f"<td>{e(s.label)}</td><td>{e(s.pred)}</td><td>{s.prob:.1%}</td><td>{s.loss:.3f}</td>"
-            f"<td>{e(_why(s))}</td><td>{controls}</td></tr>")
+            f"<td>{e(evidence(s))}</td><td>{controls}</td></tr>")
 
 
-def _why(s: Suspect) -> str:
-    """The reason cell: the reasons, the quality findings, and the out-of-sample scores."""
+def evidence(s: Suspect) -> str:
+    """The reason cell (the page, the app): the reasons, the quality findings, and the
+    out-of-sample scores."""
     scores = [] if s.fold is None else [f"held out in fold {s.fold}: label quality {s.label_quality:.3f}, OOD {s.ood:.3f}"]
     return "; ".join(filter(None, [s.reason, *s.quality, *scores])) or "-"
 

@@ -149,6 +149,12 @@ def test_folds_json_starts_with_the_estimate(cli, noisy_colour):
     first, *lines = [json.loads(line) for line in out.splitlines()]
     assert set(first["estimate"]) >= {"to_review", "mislabelled", "off_topic", "folds"} and first["estimate"]["folds"] == 2
     assert len(lines) == 48 and all({"fold", "label_quality", "ood"} <= set(r) for r in lines)
+    from camkit.clean import RANKING, read_ranking
+
+    saved = read_ranking(run, root, ["blue", "red"])              # saved for the app's Clean tab, in the same order
+    (run / RANKING).unlink()                                      # the module's run stays as the fixture made it
+    assert [str(s.image.resolve()) for s in saved.ranking] == [r["image"] for r in lines]
+    assert saved.ranking.estimate.to_review == first["estimate"]["to_review"] and saved.dropped == 0
 
 
 def test_page_shows_the_estimate_and_the_out_of_sample_scores():
@@ -174,6 +180,80 @@ def test_folds_that_do_not_beat_the_larger_class_say_the_ranking_is_weak(accurac
     assert ranking.estimate.weak is weak
     assert ("out-of-sample accuracy 64% is not 15 points above always answering the larger class (50%)"
             in summary_line(ranking)) is weak
+
+
+# ---------------------------------------------------------------- the saved out-of-sample ranking
+
+def saved_ranking(root, rels, accuracy=0.9):
+    """A Ranking as `rank(..., folds=3)` returns it, built directly (no fold training), of the
+    files `rels` under `root`, most suspicious first."""
+    from camkit.clean import Estimate, Ranking, Suspect
+
+    ranking = Ranking(Suspect(root / rel, rel, rel.split("/")[0], "b", 0.9 - 0.1 * i, 2.3 - i / 4, "mislabelled?",
+                              0.9 - 0.2 * i, fold=i % 3, label_quality=0.1 + 0.2 * i, ood=0.7,
+                              quality=("tiny content",) if i == 1 else ())
+                      for i, rel in enumerate(rels))
+    ranking.estimate = Estimate(2, 1, 1, 3, 4, 61.5, accuracy=accuracy, baseline=0.5)
+    return ranking
+
+
+def test_a_saved_ranking_reads_back_for_its_data_root_without_the_files_moved_since(tmp_path):
+    from camkit.clean import RANKING, read_ranking, save_ranking
+
+    root, run = tmp_path / "data", tmp_path / "run"
+    rels = ["a/3.png", "b/1.png", "a/2.png"]
+    for rel in rels:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    run.mkdir()
+    ranking = saved_ranking(root, rels)
+    assert save_ranking(ranking, run, root) == run / RANKING
+    doc = json.loads((run / RANKING).read_text())
+    assert doc["data_root"] == str(root.resolve()) and doc["folds"] == 3 and doc["estimate"]["to_review"] == 2
+    assert doc["images"][1] == {"rel": "b/1.png", "label": "b", "pred": "b", "prob": 0.8, "loss": 2.05, "score": 0.7,
+                                "fold": 1, "label_quality": 0.1 + 0.2, "ood": 0.7, "reason": "mislabelled?",
+                                "quality": ["tiny content"]}
+    saved = read_ranking(run, root, ["a", "b"])
+    assert [s.__dict__ for s in saved.ranking] == [s.__dict__ for s in ranking]   # every field, in order
+    assert saved.ranking.estimate == ranking.estimate and saved.dropped == 0 and saved.split == "all"
+    (root / "a/2.png").rename(root / "b/2.png")                                    # relabelled since
+    (root / "b/1.png").unlink()
+    saved = read_ranking(run, root, ["a", "b"])
+    assert [s.rel for s in saved.ranking] == ["a/3.png"] and saved.dropped == 2
+    assert read_ranking(run, tmp_path / "elsewhere", ["a", "b"]) is None            # another data folder
+    assert read_ranking(tmp_path, root, ["a", "b"]) is None                         # none saved
+
+
+def test_only_an_out_of_sample_ranking_is_saved(tmp_path):
+    from camkit.clean import Ranking, save_ranking
+
+    with pytest.raises(CamkitError, match="only an out-of-sample ranking"):
+        save_ranking(Ranking(), tmp_path, tmp_path)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["images"][0].update(rel="a/../../outside.png"), "leaves its folder"),
+    (lambda d: d["images"][0].update(rel="b/3.png"), "malformed image record"),     # label is not its folder
+    (lambda d: d["images"][0].update(prob=float("nan")), "malformed image record"),
+    (lambda d: d["images"][0].update(fold=3), "malformed image record"),            # only folds 0..2
+    (lambda d: d["images"][0].update(pred="__import__('os')"), "malformed image record"),
+    (lambda d: d["estimate"].update(to_review=-1), "malformed estimate"),
+    (lambda d: d.update(format="pickle"), "not a camkit saved ranking"),
+    (lambda d: d.update(images=json.loads("[" * 100 + "]" * 100)), "not a readable saved ranking"),   # too deep
+])
+def test_a_tampered_saved_ranking_is_refused_in_one_sentence(tmp_path, change, message):
+    from camkit.clean import RANKING, read_ranking, save_ranking
+
+    root, run = tmp_path / "data", tmp_path / "run"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "3.png").write_bytes(b"x")
+    run.mkdir()
+    save_ranking(saved_ranking(root, ["a/3.png"]), run, root)
+    doc = json.loads((run / RANKING).read_text())
+    change(doc)
+    (run / RANKING).write_text(json.dumps(doc))
+    with pytest.raises(CamkitError, match=message):
+        read_ranking(run, root, ["a", "b"])
 
 
 def test_near_duplicates_across_classes_are_flagged(tiny_run, data):

@@ -367,6 +367,7 @@ def clean(
             return  # under torchrun / accelerate launch, rank 0 writes the page and reports
         if page is not None:
             page = clean_mod.write_page(suspects, run_dir, page, top, data)
+        saved = _save_ranking(clean_mod, suspects, run_dir, data, split.value)
     if as_json:
         if suspects.estimate is not None:
             print(json.dumps(suspects.estimate.record()))
@@ -376,7 +377,21 @@ def clean(
     for s in suspects[:10]:
         why = "; ".join(filter(None, [s.reason, *s.quality]))
         print(f"{s.loss:7.3f}  {s.rel}: label {s.label}, predicted {s.pred} ({s.prob:.1%}) {why}")
-    print(f"{len(suspects)} images ranked; {clean_mod.summary_line(suspects)}review page: {page}")
+    print(f"{len(suspects)} images ranked; {clean_mod.summary_line(suspects)}review page: {page}"
+          + (f"; out-of-sample ranking saved for the app's Clean tab: {saved}" if saved else ""))
+
+
+def _save_ranking(clean_mod, suspects, run_dir: Path, data: Optional[Path], split: str) -> Optional[Path]:
+    """RUN/clean_ranking.json after --folds (None without); a refused write is one warning line,
+    not an error: the page and the printed ranking, minutes of fold training, are already out."""
+    if suspects.estimate is None:
+        return None
+    try:
+        return clean_mod.save_ranking(suspects, run_dir, data, split)
+    except OSError as e:
+        print(f"warning: the ranking was not saved to {run_dir / clean_mod.RANKING} ({e.strerror or e})",
+              file=sys.stderr)
+        return None
 
 
 @app.command("app")
