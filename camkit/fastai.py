@@ -33,11 +33,12 @@ from torch import nn
 from camkit.cam import BaseCAM, cam_linear, make_cam
 from camkit.errors import CamkitError
 from camkit.explain import CamBatch, Decoded, Explanations, explain_batch, resolve_target
+from camkit.history import EpochHistory
 from camkit.images import list_images, open_or_skip, to_rgb
 from camkit.models import build_model
 from camkit.render import Style
 from camkit.spec import ModelSpec
-from camkit.verdict import TrainingVerdict, Verdict, judge, verdict_line
+from camkit.verdict import TrainingVerdict, Verdict, confusion_matrix, judge, verdict_line
 
 IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 
@@ -47,8 +48,6 @@ def _keep_every_epoch() -> None:
     (fastai's Recorder keeps only the last fit, and `get_preds` replaces even that), so
     `export_run` has the whole history whatever was run in between."""
     from fastai.learner import defaults
-
-    from camkit.train import EpochHistory
 
     if EpochHistory not in list(defaults.callbacks):
         defaults.callbacks = [*defaults.callbacks, EpochHistory]
@@ -537,8 +536,6 @@ def _train_counts(learn: Learner) -> list[int] | None:
 def _evaluation(learn: Learner) -> tuple[list[dict], list[dict], list, dict]:
     """History (the last fit's, from fastai's Recorder), held-out predictions with paths
     relative to the data root, confusion matrix and summary."""
-    from camkit.train import confusion_matrix
-
     history = _history(learn)
     with learn.no_bar():
         probs, targets, losses = learn.get_preds(dl=learn.dls.valid.new(shuffle=False, drop_last=False),

@@ -34,11 +34,12 @@ from camkit.distributed import ddp_callback, in_group, joined, launch, local_dev
 from camkit.errors import CamkitError, Interrupted
 from camkit.evidence import get_recipe, load_negatives, recipe_callbacks, recipe_loss, with_recipe
 from camkit.files import refuse_inside_class_folder
+from camkit.history import EpochHistory  # noqa: F401  (re-exported: its old path)
 from camkit.images import open_rgb
 from camkit.models import BuiltModel, build_model
 from camkit.run import MODEL_FORMAT, RunContents, RunInfo, check_out, discard_out, run_summary, save_run
 from camkit.spec import TrainSpec
-from camkit.verdict import Finding, TrainingVerdict, judge, verdict_line
+from camkit.verdict import Finding, TrainingVerdict, confusion_matrix, judge, verdict_line  # noqa: F401
 
 
 @dataclass
@@ -102,32 +103,6 @@ class CPUAutocast(Callback):
 
 class Diverged(CamkitError):
     """The loss became NaN or infinite: the weights are garbage and must not be saved."""
-
-
-class EpochHistory(Callback):
-    """Every epoch of every fit (fine_tune runs two) as one row: epoch, phase (frozen body or
-    all), and the Recorder's losses and metrics. fastai's Recorder keeps only the last fit, and
-    a later `get_preds` or `validate` replaces even that; these rows stay."""
-    order = 60  # after fastai's Recorder, which fills recorder.values at after_epoch
-
-    def __init__(self):
-        self.rows: list[dict] = []
-        self.trained = False
-
-    def after_train(self):
-        self.trained = True  # a fit's training phase ran (get_preds / validate end epochs too)
-
-    def after_epoch(self):
-        if not self.trained:
-            return
-        self.trained = False
-        names = self.learn.recorder.metric_names[1:-1]
-        row = {"epoch": len(self.rows), "phase": "frozen" if self._frozen() else "all"}
-        row.update({n: round(float(v), 6) for n, v in zip(names, self.learn.recorder.values[-1])})
-        self.rows.append(row)
-
-    def _frozen(self) -> bool:
-        return len(self.learn.opt.param_groups) > 1 and self.learn.opt.frozen_idx > 0
 
 
 class EpochLog(EpochHistory):
@@ -472,11 +447,6 @@ def predict(learn: Learner, dl: TensorBatches) -> Predictions:
     as the epochs' validation, so the summary equals the last history row)."""
     probs, targets, losses = learn.get_preds(dl=dl, with_loss=True)
     return Predictions(probs.float().cpu(), targets.cpu(), losses.float().cpu())
-
-
-def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """Rows: actual class, columns: predicted class."""
-    return torch.bincount(targets * n_classes + preds, minlength=n_classes ** 2).view(n_classes, n_classes)
 
 
 def summarize(out: Path, spec: TrainSpec, pretrained: bool, split: Split, device: torch.device, precision: str,

@@ -28,7 +28,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 MARGIN = 0.15            # points above the constant answer a usable model should reach
 EXPLODE = 10.0           # a validation loss this many times its best has exploded
@@ -40,6 +43,12 @@ FEW_VALID = 10
 
 STATUSES = ("ok", "warning", "unusable")
 
+
+def confusion_matrix(preds: Tensor, targets: Tensor, n_classes: int) -> Tensor:
+    """Counts of (actual, predicted) pairs from two integer tensors: rows actual class, columns
+    predicted class; cm[a, p] = #{i : targets[i] = a and preds[i] = p}, one bincount of
+    targets * n_classes + preds. The matrix `judge` reads (as a list)."""
+    return (targets * n_classes + preds).bincount(minlength=n_classes ** 2).view(n_classes, n_classes)
 
 @dataclass(frozen=True)
 class Finding:

@@ -275,7 +275,7 @@ def test_the_verdict_is_returned_in_a_notebook_and_saved_by_export(cam_learner, 
 
 
 def _confusion(learn) -> list[list[int]]:
-    from camkit.train import confusion_matrix
+    from camkit.verdict import confusion_matrix
 
     probs, targets = learn.get_preds()
     return confusion_matrix(probs.argmax(1), targets.long(), len(learn.dls.vocab)).tolist()

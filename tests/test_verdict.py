@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from camkit.verdict import Verdict, judge
+from camkit.verdict import Verdict, confusion_matrix, judge
 
 
 def rows(train: list[float], valid: list[float]) -> list[dict]:
@@ -113,3 +113,16 @@ def test_non_finite_losses_are_ignored_not_trusted():
     history = rows([1.0, math.nan, 0.5], [0.6, math.inf, 0.4])
     v = judge([[14, 2], [1, 11]], CLASSES, history, [64, 48], pretrained=True)
     assert "diverged" not in codes(v)
+
+
+def test_the_confusion_matrix_counts_actual_by_predicted_and_train_still_exports_it():
+    import torch
+
+    import camkit.train
+
+    targets = torch.tensor([0, 0, 0, 1, 1, 2])
+    preds = torch.tensor([0, 1, 0, 1, 2, 2])
+    cm = confusion_matrix(preds, targets, 3).tolist()
+    assert cm == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]  # row: actual, column: predicted; class 3 never seen
+    assert confusion_matrix(torch.tensor([1]), torch.tensor([1]), 3).tolist() == [[0, 0, 0], [0, 1, 0], [0, 0, 0]]
+    assert camkit.train.confusion_matrix is confusion_matrix
