@@ -9,8 +9,9 @@
 The tab "Explain" takes an upload, a pasted image or a webcam shot and shows the class
 probabilities and the CAM overlay, with controls for method, target class, alpha and colormap;
 example images come from the run's own validation set. The tab "Clean" (when the run's
-dataset is on this machine) ranks the dataset with `camkit.clean.rank`, shows the most
-suspicious images with their maps, and saves each keep / delete / relabel decision to a file
+dataset is on this machine) shows the out-of-sample ranking `camkit clean --folds` saved
+(with its estimate of how many to review), else ranks the dataset in sample with
+`camkit.clean.rank`, shows the most suspicious images with their maps, and saves each keep / delete / relabel decision to a file
 as it is made; applying them moves files only, logged and undoable (`camkit.clean`).
 
 Security model: every image that reaches the model (an upload, a pasted `data:` URL, a
@@ -239,21 +240,48 @@ class Cleaner:
 
     def rank(self, shown: int = CLEAN_SHOWN) -> list[Shown]:
         """Rank the dataset; the `shown` most suspicious images with their pictures."""
+        return self.review(shown)[0]
+
+    def review(self, shown: int = CLEAN_SHOWN) -> tuple[list[Shown], str]:
+        """The `shown` most suspicious images with their pictures, and the line said above them:
+        `camkit clean --folds`'s saved out-of-sample ranking (RUN/clean_ranking.json) when it
+        ranked this data folder, its moved or removed images dropped; else the run's own model
+        ranks in sample (training K fold models on a click would take minutes)."""
         from camkit.clean import overlay_pictures, rank
 
+        saved, note = self._saved()
         with self.app.lock:
-            suspects = rank(self.app.loaded, self.root)[:shown]
+            suspects = (saved.ranking if saved else rank(self.app.loaded, self.root))[:shown]
             pictures = overlay_pictures(self.app.loaded, suspects, side=256)
-        return [Shown(s, *p) for s, p in zip(suspects, pictures)]
+        return [Shown(s, *p) for s, p in zip(suspects, pictures)], note
+
+    def _saved(self):
+        """(the saved ranking or None, the line that says which ranking is shown)."""
+        from camkit.clean import RANKING, read_ranking
+        from camkit.folds import DEFAULT_FOLDS
+
+        hint = (f"In-sample ranking by the run's own model, which may have memorised mislabelled images: "
+                f"`camkit clean RUN --folds {DEFAULT_FOLDS}` gives out-of-sample scores and an estimate of how "
+                "many to review.")
+        try:
+            saved = read_ranking(self.app.loaded.path, self.root, self.app.classes)
+        except CamkitError as e:
+            return None, f"{hint} (RUN/{RANKING} was not used: {self.private(str(e))})"
+        if saved is None:
+            return None, hint
+        return saved, saved_note(saved)
 
     def choices(self) -> list[str]:
         return ["keep", "delete", *(f"relabel:{c}" for c in self.app.classes)]
 
     def details(self, item: Shown) -> tuple[Any, Any, str, str]:
         """(original, overlay, description, current decision) of one shown suspect."""
+        from camkit.clean import evidence
+
         s = item.suspect
+        why = evidence(s)
         text = (f"**{s.rel}**: label **{s.label}**, predicted **{s.pred}** ({s.prob:.1%}), loss {s.loss:.3f}"
-                + (f"; {s.reason}" if s.reason else ""))
+                + (f"; {why}" if why != "-" else ""))
         return item.original, item.overlay, text, self.decisions.get(s.rel)
 
     def decide(self, rel: str, action: str) -> str:
@@ -296,6 +324,22 @@ class Cleaner:
             for form in {str(path.resolve()), str(path)}:
                 message = message.replace(form, name)
         return message
+
+
+def saved_note(saved) -> str:
+    """The line above a saved out-of-sample ranking (camkit.clean.SavedRanking): the estimate,
+    the weak-model warning when the fold models do not beat the larger class, and what has
+    changed in the data folder since."""
+    e = saved.ranking.estimate
+    line = (f"About **{e.to_review}** images to review ({e.mislabelled} likely mislabelled, {e.off_topic} "
+            f"off-topic), out-of-sample from {e.folds} folds (`camkit clean --folds`, {saved.date}"
+            + ("" if saved.split == "all" else f", {saved.split} images only") + ").")
+    if saved.dropped:
+        line += (f" {saved.dropped} ranked image(s) moved or removed since are left out; run "
+                 f"`camkit clean RUN --folds {e.folds}` again to rank the folder as it is now.")
+    if e.weak:
+        line += f" **Warning:** {e.warning()}."
+    return line
 
 
 # ---------------------------------------------------------------- the Gradio app
@@ -480,6 +524,7 @@ def _clean_tab(gr, cleaner: Cleaner) -> None:
                 f"Each decision is saved at once to `{DECISIONS}` in that folder; **Apply** moves files "
                 "(never deletes: 'delete' goes to `_rejected/cleaned/`), logged, and **Undo** moves them back.")
     rank_button = gr.Button("Rank the dataset", elem_id="camkit-rank")
+    note = gr.Markdown(elem_id="camkit-ranking-note")   # the estimate (out of sample) or how to get one
     gallery = gr.Gallery(label="most suspicious first (overlay of the predicted class)", columns=6,
                          allow_preview=False, elem_id="camkit-suspects")
     with gr.Row():
@@ -497,8 +542,8 @@ def _clean_tab(gr, cleaner: Cleaner) -> None:
 
     def rank():
         prune_temp(app_temp_dir())
-        items = cleaner.rank()
-        return [(i.overlay, i.caption) for i in items], items, None
+        items, line = cleaner.review()
+        return [(i.overlay, i.caption) for i in items], items, None, line
 
     def pick(items, evt):
         if evt.index is None or not 0 <= evt.index < len(items):
@@ -512,7 +557,7 @@ def _clean_tab(gr, cleaner: Cleaner) -> None:
         return cleaner.decide(rel, action)
 
     private = cleaner.private
-    rank_button.click(_guard(rank, private), None, [gallery, shown, selected], concurrency_limit=1)
+    rank_button.click(_guard(rank, private), None, [gallery, shown, selected, note], concurrency_limit=1)
     gallery.select(_guard(pick, private), shown, [selected, original, drawn, details, decision])
     decision.input(_guard(decide, private), [selected, decision], status)
     apply_button.click(_guard(cleaner.apply, private), None, status, concurrency_limit=1)

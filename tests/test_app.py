@@ -157,6 +157,38 @@ def test_cleaner_reloads_decisions_made_earlier(tiny_run, canvas_dir, tmp_path):
     assert again.details(shown[2])[3] == "delete" and again.details(shown[0])[3] == "keep"
 
 
+def test_cleaner_shows_the_saved_out_of_sample_ranking_with_its_estimate(run_copy, canvas_dir, tmp_path):
+    """`clean --folds` saved a ranking (built here directly: no fold training): the tab shows it
+    in its order with the estimate and the weak-model warning; a file moved since is left out;
+    for another data folder, or a tampered file, the tab ranks in sample and says how to get
+    out-of-sample scores."""
+    from camkit.clean import RANKING, Estimate, Ranking, Suspect, save_ranking
+
+    data = tmp_path / "data"
+    shutil.copytree(canvas_dir, data)
+    rels = ["trouser/0003.png", "bag/0001.png", "bag/0002.png"]
+    ranking = Ranking(Suspect(data / r, r, r.split("/")[0], "bag", 0.8, 1.6, "mislabelled?", 0.9 - i / 10, fold=i,
+                              label_quality=0.2, ood=0.6) for i, r in enumerate(rels))
+    ranking.estimate = Estimate(3, 2, 1, 3, 2, 30.0, accuracy=0.55, baseline=0.5)   # weak: not 15 points above
+    save_ranking(ranking, run_copy, data)
+    cleaner = Cleaner(CamApp(run_copy), data)
+    shown, note = cleaner.review(shown=2)
+    assert [i.suspect.rel for i in shown] == rels[:2] and shown[0].overlay is not None
+    assert "About **3** images to review" in note and "out-of-sample from 3 folds" in note
+    assert "out-of-sample accuracy 55% is not 15 points above" in note
+    assert "held out in fold 0: label quality 0.200, OOD 0.600" in cleaner.details(shown[0])[2]
+    (data / rels[0]).rename(data / "bag" / "moved.png")                           # relabelled since the ranking
+    shown, note = cleaner.review(shown=5)
+    assert [i.suspect.rel for i in shown] == rels[1:] and "1 ranked image(s) moved or removed" in note
+    for other in (Cleaner(CamApp(run_copy), canvas_dir), None):                  # another data root; tampered
+        if other is None:
+            (run_copy / RANKING).write_text(json.dumps({"format": "camkit-clean-ranking/1", "data_root": str(data)}))
+            other = cleaner
+        shown, note = other.review(shown=2)
+        assert "In-sample ranking" in note and "camkit clean RUN --folds 3" in note and "About" not in note
+        assert len(shown) == 2 and shown[0].suspect.fold is None and str(tmp_path) not in note
+
+
 @pytest.mark.parametrize("rel", ["../outside.png", "/etc/hostname", "bag/no-such.png"])
 def test_cleaner_decides_only_for_files_inside_the_data_folder(camapp, served_data, rel):
     (served_data.parent / "outside.png").write_bytes((served_data / "bag" / "0000.png").read_bytes())
