@@ -114,6 +114,22 @@ def test_folds_score_each_image_with_a_model_that_never_saw_it(noisy_colour, mon
     assert np.allclose(scores.probs.sum(1), 1) and ((scores.ood > 0) & (scores.ood <= 1)).all()
 
 
+def known_scores(root):
+    """Out-of-sample scores as right fold models would give them on the noisy colour set: 0.9
+    for the class of an image's colour, image 5 an outlier to its fold model, 3 folds."""
+    import camkit.folds as folds_mod
+    from camkit.data import scan_class_folders
+
+    classes, per_class = scan_class_folders(root)
+    files = [f for fs in per_class for f in fs]
+    labels = np.array([k for k, fs in enumerate(per_class) for _ in fs])
+    colour = np.array([1 - y if f.name.startswith("x") else y for f, y in zip(files, labels)])
+    probs = np.where(np.arange(2)[None, :] == colour[:, None], 0.9, 0.1)
+    ood = np.full(len(files), 0.8)
+    ood[5] = 1e-6
+    return folds_mod.FoldScores(files, labels, probs, ood, np.arange(len(files)) % 3, classes, 3, 2, 1.0)
+
+
 def test_cleanlab_ranks_and_counts_the_flips_from_out_of_sample_probabilities(noisy_colour, monkeypatch):
     """The cleanlab side of --folds on known probabilities (the folds themselves are tested
     above): fold models that are right on the colours, so each swapped image gets 0.9 for the
@@ -122,15 +138,8 @@ def test_cleanlab_ranks_and_counts_the_flips_from_out_of_sample_probabilities(no
     from camkit.data import scan_class_folders
 
     root, run, injected = noisy_colour
-    classes, per_class = scan_class_folders(root)
-    files = [f for fs in per_class for f in fs]
-    labels = np.array([k for k, fs in enumerate(per_class) for _ in fs])
-    colour = np.array([1 - y if f.name.startswith("x") else y for f, y in zip(files, labels)])
-    probs = np.where(np.arange(2)[None, :] == colour[:, None], 0.9, 0.1)
-    ood = np.full(len(files), 0.8)
-    ood[5] = 1e-6
-    fold = np.arange(len(files)) % 3
-    scores = folds_mod.FoldScores(files, labels, probs, ood, fold, classes, 3, 2, 1.0)
+    scores = known_scores(root)
+    files = scores.files
     monkeypatch.setattr(folds_mod, "out_of_sample", lambda *a, **k: scores)
     suspects = rank(run, data=root, folds=3)
     estimate = suspects.estimate
@@ -155,6 +164,30 @@ def test_folds_json_starts_with_the_estimate(cli, noisy_colour):
     (run / RANKING).unlink()                                      # the module's run stays as the fixture made it
     assert [str(s.image.resolve()) for s in saved.ranking] == [r["image"] for r in lines]
     assert saved.ranking.estimate.to_review == first["estimate"]["to_review"] and saved.dropped == 0
+
+
+def test_cli_folds_saves_the_ranking_and_a_refused_save_is_one_warning(cli, noisy_colour, tmp_path, monkeypatch):
+    """The CLI's saving on known out-of-sample scores (no fold training): saved beside the run
+    and said; a refused write after the folds is a warning line, and the command still succeeds."""
+    import camkit.clean as clean_mod
+    import camkit.folds as folds_mod
+
+    root, colour, injected = noisy_colour
+    run = shutil.copytree(colour, tmp_path / "run")
+    monkeypatch.setattr(folds_mod, "out_of_sample", lambda *a, **k: known_scores(root))
+    code, out, err = cli("clean", run, "--data", root, "--folds", "3", "--top", "1", "--out", tmp_path / "p.html")
+    assert code == 0, err
+    assert f"out-of-sample ranking saved for the app's Clean tab: {run / clean_mod.RANKING}" in out
+    saved = clean_mod.read_ranking(run, root, ["blue", "red"])
+    assert len(saved.ranking) == 48 and {s.rel for s in saved.ranking[:7]} >= injected
+    assert saved.ranking.estimate.to_review == 7 and saved.ranking[0].fold is not None
+
+    def refused(*args):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(clean_mod, "save_ranking", refused)
+    code, out, err = cli("clean", run, "--data", root, "--folds", "3", "--top", "1", "--out", tmp_path / "p.html")
+    assert code == 0 and "warning: the ranking was not saved to" in err and "Permission denied" in err, err
+    assert "saved for the app" not in out
 
 
 def test_page_shows_the_estimate_and_the_out_of_sample_scores():
