@@ -34,11 +34,12 @@ from pathlib import Path
 import numpy as np
 
 from camkit.choices import CleanSplit
-from camkit.crawl import MANIFEST, PHASH_THRESHOLD, phash
+from camkit.crawl.ledger import note_move
+from camkit.crawl.verify import PHASH_THRESHOLD, phash
 from camkit.data import scan_class_folders
 from camkit.distributed import gather, in_group, shard
 from camkit.errors import CamkitError
-from camkit.files import confined, free_name, move_aside, parse_json, read_text, real_folder
+from camkit.files import append_json_line, confined, free_name, move_aside, parse_json, read_text, real_folder
 from camkit.images import REJECTED, is_dataset_image
 from camkit.predict import iter_scores
 from camkit.quality import findings, leaks, measure, twin_elsewhere
@@ -544,31 +545,16 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _append(path: Path, record: dict) -> None:
-    """One JSON line appended, flushed and fsynced: a move's intent must be on disk before the
-    rename it announces. A last line cut by a crash is ended first, so this one stays whole."""
-    with open(path, "a+b") as f:
-        if f.seek(0, os.SEEK_END):
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                f.write(b"\n")
-        f.write(json.dumps(record).encode() + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _manifest_status(action: str) -> str:
     return {"delete": "cleaned", "undo": "restored"}.get(action, "relabelled")
 
 
 def _finish(root: Path, record: dict) -> dict:
-    """A move that has happened: told to the crawl manifest (when there is one), then marked
-    done in the log. Returns the done record."""
-    if (root / MANIFEST).is_file():
-        _append(root / MANIFEST, {"status": _manifest_status(record["action"]), "file": record["to"],
-                                  "moved_from": record["from"], "time": record["time"]})
+    """A move that has happened: told to the crawl manifest (when there is one; the ledger writes
+    it), then marked done in the log. Returns the done record."""
+    note_move(root, _manifest_status(record["action"]), record["to"], record["from"], record["time"])
     done = {**record, "state": DONE}
-    _append(root / CLEAN_LOG, done)
+    append_json_line(root / CLEAN_LOG, done)
     return done
 
 
@@ -580,7 +566,7 @@ def _logged_move(root: Path, entry: dict, dest: Path) -> dict:
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         record = {**entry, "to": free_name(dest).relative_to(root).as_posix(), "time": _now()}
-        _append(root / CLEAN_LOG, {**record, "state": PENDING})
+        append_json_line(root / CLEAN_LOG, {**record, "state": PENDING})
         os.replace(root / record["from"], root / record["to"])
     except OSError as e:
         raise CamkitError(f"cannot move '{root / entry['from']}' to '{dest}' ({e.strerror or e}); the moves "
@@ -650,7 +636,7 @@ def reconcile(root: Path) -> list[dict]:
             if os.path.lexists(root / rec["to"]):
                 _finish(root, rec)
             else:
-                _append(root / CLEAN_LOG, {**rec, "state": VOID})
+                append_json_line(root / CLEAN_LOG, {**rec, "state": VOID})
     return read_log(root)
 
 

@@ -145,6 +145,19 @@ def atomic_write(path: str | Path, content: bytes | str | Callable[[Path], objec
     return path
 
 
+def append_json_line(path: str | Path, record: dict) -> None:
+    """One JSON line appended, flushed and fsynced: a move's intent must be on disk before the
+    rename it announces. A last line cut by a crash is ended first, so this one stays whole."""
+    with open(path, "a+b") as f:
+        if f.seek(0, os.SEEK_END):
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+        f.write(json.dumps(record).encode() + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def confined(root: str | Path, relative: object, what: str = "path") -> Path:
     """`root / relative`, refused with a CamkitError unless it stays inside `root`.
 

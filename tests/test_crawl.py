@@ -268,3 +268,18 @@ def test_verify_moves_rejects_aside_and_never_deletes(tmp_path):
     assert {p.name for p in (root / "dogs").iterdir()} == {"c.jpg"}
     after = {p.name for p in root.rglob("*") if p.is_file()} - {"verify.jsonl"}
     assert after == before
+
+
+def test_the_ledger_notes_a_later_move_in_its_own_manifest_and_creates_none(tmp_path):
+    """camkit clean tells the crawl's manifest of its moves through the ledger, which owns the format."""
+    from camkit.crawl.ledger import MANIFEST, note_move, read_manifest
+
+    assert note_move(tmp_path, "cleaned", "_rejected/cat/001.jpg", "cat/001.jpg", "t0") is False
+    assert not (tmp_path / MANIFEST).exists()  # a folder no crawl made gains no manifest
+    (tmp_path / MANIFEST).write_text('{"status": "ok", "file": "cat/001.jpg", "sha256": "ab", "phash": "0f"}\n{"cut')
+    assert note_move(tmp_path, "relabelled", "dog/001.jpg", "cat/001.jpg", "t1") is True
+    records = read_manifest(tmp_path)  # the cut line is mended, not glued to the new record
+    assert records[-1] == {"status": "relabelled", "file": "dog/001.jpg", "moved_from": "cat/001.jpg", "time": "t1"}
+    assert len(records) == 2 and (tmp_path / MANIFEST).read_text().count("\n") == 3
+    with pytest.raises(ValueError, match="one of cleaned, relabelled, restored, not 'deleted'"):
+        note_move(tmp_path, "deleted", "x.jpg", "cat/x.jpg", "t2")

@@ -14,10 +14,11 @@ from typing import TextIO
 
 from camkit.crawl.verify import PHASH_THRESHOLD, HashIndex, Verified
 from camkit.errors import CamkitError
-from camkit.files import atomic_write, confined, move_aside, parse_json, read_text
+from camkit.files import append_json_line, atomic_write, confined, move_aside, parse_json, read_text
 from camkit.images import IMAGE_SUFFIXES, REJECTED
 
 MANIFEST = "manifest.jsonl"
+MOVE_STATUSES = ("cleaned", "relabelled", "restored")  # a file moved after the crawl (camkit clean)
 CREDIT_FIELDS = ("source_page", "license", "license_url", "creator", "attribution")
 
 
@@ -78,6 +79,21 @@ def _check_record(out: Path, rec: dict) -> None:
     if uses_hashes and not (isinstance(sha, str) and isinstance(ph, str) and re.fullmatch(r"[0-9a-f]{1,16}", ph)):
         raise CamkitError(f"entry for '{rec.get('file')}' has a missing or malformed sha256 or phash")
 
+
+
+def note_move(out: str | Path, status: str, file: str, moved_from: str, time: str) -> bool:
+    """Tell the manifest of the crawl folder `out` that one of its files moved after the crawl
+    (`status` one of MOVE_STATUSES; `file` and `moved_from` relative to `out`), durably (fsynced,
+    a line cut by a crash mended first). A folder no crawl made has no manifest: nothing is
+    created and False is returned. The ledger owns the manifest's format; `camkit clean` calls
+    this rather than writing the lines itself."""
+    if status not in MOVE_STATUSES:
+        raise ValueError(f"manifest move status must be one of {', '.join(MOVE_STATUSES)}, not {status!r}")
+    path = Path(out) / MANIFEST
+    if not path.is_file():
+        return False
+    append_json_line(path, {"status": status, "file": file, "moved_from": moved_from, "time": time})
+    return True
 
 class Ledger:
     """Everything the downloader threads share, behind one lock: the manifest, the URLs already

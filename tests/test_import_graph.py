@@ -1,0 +1,48 @@
+"""scripts/import_graph.py on camkit itself: the seams issue 27 cut stay cut."""
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _graph():
+    spec = importlib.util.spec_from_file_location("import_graph", ROOT / "scripts" / "import_graph.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    edges, local = mod.graph(mod.modules())
+    return mod, edges, local
+
+
+def _reach(edges: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for w in edges[todo.pop()] - seen:
+            seen.add(w)
+            todo.append(w)
+    return seen
+
+
+def test_the_graph_sees_module_and_function_level_imports():
+    mod, edges, local = _graph()
+    assert {"camkit.errors", "camkit.run"} <= edges["camkit.explain"]        # module level
+    assert ("camkit.explain", "camkit.engine") in {(a, b) for a, b, _ in local}  # inside _engine
+    assert mod.strong_components({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
+
+
+def test_explain_and_the_notebook_layer_form_no_circle_and_fastai_does_not_reach_train():
+    _, edges, _ = _graph()
+    assert "camkit.fastai" not in _reach(edges, "camkit.explain")
+    assert "camkit.train" not in _reach(edges, "camkit.fastai")
+
+
+def test_clean_reaches_only_the_ledger_and_hashing_of_the_crawl_and_never_icrawler():
+    _, edges, _ = _graph()
+    assert {m for m in edges["camkit.clean"] if m.startswith("camkit.crawl")} == {"camkit.crawl.ledger",
+                                                                                  "camkit.crawl.verify"}
+    code = "import sys, camkit.clean; print('icrawler' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
