@@ -171,7 +171,8 @@ def test_cleaner_shows_the_saved_out_of_sample_ranking_with_its_estimate(run_cop
                               label_quality=0.2, ood=0.6) for i, r in enumerate(rels))
     ranking.estimate = Estimate(3, 2, 1, 3, 2, 30.0, accuracy=0.55, baseline=0.5)   # weak: not 15 points above
     save_ranking(ranking, run_copy, data)
-    cleaner = Cleaner(CamApp(run_copy), data)
+    app = CamApp(run_copy)
+    cleaner = Cleaner(app, data)
     shown, note = cleaner.review(shown=2)
     assert [i.suspect.rel for i in shown] == rels[:2] and shown[0].overlay is not None
     assert "About **3** images to review" in note and "out-of-sample from 3 folds" in note
@@ -180,13 +181,12 @@ def test_cleaner_shows_the_saved_out_of_sample_ranking_with_its_estimate(run_cop
     (data / rels[0]).rename(data / "bag" / "moved.png")                           # relabelled since the ranking
     shown, note = cleaner.review(shown=5)
     assert [i.suspect.rel for i in shown] == rels[1:] and "1 ranked image(s) moved or removed" in note
-    for other in (Cleaner(CamApp(run_copy), canvas_dir), None):                  # another data root; tampered
-        if other is None:
-            (run_copy / RANKING).write_text(json.dumps({"format": "camkit-clean-ranking/1", "data_root": str(data)}))
-            other = cleaner
-        shown, note = other.review(shown=2)
-        assert "In-sample ranking" in note and "camkit clean RUN --folds 3" in note and "About" not in note
-        assert len(shown) == 2 and shown[0].suspect.fold is None and str(tmp_path) not in note
+    assert Cleaner(app, canvas_dir)._saved()[0] is None                          # another data root: not used
+    (run_copy / RANKING).write_text(json.dumps({"format": "camkit-clean-ranking/1", "data_root": str(data)}))
+    shown, note = cleaner.review(shown=2)                                         # tampered: in sample, said
+    assert "In-sample ranking" in note and "camkit clean RUN --folds 3" in note and "About" not in note
+    assert "RUN/clean_ranking.json was not used" in note and str(tmp_path) not in note
+    assert len(shown) == 2 and shown[0].suspect.fold is None
 
 
 @pytest.mark.parametrize("rel", ["../outside.png", "/etc/hostname", "bag/no-such.png"])
