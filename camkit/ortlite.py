@@ -211,18 +211,3 @@ def launch(folder: str | Path, port: int = 7860, host: str = "127.0.0.1", exampl
     from camkit.app import launch as app_launch
 
     return app_launch(LiteApp(folder), port=port, host=host, examples=examples, block=block, **options)
-
-
-def serve_run(run: str | Path, port: int = 7860, host: str = "127.0.0.1", **options: Any) -> None:
-    """`camkit app RUN --engine onnx`: the run exported now (checked against torch) into a
-    temporary folder and served as the light Space serves it, with the run's held-out images
-    as examples; the folder is removed when the app stops."""
-    import tempfile
-
-    from camkit.app import held_out_examples
-    from camkit.app import launch as app_launch
-    from camkit.space import write_lite_model
-
-    with tempfile.TemporaryDirectory(prefix="camkit-lite-") as tmp:
-        app = LiteApp(write_lite_model(run, Path(tmp) / "model"), examples=held_out_examples(run))
-        app_launch(app, port=port, host=host, block=True, **options)

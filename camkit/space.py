@@ -27,7 +27,7 @@ import tempfile
 from fnmatch import fnmatch
 from importlib import metadata, resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from camkit.errors import CamkitError
 from camkit.files import TMP_PREFIX, WRITE_ERRNOS, ensure_writable_dir, os_error_line, refuse_inside_class_folder
@@ -98,6 +98,20 @@ def write_lite_model(run: str | Path, dest: Path) -> Path:
     graph = export_onnx(run, dest / GRAPH).path
     (dest / EXPLAINER).write_text(json.dumps(explainer_config(run, read_sidecar(graph))), encoding="utf-8")
     return dest
+
+
+def serve_run(run: str | Path, port: int = 7860, host: str = "127.0.0.1", **options: Any) -> None:
+    """`camkit app RUN --engine onnx`: the run exported now (checked against torch) into a
+    temporary folder and served as the light Space serves it, with the run's held-out images
+    as examples; the folder is removed when the app stops (here, not in camkit.ortlite, which
+    the light Space imports without torch and which this module already builds on)."""
+    from camkit.app import held_out_examples
+    from camkit.app import launch as app_launch
+    from camkit.ortlite import LiteApp
+
+    with tempfile.TemporaryDirectory(prefix="camkit-lite-") as tmp:
+        app = LiteApp(write_lite_model(run, Path(tmp) / "model"), examples=held_out_examples(run))
+        app_launch(app, port=port, host=host, block=True, **options)
 
 
 def requirements() -> list[str]:

@@ -110,3 +110,26 @@ def test_lite_app_refuses_a_method_the_graph_cannot_give(apps, light):
 
     with pytest.raises(CamkitError, match="method 'gradcam' is not available for this run; choose from cam"):
         apps[0].explain(light / "examples" / "example-0.png", "gradcam")
+
+
+def test_app_engine_onnx_serves_the_runs_graph_as_the_light_space_does(tiny_run, monkeypatch):
+    """`camkit app RUN --engine onnx` (camkit.space.serve_run): a LiteApp over a graph exported now,
+    with the run's held-out images as examples, handed to camkit.app's launch; nothing left behind."""
+    from typer.testing import CliRunner
+
+    import camkit.app
+    from camkit.cli import app
+
+    served = {}
+
+    def launch(lite, port, host, block, **options):
+        folder = lite.loaded.path
+        served.update(app=lite, folder=folder, examples=lite.examples(), host=host, port=port, block=block)
+        served["files"] = sorted(p.name for p in folder.iterdir())
+
+    monkeypatch.setattr(camkit.app, "launch", launch)
+    result = CliRunner().invoke(app, ["app", str(tiny_run), "--engine", "onnx", "--port", "7861"])
+    assert result.exit_code == 0, result.stderr
+    assert isinstance(served["app"], LiteApp) and served["host"] == "127.0.0.1" and served["port"] == 7861
+    assert {"model.onnx", "explainer.json"} <= set(served["files"]) and served["block"] is True
+    assert served["examples"] and not served["folder"].exists()  # the temporary export is removed

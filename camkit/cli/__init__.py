@@ -423,7 +423,7 @@ def app_command(
         return
     if engine == CamEngine.onnx:   # the light app on this machine: exact CAM on onnxruntime, no Clean tab
         from camkit.app import check_host, read_auth, require_gradio
-        from camkit.ortlite import serve_run
+        from camkit.space import serve_run
 
         require_gradio()
         check_host(host, port)
