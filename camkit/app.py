@@ -246,13 +246,18 @@ class Cleaner:
         """The `shown` most suspicious images with their pictures, and the line said above them:
         `camkit clean --folds`'s saved out-of-sample ranking (RUN/clean_ranking.json) when it
         ranked this data folder, its moved or removed images dropped; else the run's own model
-        ranks in sample (training K fold models on a click would take minutes)."""
+        ranks in sample (training K fold models on a click would take minutes). The line also
+        counts the images with an image-quality or leakage finding (camkit.quality)."""
         from camkit.clean import overlay_pictures, rank
 
         saved, note = self._saved()
         with self.app.lock:
-            suspects = (saved.ranking if saved else rank(self.app.loaded, self.root))[:shown]
+            ranking = saved.ranking if saved else rank(self.app.loaded, self.root)
+            suspects = ranking[:shown]
             pictures = overlay_pictures(self.app.loaded, suspects, side=256)
+        flagged = sum(bool(s.quality) for s in ranking)
+        if flagged:
+            note += f" {flagged} image(s) with an image-quality or leakage finding."
         return [Shown(s, *p) for s, p in zip(suspects, pictures)], note
 
     def _saved(self):

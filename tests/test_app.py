@@ -168,7 +168,7 @@ def test_cleaner_shows_the_saved_out_of_sample_ranking_with_its_estimate(run_cop
     shutil.copytree(canvas_dir, data)
     rels = ["trouser/0003.png", "bag/0001.png", "bag/0002.png"]
     ranking = Ranking(Suspect(data / r, r, r.split("/")[0], "bag", 0.8, 1.6, "mislabelled?", 0.9 - i / 10, fold=i,
-                              label_quality=0.2, ood=0.6) for i, r in enumerate(rels))
+                              label_quality=0.2, ood=0.6, quality=("blank",) if i else ()) for i, r in enumerate(rels))
     ranking.estimate = Estimate(3, 2, 1, 3, 2, 30.0, accuracy=0.55, baseline=0.5)   # weak: not 15 points above
     save_ranking(ranking, run_copy, data)
     app = CamApp(run_copy)
@@ -177,10 +177,12 @@ def test_cleaner_shows_the_saved_out_of_sample_ranking_with_its_estimate(run_cop
     assert [i.suspect.rel for i in shown] == rels[:2] and shown[0].overlay is not None
     assert "About **3** images to review" in note and "out-of-sample from 3 folds" in note
     assert "out-of-sample accuracy 55% is not 15 points above" in note
+    assert "2 image(s) with an image-quality or leakage finding" in note
     assert "held out in fold 0: label quality 0.200, OOD 0.600" in cleaner.details(shown[0])[2]
     (data / rels[0]).rename(data / "bag" / "moved.png")                           # relabelled since the ranking
     shown, note = cleaner.review(shown=5)
     assert [i.suspect.rel for i in shown] == rels[1:] and "1 ranked image(s) moved or removed" in note
+    assert "blank" in cleaner.details(shown[0])[2]
     assert Cleaner(app, canvas_dir)._saved()[0] is None                          # another data root: not used
     (run_copy / RANKING).write_text(json.dumps({"format": "camkit-clean-ranking/1", "data_root": str(data)}))
     shown, note = cleaner.review(shown=2)                                         # tampered: in sample, said
