@@ -17,6 +17,7 @@ from torch import nn
 
 from camkit.choices import Head
 from camkit.errors import CamkitError
+from camkit.layout import layout_of  # the layout rules CAM uses for any layer
 from camkit.spec import ModelSpec
 
 
@@ -132,8 +133,6 @@ class TimmGrid(nn.Module):
         self.kind: str | None = None    # the layout seen at the probe: nchw, nhwc or tokens
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from camkit.cam.layers import layout_of  # the layout rules CAM uses for any layer
-
         features = self.model.forward_features(x)
         layout = layout_of(features.shape, tuple(x.shape[-2:]), self.prefix)
         if layout is None and self.kind == "nchw" and features.dim() == 4:

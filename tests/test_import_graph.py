@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -47,3 +49,21 @@ def test_clean_reaches_only_the_ledger_and_hashing_of_the_crawl_and_never_icrawl
     code = "import sys, camkit.clean; print('icrawler' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_building_and_loading_a_model_does_not_reach_the_cam_package():
+    _, edges, _ = _graph()
+    for start in ("camkit.models", "camkit.run"):
+        assert not {m for m in _reach(edges, start) if m.startswith("camkit.cam")}, start
+    assert "camkit.layout" in edges["camkit.models"] and "camkit.layout" in edges["camkit.cam.layers"]
+
+
+def test_a_timm_model_with_the_cam_head_runs_without_the_cam_package():
+    """The CAM head over a ViT's tokens reads camkit.layout, not camkit.cam (it did before)."""
+    pytest.importorskip("timm")
+    code = ("import sys, torch; from camkit.models import build_model; "
+            "m = build_model('vit_tiny_patch16_224', 2, 'cam', pretrained=False).model.eval(); "
+            "y = m(torch.zeros(1, 3, 224, 224)); "
+            "print(tuple(y.shape) == (1, 2), any(k == 'camkit.cam' or k.startswith('camkit.cam.') for k in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "False"]
