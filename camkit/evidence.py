@@ -40,6 +40,7 @@ from camkit.choices import Recipe, value
 from camkit.data import IMAGENET_STATS, Normalizer
 from camkit.errors import CamkitError
 from camkit.geometry import Grid, grid_for, probe, upsample
+from camkit.layout import cam_linear
 
 
 @dataclass(frozen=True)
@@ -271,8 +272,6 @@ class Counterfactuals(Callback):
         self.grids: dict[tuple[int, int], Grid] = {}
 
     def before_fit(self):
-        from camkit.cam.layers import cam_linear
-
         model = getattr(self.learn.model, "module", self.learn.model)  # DDP wraps it
         self.fc = cam_linear(model)
         if self.fc is None:
