@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from camkit.errors import CamkitError
+from camkit.files import refuse_inside_class_folder
 
 DEMO_CLASSES = ("trouser", "bag")
 DEMO_MARKER = ".camkit-demo"
@@ -58,6 +59,7 @@ def demo(out: str | Path = "demo", classes: tuple[str, ...] = DEMO_CLASSES, n_pe
     from camkit.verdict import Verdict
 
     out = Path(out)
+    refuse_inside_class_folder(out)   # its canvases, run and CAM folder would join that class
     images = out / "images"
     if images.exists():
         if not _is_demo_dataset(images, classes):

@@ -843,7 +843,8 @@ def run_on_canvas(run_copy, canvas):
     return run_copy
 
 
-@pytest.mark.parametrize("writer", ["cam --out", "app --export-space", "clean --out", "train --out"])
+@pytest.mark.parametrize("writer", ["cam --out", "app --export-space", "clean --out", "train --out", "crawl --out",
+                                    "demo --out"])
 def test_no_writer_puts_output_inside_a_class_folder(cli, run_on_canvas, canvas, writer):
     """cams.jsonl or model.json in DATA/bag made the next training skip the whole class (a
     warning only), a Space's examples of every class were taken as bags: each is one line, exit
@@ -853,7 +854,11 @@ def test_no_writer_puts_output_inside_a_class_folder(cli, run_on_canvas, canvas,
     args = {"cam --out": ("cam", canvas / "trouser", "--model", run_on_canvas, "--out", target),
             "app --export-space": ("app", run_on_canvas, "--export-space", target),
             "clean --out": ("clean", run_on_canvas, "--top", "2", "--out", target / "clean.html"),
-            "train --out": ("train", canvas.parent / "elsewhere", *TRAIN, "--out", target)}[writer]
+            "train --out": ("train", canvas.parent / "elsewhere", *TRAIN, "--out", target),
+            # refused before any request: the engine's address is never reached
+            "crawl --out": ("crawl", "cats", "--engine", "openverse", "--endpoint", "openverse=http://127.0.0.1:9",
+                            "--out", target),
+            "demo --out": ("demo", "--out", target)}[writer]
     if writer == "train --out":   # another dataset, so that only the class-folder rule can refuse it
         shutil.copytree(canvas, canvas.parent / "elsewhere")
     code, _, err = cli(*args)

@@ -21,7 +21,7 @@ from camkit.crawl.policy import FILE_TIMEOUT_FACTOR, AddressPolicy, FetchPolicy,
 from camkit.crawl.progress import Progress
 from camkit.crawl.verify import PHASH_THRESHOLD
 from camkit.errors import CamkitError
-from camkit.files import ensure_writable_dir
+from camkit.files import ensure_writable_dir, refuse_inside_class_folder
 
 
 @dataclass
@@ -105,6 +105,7 @@ def crawl(keywords: Sequence[str] = (), max_num: int = 100, out: str | Path = "d
     if clash:
         raise CamkitError(f"two keywords map to the same folder '{clash}'; make them distinct")
     out = Path(out)
+    refuse_inside_class_folder(out)   # DATA/bag/cats/*.jpg would become images of bag
     ensure_writable_dir(out, "output folder")
     s = _Settings(Ledger(out, phash_threshold), AddressPolicy(sorted(set(endpoints.values())), allow_private),
                   policy, HostGate(per_host), endpoints, threads, idle_timeout, total_timeout, Progress(not quiet))
