@@ -36,7 +36,8 @@ from camkit.run import export_model, read_info, read_verdict
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
-APP_PY = '''"""A camkit app as a Hugging Face Space (written by `camkit app RUN --export-space`).
+_APP_PY = '''"""A camkit app as a {kind}Hugging Face Space{how} (written by
+`camkit app RUN --export-space DIR{option}`).
 
 `python app.py` serves it on http://127.0.0.1:7860; Spaces set GRADIO_SERVER_NAME=0.0.0.0.
 """
@@ -44,7 +45,7 @@ import os
 import sys
 from pathlib import Path
 
-from camkit.app import launch
+from {module} import launch
 
 HERE = Path(__file__).resolve().parent
 try:
@@ -53,26 +54,10 @@ try:
 except KeyboardInterrupt:   # Ctrl-C: stopped, no traceback, exit 130 as `camkit app`
     sys.exit(130)
 '''
-
-
-LITE_APP_PY = '''"""A camkit app as a light Hugging Face Space, on onnxruntime without torch (written by
-`camkit app RUN --export-space DIR --engine onnx`).
-
-`python app.py` serves it on http://127.0.0.1:7860; Spaces set GRADIO_SERVER_NAME=0.0.0.0.
-"""
-import os
-import sys
-from pathlib import Path
-
-from camkit.ortlite import launch
-
-HERE = Path(__file__).resolve().parent
-try:
-    launch(HERE / "model", host=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-           port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), examples=HERE / "examples")
-except KeyboardInterrupt:   # Ctrl-C: stopped, no traceback, exit 130 as `camkit app`
-    sys.exit(130)
-'''
+# the Space's app.py per engine: the same launcher, camkit.app's (torch) or camkit.ortlite's
+APP_PY = {"torch": _APP_PY.format(kind="", how="", option="", module="camkit.app"),
+          "onnx": _APP_PY.format(kind="light ", how=", on onnxruntime without torch", option=" --engine onnx",
+                                 module="camkit.ortlite")}
 # what camkit.ortlite imports, and its floor: onnxruntime 1.17 runs opset 17 with uint8 input on
 # every platform the Space may build on; numpy and Pillow as camkit itself takes them
 LITE_REQUIREMENTS = ("onnxruntime>=1.17", "numpy", "pillow")
@@ -207,7 +192,7 @@ def _copy_package(dest: Path) -> None:
 
 def export_space(run: str | Path, out: str | Path, examples_per_class: int = 2, engine: str = "torch") -> Path:
     """Write the Space folder `out` (which must not exist yet) for the run; returns it.
-    `engine="onnx"`: the light Space (see LITE_APP_PY), no torch, no fastai."""
+    `engine="onnx"`: the light Space (APP_PY['onnx']), no torch, no fastai."""
     if engine not in ("torch", "onnx"):
         raise CamkitError(f"a Space runs on torch or onnx, not '{engine}'")
     run, out = Path(run), Path(out)
@@ -227,7 +212,7 @@ def export_space(run: str | Path, out: str | Path, examples_per_class: int = 2, 
             write_lite_model(run, staging / "model")
         _copy_examples(run, staging / "examples", examples_per_class)
         _copy_package(staging)
-        (staging / "app.py").write_text(APP_PY if engine == "torch" else LITE_APP_PY, encoding="utf-8")
+        (staging / "app.py").write_text(APP_PY[engine], encoding="utf-8")
         (staging / "requirements.txt").write_text("\n".join(reqs) + "\n", encoding="utf-8")
         (staging / "README.md").write_text(readme(run, reqs[-1].split("==")[1], engine), encoding="utf-8")
         staging.rename(out)

@@ -1,14 +1,8 @@
 """Which layer a CAM reads, and how its output becomes a channels-first map.
 
-A CAM needs a (B, K, h, w) activation. CNN bodies give one directly; transformers do not:
-a ViT / DeiT block gives tokens (B, N, K) — class / distillation tokens first, then the
-h x w patch grid row by row — and timm's Swin stages and ConvNeXt's MLP give channels-last
-(B, h, w, K). `Layout` says which of these an output is, judged from its shape and the
-input's size (an output is spatial when its grid is the input divided by one stride:
-h = ceil(H / s), w = ceil(W / s)), and turns it (and its gradient, the same way) into
-channels-first; the dropped prefix tokens carry no place in the image. That vocabulary
-(`Layout`, `layout_of`, `prefix_tokens`, `cam_linear`) lives in camkit.layout, below camkit.models
-too, and is re-exported here; this module finds and names the layers.
+How a layer's output maps onto the image (tokens, channels-last or channels-first: `Layout`,
+`layout_of`, `prefix_tokens`, `cam_linear`) lives in camkit.layout, below camkit.models too, and
+is re-exported here; this module finds and names the layers.
 """
 
 from __future__ import annotations
