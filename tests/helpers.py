@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -12,6 +14,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def served(run: Path, data: Path) -> Iterator[str]:
+    """camkit's app of `run` (cleaning `data`) on a free loopback port; yields its URL and
+    closes it on exit."""
+    from camkit.app import launch
+    port = free_port()
+    blocks = launch(run, port=port, block=False, data=data)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        blocks.close()
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

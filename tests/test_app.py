@@ -14,12 +14,12 @@ import pytest
 from PIL import Image
 
 from camkit.errors import CamkitError
-from helpers import free_port, snapshot
+from helpers import free_port, served, snapshot
 
 gradio = pytest.importorskip("gradio", reason="camkit[app] (gradio) is not installed")
 from gradio_client import Client, handle_file  # noqa: E402
 
-from camkit.app import APP_MAX_PIXELS, CamApp, Cleaner, launch  # noqa: E402
+from camkit.app import APP_MAX_PIXELS, CamApp, Cleaner  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +38,8 @@ def served_data(canvas_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tiny_run, served_data):
     """The app of the shared tiny run, served on a free loopback port for this module."""
-    port = free_port()
-    blocks = launch(tiny_run, port=port, block=False, data=served_data)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        blocks.close()
+    with served(tiny_run, served_data) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from camkit.errors import CamkitError
-from helpers import free_port
+from helpers import free_port, served
 
 gradio = pytest.importorskip("gradio", reason="camkit[app] (gradio) is not installed")
 import requests  # noqa: E402
@@ -38,12 +38,8 @@ def data(canvas_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tiny_run, data):
-    port = free_port()
-    blocks = launch(tiny_run, port=port, block=False, data=data)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        blocks.close()
+    with served(tiny_run, data) as url:
+        yield url
 
 
 def call(server: str, api_name: str, data: list, session: str | None = None, event_data=None) -> dict:

@@ -6,6 +6,7 @@ copy in tmp_path."""
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,15 +61,22 @@ def colour_run(tmp_path_factory):
     return root, run
 
 
-def test_swapped_labels_rank_at_the_top(colour_run, tmp_path):
-    clean_root, run = colour_run
-    root = tmp_path / "noisy"
+def swapped_copy(clean_root: Path, root: Path, n: int = 3) -> set[str]:
+    """Copy the colour set to `root` with `n` images of each class moved into the other class's
+    folder (renamed x<name>); the moved files' relative paths."""
     shutil.copytree(clean_root, root)
     injected = set()
     for src, dst in (("blue", "red"), ("red", "blue")):
-        for f in sorted((root / src).glob("*.png"))[:3]:
+        for f in sorted((root / src).glob("*.png"))[:n]:
             f.rename(root / dst / f"x{f.name}")
             injected.add(f"{dst}/x{f.name}")
+    return injected
+
+
+def test_swapped_labels_rank_at_the_top(colour_run, tmp_path):
+    clean_root, run = colour_run
+    root = tmp_path / "noisy"
+    injected = swapped_copy(clean_root, root)
     suspects = rank(run, data=root)
     assert len(suspects) == 48
     assert {s.rel for s in suspects[:8]} >= injected
@@ -82,13 +90,7 @@ def noisy_colour(colour_run, tmp_path_factory):
     colour run, trained on the clean folder, gives the recipe the folds retrain)."""
     clean_root, run = colour_run
     root = tmp_path_factory.mktemp("noisy_colour") / "data"
-    shutil.copytree(clean_root, root)
-    injected = set()
-    for src, dst in (("blue", "red"), ("red", "blue")):
-        for f in sorted((root / src).glob("*.png"))[:3]:
-            f.rename(root / dst / f"x{f.name}")
-            injected.add(f"{dst}/x{f.name}")
-    return root, run, injected
+    return root, run, swapped_copy(clean_root, root)
 
 
 def test_folds_score_each_image_with_a_model_that_never_saw_it(noisy_colour, monkeypatch):
