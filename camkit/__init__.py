@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 # the public sub-modules, each imported on first attribute access
 _SUBMODULES = frozenset({
     "app", "cache", "cam", "choices", "clean", "course", "crawl", "data", "demo", "device", "distributed",
-    "errors", "evidence", "explain", "fastai", "files", "geometry", "images", "metrics", "models", "plots",
+    "errors", "evaluate", "evidence", "explain", "fastai", "files", "geometry", "images", "metrics", "models", "plots",
     "predict", "render", "report", "run", "space", "spec", "targets", "train", "verdict",
 })
 # public names re-exported from a sub-module: name -> module

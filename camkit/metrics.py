@@ -1,34 +1,43 @@
 """Faithfulness of saliency maps: pointing game, RISE-style deletion / insertion AUC, ROAD,
-Average Drop / Increase in Confidence, the model-randomisation sanity check, and the box-free
-absence-of-evidence signal (a class recognised by what is missing rather than what is there).
+Average Drop / Increase in Confidence, the model-randomisation sanity check, and the confidence
+retained without the map's top 20 % that the box-free absence-of-evidence signal reads.
 
-Formulas in, numbers out: `evaluate` (boxes) and `evaluate_run` (no boxes) apply them to a
-run's images; `camkit.report` only reads the saved numbers. The perturbation metrics forward
-all their perturbed images together (`target_probs`, through `scoring_model`'s BatchNorm-folded
-twin), `evaluate_run` scores methods whose maps are numerically equal once (`same_maps`) and
-ROAD's imputations are solved once per distinct mask (`Imputer`); the numbers equal the
-per-image, per-step loops' within float tolerance (tests/test_metrics.py keeps those loops)."""
+Formulas only: tensors and arrays in, numbers out; nothing here reads a run, decodes an image
+or reads a file. `camkit.evaluate` applies them to a run's images (`evaluate` with boxes,
+`evaluate_run` without, `cam_eval` computes and saves) and holds the policy over the numbers;
+its names are still importable from here. The perturbation metrics forward all their perturbed
+images together (`target_probs`, through `scoring_model`'s BatchNorm-folded twin),
+`trust_rows_many` scores methods whose maps are numerically equal once (`same_maps`) and ROAD's
+imputations are solved once per distinct mask (`Imputer`); the numbers equal the per-image,
+per-step loops' within float tolerance (tests/test_metrics.py keeps those loops)."""
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Callable, Iterable, Sequence
-from itertools import pairwise, zip_longest
-from pathlib import Path
-from typing import NamedTuple
+from importlib import import_module
+from itertools import pairwise
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from camkit.choices import value
-from camkit.errors import CamkitError
-from camkit.files import confined, parse_json, read_text
+from camkit.cam.base import normalise
 from camkit.geometry import Grid, upsample
 
-DEFAULT_METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam")
+# run-level names that moved to camkit.evaluate; `from camkit.metrics import evaluate_run` still works
+_MOVED = frozenset({"DEFAULT_METHODS", "SANITY_MAX", "ABSENCE_MIN", "ABSENCE_GAP", "TRUST_KEYS", "read_boxes",
+                    "evaluate", "run_images", "evaluate_run", "summarize_trust", "absence_of_evidence",
+                    "rank_methods"})
+
+
+def __getattr__(name: str) -> Any:
+    """A name that moved to camkit.evaluate, imported from there on first use (PEP 562): that
+    module imports this one, so importing it here at the top would make a circle."""
+    if name in _MOVED:
+        return getattr(import_module("camkit.evaluate"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def point_in_box(xy: Sequence[int], box: Sequence[float]) -> bool:
@@ -311,11 +320,7 @@ def average_drop_increase(model: nn.Module | Callable[[Tensor], Tensor], x: Tens
     increase): drop = max(0, Y - O) / Y (Average Drop is its mean), increase = 1[O > Y]
     (Increase in Confidence is its mean). A map that keeps the evidence keeps the confidence:
     low drop."""
-    b, _, h, w = x.shape
-    m = upsample(maps, (h, w), grid)[:, None]
-    flat = m.flatten(1)
-    lo, hi = flat.min(1).values.view(b, 1, 1, 1), flat.max(1).values.view(b, 1, 1, 1)
-    m = (m - lo) / (hi - lo).clamp_min(1e-8)
+    m = normalise(upsample(maps, x.shape[-2:], grid))[:, None]
     y = target_probs(model, [x], target)[0] if base is None else base
     o = target_probs(model, [x * m], target)[0]
     return ((y - o).clamp_min(0) / y.clamp_min(1e-12)).cpu(), (o > y).float().cpu()
@@ -371,191 +376,9 @@ def retained_confidence(road_result: RoadResult, percentiles: Sequence[float] = 
     return (road_result.morf_probs[:, k] / road_result.base.clamp_min(1e-12)).clamp(0, 1)
 
 
-def read_boxes(boxes_json: str | Path) -> dict[str, list[float]]:
-    """{relative image path: [x0, y0, x1, y1]} from a boxes file, validated."""
-    boxes_json = Path(boxes_json)
-    try:
-        boxes = parse_json(read_text(boxes_json, "a boxes file"))
-    except FileNotFoundError:
-        raise CamkitError(f"boxes file '{boxes_json}' does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError):
-        raise CamkitError(f"boxes file '{boxes_json}' is not valid JSON") from None
-    if not isinstance(boxes, dict) or not all(
-            isinstance(v, list) and len(v) == 4 and all(isinstance(c, (int, float)) for c in v) for v in boxes.values()):
-        raise CamkitError(f"boxes file '{boxes_json}' must map image paths to [x0, y0, x1, y1]")
-    return boxes
+# ---------------------------------------------------------------- one batch, every box-free number
 
-
-def evaluate(model_dir, boxes_json, methods: Sequence[str] = DEFAULT_METHODS, image_root=None, steps: int = 16,
-             bs: int = 32, limit: int | None = None, valid_only: bool = False) -> dict[str, dict]:
-    """Score each CAM method on images with known boxes: pointing game, deletion and insertion
-    AUC (mean over images). `boxes_json` maps image paths relative to `image_root` (default:
-    the JSON's folder) to [x0, y0, x1, y1] in original-image pixels. The target is the true class
-    when the image's folder names one, else the prediction. `valid_only` keeps the images the
-    run held out for validation (valid.json), so training images do not flatter the scores."""
-    from camkit.cam import make_cam
-    from camkit.run import load, read_valid
-
-    methods = _check_methods(methods)
-    if steps < 1 or bs < 1:
-        raise CamkitError(f"--steps and --bs must be at least 1, not {steps} and {bs}")
-    root = Path(image_root) if image_root else Path(boxes_json).parent
-    items = sorted(read_boxes(boxes_json).items())
-    files = [confined(root, rel, "boxes file entry") for rel, _ in items]
-    if valid_only:
-        held_out = {str(v.file.resolve()) for v in read_valid(model_dir)}
-        if not held_out:
-            raise CamkitError(f"'{model_dir}' has no valid.json to take the held-out images from")
-        kept = [(it, f) for it, f in zip(items, files) if str(f.resolve()) in held_out]
-        items, files = [it for it, _ in kept], [f for _, f in kept]
-    items, files = items[:limit], files[:limit]
-    if not items:
-        raise CamkitError("no images to evaluate")
-    loaded = load(model_dir)
-    labels = [Path(rel).parts[0] if len(Path(rel).parts) > 1 else None for rel, _ in items]
-    targets = [loaded.classes.index(lab) if lab in loaded.classes else None for lab in labels]
-    boxes = {str(f): box for f, (_, box) in zip(files, items)}
-    return {m: _score(loaded, make_cam(m, loaded.model), files, targets, boxes, steps, bs) for m in methods}
-
-
-def _score(loaded, extractor, files: list[Path], targets: list[int | None], boxes: dict[str, list[float]],
-           steps: int, bs: int) -> dict:
-    """One method's mean pointing game, deletion and insertion AUC over `files`."""
-    from camkit.explain import iter_explain
-
-    pairs, dels, ins, hits, cls = [], [], [], [], []
-    for batch in iter_explain(loaded, files, extractor, targets, bs, named={str(f) for f in files}):
-        for r in batch.results:
-            pairs.append((r.peak_xy, boxes[str(r.image)]))
-            hits.append(int(r.probs.argmax()) == r.target)
-            cls.append(r.target)
-        d, i, _, _ = deletion_insertion(loaded.model, batch.x, batch.maps, batch.targets, steps=steps, grid=batch.grid)
-        dels += d.tolist()
-        ins += i.tolist()
-    out = _summary(pairs, hits, dels, ins)
-    out["per_class"] = {name: _summary(*([v for v, t in zip(vs, cls) if t == c] for vs in (pairs, hits, dels, ins)))
-                        for c, name in enumerate(loaded.classes) if c in cls}
-    return out
-
-
-def _summary(pairs: list, hits: list[bool], dels: list[float], ins: list[float]) -> dict:
-    """Mean accuracy, pointing game, deletion and insertion AUC of one group of images."""
-    n = max(1, len(pairs))
-    return {"images": len(pairs), "accuracy": round(sum(hits) / n, 4), "pointing_game": round(pointing_game(pairs), 4),
-            "deletion_auc": round(sum(dels) / n, 4), "insertion_auc": round(sum(ins) / n, 4)}
-
-
-# ---------------------------------------------------------------- faithfulness without boxes
-
-SANITY_MAX = 0.5       # a map "changed" when its rank correlation with the trained model's is below this
 ABSENCE_AT = 80        # the absence signal removes the top 100 - 80 = 20 % of the map
-ABSENCE_MIN = 0.75     # flag a class whose confidence keeps >= 75 % with that region gone ...
-ABSENCE_GAP = 0.4      # ... and 0.4 more than another class keeps (validated in scripts/bench_evidence.py)
-TRUST_KEYS = ("deletion_auc", "insertion_auc", "road", "road_morf", "road_lerf", "average_drop",
-              "increase_in_confidence", "retained_confidence", "sanity_head", "sanity_last_stage")
-
-
-def run_images(model_dir, split: str = "valid") -> tuple[list[Path], list[int]]:
-    """The run's own images and their class indices: the held-out ones (valid.json), or the
-    training ones (the data root's class folders minus the held-out files), interleaved class
-    by class so that a `limit` keeps every class."""
-    from camkit.data import scan_class_folders
-    from camkit.run import data_root, read_info, read_valid
-
-    info = read_info(model_dir)
-    valid = read_valid(model_dir, info)
-    if split == "valid":
-        if not valid:
-            raise CamkitError(f"'{model_dir}' has no valid.json: give a boxes file, or --split train")
-        pairs = [(v.file, info.classes.index(v.label)) for v in valid]
-    elif split == "train":
-        root = data_root(model_dir, info)
-        held = {str(v.file.resolve()) for v in valid}
-        names, per_class = scan_class_folders(root)
-        pairs = [(f, info.classes.index(n)) for n, fs in zip(names, per_class) if n in info.classes
-                 for f in fs if str(f.resolve()) not in held]
-    else:
-        raise CamkitError(f"--split must be valid or train, not '{split}'")
-    if not pairs:
-        raise CamkitError(f"no {split} images to evaluate for '{model_dir}'")
-    by_class = [[p for p in pairs if p[1] == c] for c in range(len(info.classes))]
-    ordered = [p for group in zip_longest(*by_class) for p in group if p is not None]
-    return [f for f, _ in ordered], [c for _, c in ordered]
-
-
-def evaluate_run(model_dir, methods: Sequence[str] = DEFAULT_METHODS, split: str = "valid", steps: int = 16,
-                 limit: int | None = None, bs: int = 32, seed: int = 0,
-                 percentiles: Sequence[float] = ROAD_PERCENTILES) -> dict:
-    """Faithfulness of each CAM method on the run's own images, no boxes needed: deletion /
-    insertion AUC, ROAD, Average Drop / Increase in Confidence, the randomisation sanity check
-    (rank correlation of the maps with those of copies whose head, then also last stage, were
-    re-initialised) and the confidence retained when the top 20 % of the map is removed, per
-    method and per class; then `absence` (see `absence_of_evidence`). Targets are the true
-    classes. `percentiles`: ROAD's (they must include 80, where the absence signal is read)."""
-    from camkit.run import load
-
-    methods = _check_methods(methods)
-    if ABSENCE_AT not in percentiles:
-        raise CamkitError(f"the ROAD percentiles must include {ABSENCE_AT}")
-    if steps < 1 or bs < 1:
-        raise CamkitError(f"--steps and --bs must be at least 1, not {steps} and {bs}")
-    if limit is not None and limit < 1:
-        raise CamkitError(f"--limit must be at least 1, not {limit}")
-    split = value(split)
-    files, targets = run_images(model_dir, split)
-    files, targets = files[:limit], targets[:limit]
-    if not files:
-        raise CamkitError("no images to evaluate")
-    loaded = load(model_dir)
-    copies = randomised_copies(loaded.model, seed)
-    results, twins = _trust_all(loaded, methods, copies, files, targets, steps, bs, seed, tuple(percentiles))
-    return {"split": split, "images": len(files), "methods": results, "same_maps": twins,
-            "absence": absence_of_evidence(results, loaded.classes)}
-
-
-def _check_methods(methods: Sequence[str]) -> list[str]:
-    from camkit.cam import METHODS
-
-    methods = [value(m) for m in methods]
-    if not methods:
-        raise CamkitError("no CAM method to evaluate; e.g. --methods cam,gradcam")
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise CamkitError(f"unknown method '{unknown[0]}'; choose from {', '.join(METHODS)}")
-    return methods
-
-
-def _trust_all(loaded, methods: list[str], copies: list[tuple[str, nn.Module]], files: list[Path],
-               targets: list[int], steps: int, bs: int, seed: int, percentiles: tuple[float, ...]
-               ) -> tuple[dict[str, dict], dict[str, str]]:
-    """Every method's per-image numbers over `files`, averaged per method and per class, and
-    {method: the earlier method whose maps it equals on every image}. Images are decoded once;
-    each batch's maps are taken with every method (on the model and its randomised copies), and
-    the perturbation metrics run once per distinct set of maps (`trust_rows_many`)."""
-    from camkit.cam import make_cam
-    from camkit.explain import iter_explain
-
-    rows: dict[str, list[dict]] = {m: [] for m in methods}
-    same: dict[str, str | None] = {}
-    score = None
-    first, *others = methods
-    for batch in iter_explain(loaded, files, make_cam(first, loaded.model), targets, bs, named={str(f) for f in files}):
-        maps = {first: batch.maps, **_more_maps(loaded.model, others, batch.x, [int(t) for t in batch.targets])}
-        score = score or scoring_model(loaded.model, batch.x)
-        found, twins = trust_rows_many(loaded.model, maps, copies, batch.x, batch.targets, steps, seed, percentiles,
-                                       batch.grid, score)
-        for m in methods:
-            rows[m] += found[m]
-            same[m] = twins.get(m) if same.get(m, twins.get(m)) == twins.get(m) else None
-    return ({m: summarize_trust(rows[m], loaded.classes) for m in methods},
-            {m: twin for m, twin in same.items() if twin is not None})
-
-
-def _more_maps(model: nn.Module, methods: list[str], x: Tensor, targets: list[int]) -> dict[str, Tensor]:
-    """Each method's maps of batch x for `targets`, as `iter_explain` takes them."""
-    from camkit.cam import make_cam
-
-    return {m: make_cam(m, model)(x, targets) for m in methods}
 
 
 def same_maps(maps: dict[str, Sequence[Tensor]], atol: float = SAME_MAPS_ATOL) -> dict[str, str]:
@@ -619,57 +442,3 @@ def trust_rows_many(model: nn.Module, maps: dict[str, Tensor], copies: list[tupl
                    "retained_confidence": float(kept[k]) if correct[k] else None,
                    "sanity_head": float(sims[0][k]), "sanity_last_stage": float(sims[1][k])} for k in range(len(x))]
     return {m: [dict(r) for r in out[twins.get(m, m)]] for m in maps}, twins
-
-
-def summarize_trust(rows: list[dict], classes: Sequence[str]) -> dict:
-    """Per-image rows (`trust_rows`) -> the method's means, its sanity verdict (both rank
-    correlations below SANITY_MAX) and the same means per class."""
-    out = _trust_means(rows)
-    out["sanity_passed"] = bool(max(out["sanity_head"], out["sanity_last_stage"]) < SANITY_MAX)
-    out["per_class"] = {name: _trust_means([r for r in rows if r["class"] == c])
-                        for c, name in enumerate(classes) if any(r["class"] == c for r in rows)}
-    return out
-
-
-def _trust_means(rows: list[dict]) -> dict:
-    """Images, accuracy and the mean of every TRUST_KEYS number (retained confidence over the
-    correctly classified images only; NaN when there are none)."""
-    out = {"images": len(rows), "accuracy": round(sum(r["correct"] for r in rows) / max(1, len(rows)), 4)}
-    for key in TRUST_KEYS:
-        vals = [r[key] for r in rows if r[key] is not None]
-        out[key] = round(sum(vals) / len(vals), 4) if vals else float("nan")
-    return out
-
-
-def absence_of_evidence(results: dict[str, dict], classes: Sequence[str]) -> dict:
-    """The box-free signal of a class recognised by the absence of the others. For each class,
-    the confidence its correctly classified images keep when the top 20 % of the map is removed
-    (ROAD imputation), taken for the method whose removal hurts most (the lowest): if even the
-    most faithful map's region can go without the class dropping, nothing in the image is that
-    class's evidence. `flagged`: the classes keeping >= ABSENCE_MIN (validated on boxed sets in
-    scripts/bench_evidence.py against removing the object itself, where boxes are known) and
-    >= ABSENCE_GAP above the class that keeps least: a class that keeps its confidence while
-    another loses it is decided by that other class's object."""
-    per_class = {}
-    for name in classes:
-        scores = [(r["per_class"][name]["retained_confidence"], m) for m, r in results.items()
-                  if name in r.get("per_class", {}) and math.isfinite(r["per_class"][name]["retained_confidence"])]
-        if scores:
-            score, method = min(scores)
-            per_class[name] = {"score": round(score, 4), "method": method}
-    low = min((v["score"] for v in per_class.values()), default=math.nan)
-    flagged = [n for n, v in per_class.items() if v["score"] >= ABSENCE_MIN and v["score"] - low >= ABSENCE_GAP]
-    return {"threshold": ABSENCE_MIN, "gap": ABSENCE_GAP, "per_class": per_class, "flagged": flagged}
-
-
-def rank_methods(result: dict) -> list[str]:
-    """Methods of an `evaluate_run` result, most trustworthy first: those that pass the sanity
-    check before those that fail it (their maps do not depend on what the model learnt), then by
-    ROAD (higher: removing what the map points at costs the class more than removing the
-    rest), NaN last."""
-    def key(name: str) -> tuple:
-        r = result["methods"][name]
-        road_ = r["road"] if math.isfinite(r["road"]) else -math.inf
-        return (not r["sanity_passed"], -road_, name)
-
-    return sorted(result["methods"], key=key)

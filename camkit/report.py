@@ -320,7 +320,7 @@ def _trust(view: RunView) -> str:
     warning for each class recognised by the absence of the others, then the methods ranked
     (sanity check, then ROAD) with their numbers per class. Reads RUN/cam_trust.json (`camkit
     cam-eval RUN`); runs no model."""
-    from camkit.metrics import rank_methods
+    from camkit.evaluate import rank_methods, trust_table
 
     parts = ["<section id='trust'><h2>Can these heatmaps be trusted?</h2>"]
     verdict = view.verdict
@@ -346,7 +346,7 @@ def _trust(view: RunView) -> str:
         parts.append(f"<p class='warn'>{html.escape(', '.join(failed))}: the maps barely change when the model's "
                      "head and last stage are re-initialised, so they show the image more than the model; do not "
                      "read them as the model's reasons.</p>")
-    parts.append(_table(_trust_rows(result, ranked)))
+    parts.append(_table(_trust_rows(trust_table(result))))
     return "".join(parts) + "</section>"
 
 
@@ -378,23 +378,23 @@ def _absence_notes(absence: dict, weak: list[str] | None) -> list[str]:
     return notes
 
 
-def _trust_rows(result: dict, ranked: list[str]) -> list[dict]:
-    """The trust table: per method (in rank order) its overall row, then one row per class; a
-    method whose maps equal an earlier one's says so ("gradcam = cam (same maps)")."""
-    rows, same = [], result.get("same_maps", {})
-    for rank, m in enumerate(ranked, 1):
-        r = result["methods"][m]
-        verdict = " pass" if r["sanity_passed"] else " FAIL"
-        name = f"{m} = {same[m]} (same maps)" if m in same else m
-        for cls, c in [("all", r), *r["per_class"].items()]:
-            rows.append({"rank": rank if cls == "all" else "", "method": name, "class": cls, "images": c["images"],
-                         "ROAD ↑": _num(c["road"]), "deletion ↓": _num(c["deletion_auc"]),
-                         "insertion ↑": _num(c["insertion_auc"]), "avg drop % ↓": _num(c["average_drop"], 1, 100),
-                         "increase % ↑": _num(c["increase_in_confidence"], 1, 100),
-                         "kept without top 20% ↓": _num(c["retained_confidence"]),
-                         "sanity: head / last stage ↓": f"{_num(c['sanity_head'], 2)} / "
-                                                         f"{_num(c['sanity_last_stage'], 2)}"
-                                                         + (verdict if cls == "all" else "")})
+def _trust_rows(table: list) -> list[dict]:
+    """The trust table (`camkit.evaluate.trust_table`, the rows `cam-eval` prints) as cells: per
+    method in rank order its overall row, then one row per class; a method whose maps equal an
+    earlier one's says so ("gradcam = cam (same maps)")."""
+    rows = []
+    for row in table:
+        c, overall = row.scores, row.rank is not None
+        verdict = (" pass" if row.sanity_passed else " FAIL") if overall else ""
+        rows.append({"rank": row.rank if overall else "",
+                     "method": f"{row.method} = {row.same_as} (same maps)" if row.same_as else row.method,
+                     "class": row.cls, "images": c["images"],
+                     "ROAD ↑": _num(c["road"]), "deletion ↓": _num(c["deletion_auc"]),
+                     "insertion ↑": _num(c["insertion_auc"]), "avg drop % ↓": _num(c["average_drop"], 1, 100),
+                     "increase % ↑": _num(c["increase_in_confidence"], 1, 100),
+                     "kept without top 20% ↓": _num(c["retained_confidence"]),
+                     "sanity: head / last stage ↓": f"{_num(c['sanity_head'], 2)} / "
+                                                     f"{_num(c['sanity_last_stage'], 2)}{verdict}"})
     return rows
 
 

@@ -40,6 +40,7 @@ PUBLIC = {
     "api/fastai": ["camkit.fastai.cam_learner", "camkit.fastai.cam", "camkit.fastai.show_cam",
                    "camkit.fastai.export_run", "camkit.fastai.verdict", "camkit.fastai.CAMInterpretation"],
     "api/metrics": ["camkit.metrics.pointing_game", "camkit.metrics.deletion_insertion", "camkit.metrics.road"],
+    "api/evaluate": ["camkit.evaluate.cam_eval", "camkit.evaluate.evaluate_run", "camkit.evaluate.trust_table"],
 }
 
 

@@ -27,8 +27,8 @@ from camkit.errors import CamkitError
 
 __all__ = ["EPS", "BaseCAM", "Target", "CAM", "GradCAM", "GradCAMpp", "XGradCAM", "LayerCAM", "HiResCAM",
            "SmoothGradCAMpp", "EigenCAM", "EigenGradCAM", "ScoreCAM", "SSCAM", "ISCAM", "AblationCAM", "FullGrad",
-           "METHODS", "make_cam", "describe_methods", "normalise", "scale_signed", "first_component", "fuse",
-           "Layout", "cam_linear", "find_layer", "get_layer", "layout_of", "spatial_layers", "split_layers"]
+           "METHODS", "make_cam", "check_method", "describe_methods", "normalise", "scale_signed", "first_component",
+           "fuse", "Layout", "cam_linear", "find_layer", "get_layer", "layout_of", "spatial_layers", "split_layers"]
 
 METHODS: dict[str, type[BaseCAM]] = {c.name: c for c in (
     CAM, GradCAM, GradCAMpp, XGradCAM, LayerCAM, ScoreCAM, HiResCAM, EigenCAM, EigenGradCAM, AblationCAM,
@@ -52,7 +52,13 @@ def make_cam(method: str | None, model: nn.Module, layer: str | list[str] | None
         if exact and probe is not None and "0" not in spatial_layers(model, probe):
             exact = False
         method = "cam" if exact else "gradcam"
+    return METHODS[check_method(method)](model, layer, **options)
+
+
+def check_method(method: str) -> str:
+    """A CAM method's name (an Enum member or its value), checked against METHODS: the one
+    "unknown method" message of `make_cam` and `camkit cam-eval`'s up-front check."""
     method = value(method)
     if method not in METHODS:
         raise CamkitError(f"unknown method '{method}'; choose from {', '.join(METHODS)}")
-    return METHODS[method](model, layer, **options)
+    return method

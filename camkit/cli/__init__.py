@@ -193,29 +193,29 @@ def cam_eval(
     RUN/cam_eval.json). Without: deletion / insertion, ROAD, Average Drop / Increase in Confidence,
     the randomisation sanity check, per method and class, and the classes recognised by the absence
     of the others (RUN/cam_trust.json)."""
-    from camkit.metrics import DEFAULT_METHODS, evaluate, evaluate_run
-    from camkit.run import save_cam_eval, save_cam_trust
+    from camkit.evaluate import DEFAULT_METHODS
+    from camkit.evaluate import cam_eval as cam_eval_fn
 
     names = split_list(methods, "--methods") if methods else list(DEFAULT_METHODS)
     boxes, run = _eval_inputs(path, model)
-    if boxes is None:
-        with stdout_for(as_json):
-            result = evaluate_run(run, names, split=split.value, steps=steps, limit=limit)
-            saved = save_cam_trust(run, result)
-        emit(result) if as_json else _print_trust(result, run, saved)
-        return
     with stdout_for(as_json):
-        results = evaluate(run, boxes, names, image_root=image_root, steps=steps, limit=limit,
+        done = cam_eval_fn(run, boxes, names, split=split.value, image_root=image_root, steps=steps, limit=limit,
                            valid_only=valid_only)
-        kept = save_cam_eval(run, results)
     if as_json:
-        emit(results)
-        return
+        emit(done.result)
+    elif boxes is None:
+        _print_trust(done.result, done.path, done.saved)
+    else:
+        _print_boxed(done.result, done.path, done.kept)
+
+
+def _print_boxed(results: dict, path: Path, kept: tuple[str, ...]) -> None:
+    """One row per method: pointing game, deletion and insertion AUC; then the methods kept."""
     print(f"{'method':<11} {'images':>6} {'pointing':>9} {'deletion':>9} {'insertion':>10}")
     for name, r in results.items():
         print(f"{name:<11} {r['images']:>6} {r['pointing_game']:>9.3f} {r['deletion_auc']:>9.3f} {r['insertion_auc']:>10.3f}")
     if kept:
-        print(f"not saved over a larger earlier evaluation in {run / 'cam_eval.json'}: {', '.join(kept)}")
+        print(f"not saved over a larger earlier evaluation in {path}: {', '.join(kept)}")
 
 
 def _eval_inputs(path: Optional[Path], model: Optional[Path]) -> tuple[Optional[Path], Path]:
@@ -233,19 +233,21 @@ def _eval_inputs(path: Optional[Path], model: Optional[Path]) -> tuple[Optional[
     return None, model
 
 
-def _print_trust(result: dict, run: Path, saved: bool) -> None:
-    """One row per method and per class: the box-free faithfulness numbers, then the warning."""
+def _print_trust(result: dict, path: Path, saved: bool) -> None:
+    """The trust table (`camkit.evaluate.trust_table`: methods ranked, each overall then per
+    class) with the box-free faithfulness numbers, then the warnings."""
+    from camkit.evaluate import trust_table
+
     print(f"{result['images']} {result['split']} images, no boxes; deletion: lower is better, the rest higher "
           f"(drop and retained: lower); sanity: rank correlation after re-initialising head / last stage")
     print(f"{'method':<11} {'class':<14} {'images':>6} {'acc':>6} {'deletion':>8} {'insertion':>9} {'ROAD':>7} "
           f"{'drop %':>7} {'incr %':>7} {'retained':>8} {'sanity':>13}")
-    for name, r in result["methods"].items():
-        verdict = "pass" if r["sanity_passed"] else "FAIL"
-        for cls, c in [("all", r), *r["per_class"].items()]:
-            sanity = f"{c['sanity_head']:.2f}/{c['sanity_last_stage']:.2f}" + (f" {verdict}" if cls == "all" else "")
-            print(f"{name:<11} {cls:<14} {c['images']:>6} {c['accuracy']:>6.3f} {c['deletion_auc']:>8.3f} "
-                  f"{c['insertion_auc']:>9.3f} {c['road']:>7.3f} {100 * c['average_drop']:>7.1f} "
-                  f"{100 * c['increase_in_confidence']:>7.1f} {c['retained_confidence']:>8.3f} {sanity:>13}")
+    for row in trust_table(result):
+        c, verdict = row.scores, ("pass" if row.sanity_passed else "FAIL") if row.rank is not None else ""
+        sanity = f"{c['sanity_head']:.2f}/{c['sanity_last_stage']:.2f} {verdict}".rstrip()
+        print(f"{row.method:<11} {row.cls:<14} {c['images']:>6} {c['accuracy']:>6.3f} {c['deletion_auc']:>8.3f} "
+              f"{c['insertion_auc']:>9.3f} {c['road']:>7.3f} {100 * c['average_drop']:>7.1f} "
+              f"{100 * c['increase_in_confidence']:>7.1f} {c['retained_confidence']:>8.3f} {sanity:>13}")
     for name, twin in result.get("same_maps", {}).items():
         print(f"{name} = {twin} (same maps): scored once")
     for cls in result["absence"]["flagged"]:
@@ -253,9 +255,9 @@ def _print_trust(result: dict, run: Path, saved: bool) -> None:
               f"its images keep {result['absence']['per_class'][cls]['score']:.0%} of their confidence with the "
               f"top 20% of every map removed, so its heatmaps point at background")
     if not saved:
-        print(f"not saved over a larger earlier evaluation of the same split in {run / 'cam_trust.json'}")
+        print(f"not saved over a larger earlier evaluation of the same split in {path}")
     else:
-        print(f"saved to {run / 'cam_trust.json'}")
+        print(f"saved to {path}")
 
 
 @app.command()
