@@ -37,6 +37,7 @@ from camkit.export import GRAPH, INPUT, INT8_GRAPH, OUTPUTS, Sidecar, read_sidec
 if TYPE_CHECKING:
     from torch import Tensor
 
+    from camkit.cam import CamOutput
     from camkit.geometry import Grid
     from camkit.run import LoadedModel
 
@@ -82,7 +83,8 @@ class OrtGraph:
 
 class OnnxCAM:
     """Exact CAM computed by an OrtGraph, with the interface `camkit.explain` uses of a CAM
-    extractor (`with`, `cam(x, target)`, `logits`, `targets`, `target`, `grid`, `name`): the
+    extractor (`with`, `explain(x, target)` -> camkit.cam.CamOutput, `cam(x, target)` -> maps,
+    `name`; and, as camkit.cam.BaseCAM, the last call's `logits`, `targets`, `target`): the
     target's map is the same linear combination of the graph's class maps as `camkit.cam.CAM`
     makes of the features (coefficients `target.cam_weights(I)`: one-hot for a class, e_a - e_b
     for a contrast), post-processed as CAM does (ReLU, min-max, min-max; signed: m / max|m|).
@@ -118,10 +120,15 @@ class OnnxCAM:
         return torch.from_numpy(np.ascontiguousarray(np.stack(squares).transpose(0, 3, 1, 2)))
 
     def __call__(self, x: Tensor, target=None) -> Tensor:
+        return self.explain(x, target).maps
+
+    def explain(self, x: Tensor, target=None) -> CamOutput:
+        """The maps of `target` for the uint8 batch `x`, with the logits, the classes explained,
+        the bound target and the graph's grid (as camkit.cam.BaseCAM.explain)."""
         import torch
         import torch.nn.functional as F
 
-        from camkit.cam import normalise, scale_signed
+        from camkit.cam import CamOutput, normalise, scale_signed
         from camkit.targets import as_target
 
         if x.dtype != torch.uint8:
@@ -134,7 +141,8 @@ class OnnxCAM:
         coef = bound.cam_weights(torch.eye(logits.shape[1]))
         raw = torch.einsum("bc,bchw->bhw", coef, torch.from_numpy(maps).float())
         self.target, self.targets = bound, bound.index
-        return scale_signed(raw) if self.signed else normalise(normalise(F.relu(raw)))
+        out = scale_signed(raw) if self.signed else normalise(normalise(F.relu(raw)))
+        return CamOutput(out, self.logits, self.targets, bound, self.grid)
 
 
 # ---------------------------------------------------------------- choosing

@@ -27,6 +27,7 @@ from camkit.data import scan_class_folders
 from camkit.errors import CamkitError
 from camkit.explain import iter_explain
 from camkit.files import confined, parse_json, read_text
+from camkit.images import ImageFiles
 from camkit.metrics import (ABSENCE_AT, ROAD_PERCENTILES, deletion_insertion, pointing_game, randomised_copies,
                             scoring_model, trust_rows_many)
 from camkit.run import (CAM_EVAL, CAM_TRUST, RunInfo, data_root, load, read_info, read_valid, save_cam_eval,
@@ -132,7 +133,7 @@ def _score(loaded, extractor, files: list[Path], targets: list[int | None], boxe
            steps: int, bs: int) -> dict:
     """One method's mean pointing game, deletion and insertion AUC over `files`."""
     pairs, dels, ins, hits, cls = [], [], [], [], []
-    for batch in iter_explain(loaded, files, extractor, targets, bs, named={str(f) for f in files}):
+    for batch in iter_explain(loaded, ImageFiles.required(files), extractor, targets, bs):
         for r in batch.results:
             pairs.append((r.peak_xy, boxes[str(r.image)]))
             hits.append(int(r.probs.argmax()) == r.target)
@@ -217,7 +218,7 @@ def _trust_all(loaded, methods: list[str], copies: list[tuple[str, nn.Module]], 
     same: dict[str, str | None] = {}
     score = None
     first, *others = methods
-    for batch in iter_explain(loaded, files, make_cam(first, loaded.model), targets, bs, named={str(f) for f in files}):
+    for batch in iter_explain(loaded, ImageFiles.required(files), make_cam(first, loaded.model), targets, bs):
         maps = {first: batch.maps, **_more_maps(loaded.model, others, batch.x, [int(t) for t in batch.targets])}
         score = score or scoring_model(loaded.model, batch.x)
         found, twins = trust_rows_many(loaded.model, maps, copies, batch.x, batch.targets, steps, seed, percentiles,

@@ -33,7 +33,7 @@ from camkit.errors import CamkitError
 from camkit.files import (atomic_write, confined, ensure_writable_dir, os_error_line, parse_json, read_text,
                           refuse_inside_class_folder, remove_if_empty)
 from camkit.geometry import Grid
-from camkit.images import list_images, open_or_skip, open_rgb
+from camkit.images import Decoded, ImageFiles, decoded_batches, open_rgb
 from camkit.render import DIVERGING, Style, fit_for_drawing, gallery_html, overlay, peak_xy, to_numpy
 from camkit.run import LoadedModel, load, warn_if_unusable
 from camkit.targets import ContrastTarget, OutputTarget
@@ -148,81 +148,40 @@ def resolve_target(target: "str | int | OutputTarget | None", classes: list[str]
     raise CamkitError(f"unknown class '{target}'; classes: {', '.join(classes)}")
 
 
-def collect_files(images: Sequence[str | Path] | str | Path) -> tuple[list[Path], set[str]]:
-    """The image files to explain (folders searched recursively) and the files named directly
-    (an unreadable named file is an error; one found in a folder is skipped with a warning).
-    Anything but paths (an int, an array), or none at all, is one sentence."""
-    inputs = [images] if isinstance(images, (str, Path)) or not isinstance(images, Iterable) else list(images)
-    wrong = next((p for p in inputs if not isinstance(p, (str, PathLike))), None)
-    if wrong is not None:
-        raise CamkitError(f"images must be file or folder paths, not {type(wrong).__name__}")
-    if not inputs:
-        raise CamkitError("no images given")
-    files = list_images(inputs)
-    if not files:
-        raise CamkitError("no images found in " + ", ".join(map(str, inputs)))
-    return files, {str(Path(p)) for p in inputs if not Path(p).is_dir()}
-
-
-def iter_explain(loaded: LoadedModel, files: list[Path], extractor: BaseCAM,
+def iter_explain(loaded: LoadedModel, files: ImageFiles | Sequence[Path], extractor: BaseCAM,
                  targets: Sequence[int | None] | int | None = None, bs: int = 32, precision: str = "fp32",
-                 named: set[str] = frozenset(), max_side: int | None = None,
-                 part: range | None = None) -> Iterator[CamBatch]:
-    """Decode, batch and explain `files` (targets: None = prediction, an index, or one per file).
+                 max_side: int | None = None, part: range | None = None) -> Iterator[CamBatch]:
+    """Decode, batch and explain `files` (camkit.images.decoded_batches: an unreadable file is
+    skipped or refused as `files` says; targets: None = prediction, an index, or one per file).
     With `max_side`, each result keeps a drawing-sized copy of its image for saving. `part`:
     only these positions of `files` (a rank's shard; results keep their index in `files`)."""
-    span = part if part is not None else range(len(files))
+    feed = getattr(extractor, "feed", loaded.batch)  # the ONNX engine takes uint8, torch normalised
+    keep = (lambda image: fit_for_drawing(image, max_side)) if max_side else None
     with extractor:
-        for start in range(span.start, span.stop, bs):
-            chunk = [(i, files[i]) for i in range(start, min(start + bs, span.stop))]
-            decoded = [d for d in (_decode(i, f, named, loaded, max_side) for i, f in chunk) if d is not None]
-            if not decoded:
-                continue
-            feed = getattr(extractor, "feed", loaded.batch)  # the ONNX engine takes uint8, torch normalised
-            yield explain_batch(extractor, feed([d.square for d in decoded]), decoded, targets,
-                                loaded.classes, precision, loaded.size)
+        for batch in decoded_batches(files, loaded.square, feed, bs, part, keep):
+            yield explain_batch(extractor, batch.x, batch.items, targets, loaded.classes, precision, loaded.size)
 
 
-def explain_batch(extractor: BaseCAM, x: Tensor, items: list["Decoded"], targets: Sequence[int | None] | int | None,
+def explain_batch(extractor: BaseCAM, x: Tensor, items: list[Decoded], targets: Sequence[int | None] | int | None,
                   classes: list[str], precision: str = "fp32", model_size: int | tuple[int, int] | None = None
                   ) -> CamBatch:
-    """One pass over a prepared batch `x` (one Decoded per row; targets indexed by Decoded.index
-    when a sequence). `model_size` is the input side the map is scaled to for peak_xy (default:
-    x's own height and width)."""
+    """One pass over a prepared batch `x` (one Decoded per row, its `kept` the picture to draw
+    on; targets indexed by Decoded.index when a sequence). `model_size` is the input side the
+    map is scaled to for peak_xy (default: x's own height and width)."""
     if isinstance(targets, OutputTarget) or callable(targets):  # one target object for the batch
         wanted = targets
     else:
         wanted = [targets[d.index] if isinstance(targets, Sequence) else targets for d in items]
         wanted = wanted if any(t is not None for t in wanted) else None
     with autocast(x.device, precision):
-        maps = extractor(x, wanted)
-    probs, tgt = extractor.logits.softmax(1).cpu(), extractor.targets
-    other = getattr(extractor.target, "other", None)
+        out = extractor.explain(x, wanted)
+    probs, tgt = out.logits.softmax(1).cpu(), out.targets
+    other = getattr(out.target, "other", None)
     size = model_size or (x.shape[-2], x.shape[-1])
-    results = [CamResult(d.index, d.path, d.size, maps[k].detach().float().cpu(), probs[k], int(tgt[k]), classes,
-                         extractor.name, size, d.picture, None if other is None else int(other[k]), extractor.grid)
+    results = [CamResult(d.index, d.path, d.size, out.maps[k].detach().float().cpu(), probs[k], int(tgt[k]), classes,
+                         extractor.name, size, d.kept, None if other is None else int(other[k]), out.grid)
                for k, d in enumerate(items)]
-    return CamBatch(results, x, maps, tgt, extractor.grid)
-
-
-@dataclass
-class Decoded:
-    """What is kept of one decoded image: its original size, the model's S x S input and, when
-    saving, a drawing-sized copy. The full-resolution decode is dropped at once, so a batch
-    of huge images costs a batch of small ones."""
-    index: int
-    path: Path | str
-    size: tuple[int, int]
-    square: np.ndarray | None
-    picture: object = None
-
-
-def _decode(index: int, path: Path, named: set[str], loaded: LoadedModel, max_side: int | None) -> Decoded | None:
-    """One image, or None (with a warning) when a file found in a folder is unreadable."""
-    image = open_or_skip(path, named)
-    if image is None:
-        return None
-    return Decoded(index, path, image.size, loaded.square(image), fit_for_drawing(image, max_side) if max_side else None)
+    return CamBatch(results, x, out.maps, tgt, out.grid)
 
 
 def refuse_learner(model: object) -> None:
@@ -284,9 +243,9 @@ def explain(model: str | Path | LoadedModel, images: Sequence[str | Path] | str 
     options = dict(signed=signed, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
     loaded, extractor, precision = prepare(model, method, layer, bs, precision, device, engine, **options)
     tgt = resolve_target(target, loaded.classes)
-    files, named = collect_files(images)
+    files = ImageFiles.collect(images)
     warn_if_unusable(loaded)
-    return Explanations(r for b in iter_explain(loaded, files, extractor, tgt, bs, precision, named) for r in b.results)
+    return Explanations(r for b in iter_explain(loaded, files, extractor, tgt, bs, precision) for r in b.results)
 
 
 @in_group
@@ -304,12 +263,12 @@ def cam(images: Sequence[str | Path] | str | Path, model: str | Path | LoadedMod
     loaded, extractor, precision = prepare(model, method, layer, bs, precision, device, engine, signed=signed,
                                            aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
     tgt = resolve_target(target, loaded.classes)
-    files, named = collect_files(images)
+    files = ImageFiles.collect(images)
     warn_if_unusable(loaded)
     writer = main_first(lambda: CamWriter(out, [stem(f, i) for i, f in enumerate(files)], style,
                                           data_roots=(loaded.info.data_root,)))
     part = shard(len(files))
-    batches = iter_explain(loaded, files, extractor, tgt, bs, precision, named, max_side=style.max_side, part=part)
+    batches = iter_explain(loaded, files, extractor, tgt, bs, precision, max_side=style.max_side, part=part)
     quiet = quiet or rank_world()[0] != 0  # progress once: rank 0's share
     return writer.write_all(batches if quiet else _with_progress(batches, len(part), bs))
 

@@ -1,11 +1,15 @@
-"""Reading any PIL-readable image into RGB the same way everywhere (train, cam, verify)."""
+"""Reading any PIL-readable image into RGB the same way everywhere (train, cam, verify), and
+the one decode-and-batch path of `predict`, `explain` and `cam-eval` (`ImageFiles`,
+`decoded_batches`)."""
 
 from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
+from os import PathLike
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Callable, Generic, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -139,3 +143,101 @@ def list_images(paths: list[str | Path] | str | Path, recursive: bool = True) ->
         else:
             raise CamkitError(f"'{p}' does not exist")
     return found
+
+
+# ---------------------------------------------------------------- files in, decoded batches out
+
+X = TypeVar("X")
+
+
+@dataclass(frozen=True)
+class ImageFiles:
+    """The image files of one request, in order, and what an unreadable one means, decided once
+    where the list is made: a file in `named` (given directly by the user) is an error, any
+    other (found in a folder) is skipped with a warning. `ImageFiles(paths)` skips every
+    unreadable file; `ImageFiles.required(paths)` refuses any."""
+    paths: tuple[Path, ...]
+    named: frozenset[str] = frozenset()
+
+    @classmethod
+    def collect(cls, images: Sequence[str | PathLike] | str | PathLike) -> ImageFiles:
+        """Files and folders (searched recursively) as given to explain, cam or predict; those
+        named directly must be readable. Anything but paths (an int, an array), or none at
+        all, is one sentence."""
+        inputs = [images] if isinstance(images, (str, Path)) or not isinstance(images, Iterable) else list(images)
+        wrong = next((p for p in inputs if not isinstance(p, (str, PathLike))), None)
+        if wrong is not None:
+            raise CamkitError(f"images must be file or folder paths, not {type(wrong).__name__}")
+        if not inputs:
+            raise CamkitError("no images given")
+        files = list_images(inputs)
+        if not files:
+            raise CamkitError("no images found in " + ", ".join(map(str, inputs)))
+        return cls(tuple(files), frozenset(str(Path(p)) for p in inputs if not Path(p).is_dir()))
+
+    @classmethod
+    def required(cls, paths: Iterable[Path]) -> ImageFiles:
+        """Every file must be readable (a run's own list, where a missing image is an error)."""
+        paths = tuple(paths)
+        return cls(paths, frozenset(map(str, paths)))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __iter__(self) -> Iterator[Path]:
+        return iter(self.paths)
+
+    def __getitem__(self, index: int) -> Path:
+        return self.paths[index]
+
+    def read(self, index: int) -> Image.Image | None:
+        """The index-th file as RGB (open_rgb), or None with a `skipping ...` warning when it is
+        unreadable and was not named."""
+        return open_or_skip(self.paths[index], self.named)
+
+
+@dataclass
+class Decoded:
+    """What is kept of one decoded image: its position in the request, its original size (w, h),
+    the model's S x S input and what the caller's `keep` made of it (a drawing-sized copy, a
+    hash). The full-resolution decode is dropped at once, so a batch of huge images costs a
+    batch of small ones."""
+    index: int
+    path: Path | str
+    size: tuple[int, int]
+    square: np.ndarray | None
+    kept: Any = None
+
+
+@dataclass
+class DecodedBatch(Generic[X]):
+    """The readable images of one chunk of the request and `x`, their model input (one row each,
+    what the caller's `feed` made of the squares)."""
+    items: list[Decoded]
+    x: X
+
+
+def decoded_batches(files: ImageFiles | Sequence[Path], square: Callable[[Image.Image], np.ndarray],
+                    feed: Callable[[list[np.ndarray]], X], bs: int, part: range | None = None,
+                    keep: Callable[[Image.Image], Any] | None = None) -> Iterator[DecodedBatch[X]]:
+    """Decode `files` chunk by chunk (bs at a time, memory bounded by the chunk), skipping or
+    refusing unreadable files as `files` says (a plain sequence: skipping, as ImageFiles(paths)),
+    and yield each chunk's readable images with `feed`(their squares). `part`: only these
+    positions (a rank's shard; items keep their index in `files`). A chunk with no readable
+    image yields nothing."""
+    files = files if isinstance(files, ImageFiles) else ImageFiles(tuple(files))
+    span = part if part is not None else range(len(files))
+    for start in range(span.start, span.stop, bs):
+        items = [d for d in (_decode(files, i, square, keep) for i in range(start, min(start + bs, span.stop)))
+                 if d is not None]
+        if items:
+            yield DecodedBatch(items, feed([d.square for d in items]))
+
+
+def _decode(files: ImageFiles, index: int, square: Callable[[Image.Image], np.ndarray],
+            keep: Callable[[Image.Image], Any] | None) -> Decoded | None:
+    """One file, or None when it is skipped (ImageFiles.read has warned)."""
+    image = files.read(index)
+    if image is None:
+        return None
+    return Decoded(index, files[index], image.size, square(image), keep(image) if keep else None)

@@ -3,10 +3,10 @@ scoring pass `camkit clean` reuses.
 
     predict(["photo.jpg", "photos/"], "runs/pets", top_k=3)   # -> [Prediction(...), ...]
 
-The same path as `camkit cam` without the maps: camkit's guarded decode, the run's own
-`square` and `batch` (so an image is fed exactly as training and CAM feed it), one forward pass
-per batch under `inference_mode`. An unreadable file found in a folder is skipped with a
-warning; an unreadable file named directly is an error.
+The same path as `camkit cam` without the maps (camkit.images.decoded_batches): camkit's guarded
+decode, the run's own `square` and `batch` (so an image is fed exactly as training and CAM feed
+it), one forward pass per batch under `inference_mode`. An unreadable file found in a folder is
+skipped with a warning; an unreadable file named directly is an error.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from PIL import Image
 
 from camkit.distributed import gather, in_group, shard
 from camkit.errors import CamkitError
-from camkit.explain import collect_files
-from camkit.images import open_or_skip
+from camkit.images import Decoded, ImageFiles, decoded_batches
 from camkit.run import LoadedModel, load, warn_if_unusable
 
 if TYPE_CHECKING:
@@ -52,36 +51,32 @@ class ScoredBatch:
     def probs(self) -> torch.Tensor:
         return self.logits.softmax(1)
 
-
-def _decode(path: Path, named: set[str], loaded: LoadedModel, also: Callable[[Image.Image], Any] | None
-            ) -> tuple[Any, Any] | None:
-    """(the model's square, also(image)) for one file; None with a warning when a file found
-    in a folder is unreadable (a named one raises)."""
-    image = open_or_skip(path, named)
-    if image is None:
-        return None
-    return loaded.square(image), also(image) if also else None
+    @classmethod
+    def of(cls, items: list[Decoded], logits: torch.Tensor) -> ScoredBatch:
+        return cls([d.path for d in items], logits.float().cpu(), [d.kept for d in items])
 
 
-def iter_scores(loaded: LoadedModel, files: Sequence[Path], bs: int = 32, named: set[str] = frozenset(),
-                also: Callable[[Image.Image], Any] | None = None, graph: OrtGraph | None = None
-                ) -> Iterator[ScoredBatch]:
-    """Decode, batch and score `files`, one batch at a time (memory bounded by the batch).
-    `also` is run on each decoded image, so a caller needing e.g. a perceptual hash decodes
-    each file once. With `graph` (camkit.engine.OrtGraph) ONNX Runtime scores the uint8
-    squares instead of the torch model."""
-    for start in range(0, len(files), bs):
-        chunk = list(files[start:start + bs])
-        decoded = [(f, d) for f, d in ((f, _decode(f, named, loaded, also)) for f in chunk) if d is not None]
-        if not decoded:
-            continue
-        squares = [d[0] for _, d in decoded]
-        if graph is not None:
-            logits = torch.from_numpy(graph.run(np.stack(squares).transpose(0, 3, 1, 2))[0])
-        else:
-            with torch.inference_mode():
-                logits = loaded.model(loaded.batch(squares))
-        yield ScoredBatch([f for f, _ in decoded], logits.float().cpu(), [d[1] for _, d in decoded])
+def iter_scores(loaded: LoadedModel, files: ImageFiles | Sequence[Path], bs: int = 32,
+                also: Callable[[Image.Image], Any] | None = None, graph: OrtGraph | None = None,
+                part: range | None = None) -> Iterator[ScoredBatch]:
+    """Decode, batch and score `files`, one batch at a time (camkit.images.decoded_batches:
+    memory bounded by the batch; an unreadable file skipped or refused as `files` says, a plain
+    sequence skipping). `also` is run on each decoded image, so a caller needing e.g. a
+    perceptual hash decodes each file once. With `graph` (camkit.engine.OrtGraph) ONNX Runtime
+    scores the uint8 squares instead of the torch model. `part`: only these positions."""
+    if graph is not None:
+        for batch in decoded_batches(files, loaded.square, _nchw, bs, part, also):
+            yield ScoredBatch.of(batch.items, torch.from_numpy(graph.run(batch.x)[0]))
+        return
+    for batch in decoded_batches(files, loaded.square, loaded.batch, bs, part, also):
+        with torch.inference_mode():
+            logits = loaded.model(batch.x)
+        yield ScoredBatch.of(batch.items, logits)
+
+
+def _nchw(squares: list[np.ndarray]) -> np.ndarray:
+    """S x S x 3 uint8 squares -> the ONNX graph's (B, 3, S, S) uint8 input."""
+    return np.stack(squares).transpose(0, 3, 1, 2)
 
 
 def check_options(loaded: LoadedModel, top_k: int, bs: int) -> None:
@@ -114,9 +109,8 @@ def predict(images: Sequence[str | Path] | str | Path, model: str | Path | Loade
     check_options(loaded, top_k, bs)
     choice = choose_engine(engine, loaded, exact=True)
     graph = open_graph(choice, loaded) if choice.engine is Engine.onnx else None
-    files, named = collect_files(images)
+    files = ImageFiles.collect(images)
     warn_if_unusable(loaded)
-    part = shard(len(files))
     return gather([to_prediction(f, row, loaded.classes, top_k)
-                   for batch in iter_scores(loaded, files[part.start:part.stop], bs, named, graph=graph)
+                   for batch in iter_scores(loaded, files, bs, graph=graph, part=shard(len(files)))
                    for f, row in zip(batch.files, batch.probs)])

@@ -69,7 +69,9 @@ def test_no_hooks_or_tensors_accumulate_over_200_calls(loaded, batch):
         gc.collect()
         return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
 
-    x = batch[:2]
+    # one 16-px crop: the same hooks and graph on every call at an eighth of the two 32-px images'
+    # forward and backward work (a leak is per call, not per pixel)
+    x = batch[:1, :, 8:24, 8:24].contiguous()
     GradCAM(loaded.model)(x)
     before = tensors()
     extractor = GradCAM(loaded.model)
@@ -124,6 +126,27 @@ def test_per_image_targets(loaded, batch):
     maps = GradCAM(loaded.model)(batch, t)
     for i in (0, 1):
         assert torch.allclose(maps[i], GradCAM(loaded.model)(batch[i:i + 1], int(t[i]))[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("aug_smooth", [False, True])
+def test_explain_returns_the_calls_maps_logits_targets_and_grid(loaded, batch, aug_smooth):
+    """The result object holds what the attributes a notebook reads after a call hold; the
+    logits are the (first, unaugmented) pass's; `cam(x)` is its maps."""
+    import dataclasses
+
+    from camkit.cam import CamOutput
+
+    extractor = GradCAM(loaded.model, aug_smooth=aug_smooth)
+    out = extractor.explain(batch, 1)
+    assert isinstance(out, CamOutput) and out.maps.shape == (len(batch), 4, 4)
+    assert out.logits is extractor.logits and out.targets is extractor.targets and out.target is extractor.target
+    assert out.grid == extractor.grid and out.grid is not None
+    with torch.no_grad():
+        assert torch.allclose(out.logits, loaded.model(batch), atol=1e-5)
+    assert out.targets.tolist() == [1] * len(batch)
+    assert torch.allclose(extractor(batch, 1), out.maps, atol=1e-6)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        out.maps = out.maps * 0
 
 
 def test_default_method_follows_the_head(loaded, tiny_fastai_run):

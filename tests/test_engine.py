@@ -127,6 +127,22 @@ def test_onnx_cam_refuses_a_normalised_batch(loaded):
         extractor(torch.zeros(1, 3, 32, 32))
 
 
+def test_onnx_cam_returns_the_graphs_logits_targets_and_grid(loaded, images):
+    """OnnxCAM.explain gives the result object camkit.cam's extractors give: the graph's logits,
+    the classes explained, the sidecar's grid; `cam(x)` is its maps, the attributes hold the same."""
+    from camkit.engine import open_graph
+    from camkit.images import open_rgb
+
+    extractor = OnnxCAM(open_graph(choose_engine("onnx", loaded, exact=True), loaded))
+    x = extractor.feed([loaded.square(open_rgb(f)) for f in images[:4]])
+    out = extractor.explain(x)
+    logits = extractor.graph.run(x.numpy())[0]
+    assert torch.allclose(out.logits, torch.from_numpy(logits)) and out.logits is extractor.logits
+    assert out.targets.tolist() == logits.argmax(1).tolist() and out.targets is extractor.targets
+    assert out.target is extractor.target and out.grid == extractor.grid and out.grid is not None
+    assert torch.equal(extractor(x), out.maps) and out.maps.shape == (4, 4, 4)
+
+
 def test_a_graph_that_is_not_its_sidecars_is_refused(run, tmp_path):
     shutil.copy(run / "model.onnx.json", tmp_path / "model.onnx.json")
     data = bytearray((run / "model.onnx").read_bytes())

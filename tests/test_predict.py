@@ -1,6 +1,8 @@
 """camkit predict: the run's softmax per image, batched, as one JSON line or one text line each."""
 
 import json
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,14 +47,28 @@ def test_top_k_outside_the_classes_is_refused(tiny_run, files, k):
 
 
 def test_a_folder_is_searched_and_an_unreadable_file_in_it_skipped(tiny_run, canvas_dir, tmp_path):
+    """predict and explain read files through one path (camkit.images.decoded_batches): the same
+    images kept, the same warning for the broken one, the same error when it is named."""
+    from camkit.explain import explain
+
     folder = tmp_path / "imgs"
     folder.mkdir()
-    for f in sorted(canvas_dir.glob("bag/*.png"))[:3]:
+    good = sorted(canvas_dir.glob("bag/*.png"))[:3]
+    for f in good:
         (folder / f.name).write_bytes(f.read_bytes())
     (folder / "broken.png").write_bytes(b"not an image")
-    with pytest.warns(UserWarning, match="skipping"):
-        got = predict([folder], tiny_run)
-    assert len(got) == 3
+    said = {}
+    for name, run in (("predict", lambda: predict([folder], tiny_run)), ("explain", lambda: explain(tiny_run, folder))):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            got = run()
+        said[name] = [str(w.message) for w in caught if "skipping" in str(w.message)]
+        assert sorted(Path(r.image).name for r in got) == [f.name for f in good], name
+    assert said["predict"] == said["explain"] == [f"skipping {folder / 'broken.png'}: not a readable image "
+                                                  "(no known image format)"]
+    for run in (lambda: predict([folder / "broken.png"], tiny_run), lambda: explain(tiny_run, folder / "broken.png")):
+        with pytest.raises(CamkitError, match="broken.png: not a readable image"):
+            run()
 
 
 def test_json_lines_carry_image_pred_prob_probs(cli, tiny_run, files):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from camkit.cam.base import EPS, BaseCAM, Target, first_component, fuse, normalise, scale_signed
+from camkit.cam.base import EPS, BaseCAM, CamOutput, Target, first_component, fuse, normalise, scale_signed
 from camkit.cam.fullgrad import FullGrad
 from camkit.cam.gradient import (CAM, EigenCAM, EigenGradCAM, GradCAM, GradCAMpp, HiResCAM, LayerCAM,
                                  SmoothGradCAMpp, XGradCAM)
@@ -25,10 +25,11 @@ from camkit.cam.score import ISCAM, SSCAM, AblationCAM, ScoreCAM
 from camkit.choices import value
 from camkit.errors import CamkitError
 
-__all__ = ["EPS", "BaseCAM", "Target", "CAM", "GradCAM", "GradCAMpp", "XGradCAM", "LayerCAM", "HiResCAM",
-           "SmoothGradCAMpp", "EigenCAM", "EigenGradCAM", "ScoreCAM", "SSCAM", "ISCAM", "AblationCAM", "FullGrad",
-           "METHODS", "make_cam", "check_method", "describe_methods", "normalise", "scale_signed", "first_component",
-           "fuse", "Layout", "cam_linear", "find_layer", "get_layer", "layout_of", "spatial_layers", "split_layers"]
+__all__ = ["EPS", "BaseCAM", "CamOutput", "Target", "CAM", "GradCAM", "GradCAMpp", "XGradCAM", "LayerCAM",
+           "HiResCAM", "SmoothGradCAMpp", "EigenCAM", "EigenGradCAM", "ScoreCAM", "SSCAM", "ISCAM", "AblationCAM",
+           "FullGrad", "METHODS", "make_cam", "check_method", "describe_methods", "normalise", "scale_signed",
+           "first_component", "fuse", "Layout", "cam_linear", "find_layer", "get_layer", "layout_of", "spatial_layers",
+           "split_layers"]
 
 METHODS: dict[str, type[BaseCAM]] = {c.name: c for c in (
     CAM, GradCAM, GradCAMpp, XGradCAM, LayerCAM, ScoreCAM, HiResCAM, EigenCAM, EigenGradCAM, AblationCAM,

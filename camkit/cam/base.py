@@ -16,6 +16,7 @@ forward pass plus a backward through the head.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -77,6 +78,20 @@ def to_finest(maps: list[Tensor], grids: Sequence[Grid] | None = None) -> list[T
 def fuse(maps: list[Tensor], grids: Sequence[Grid] | None = None) -> Tensor:
     """Maps of several layers -> one: upsampled to the finest, element-wise max (torchcam)."""
     return maps[0] if len(maps) == 1 else torch.stack(to_finest(maps, grids)).max(0).values
+
+
+@dataclass(frozen=True)
+class CamOutput:
+    """What one call of an extractor computed, returned by `explain` (torchcam's
+    `PredictionExplanation`): the maps (B, h, w) in [0, 1], or [-1, 1] when signed; the logits
+    (B, classes) of the (first) pass, fp32; the class each map explains (B,); the bound target
+    (a contrast's other class is `target.other`); and where the maps' cells look in the input
+    (camkit.geometry; None when unknown)."""
+    maps: Tensor
+    logits: Tensor
+    targets: Tensor
+    target: OutputTarget
+    grid: Grid | None
 
 
 class BaseCAM:
@@ -157,10 +172,24 @@ class BaseCAM:
         raise NotImplementedError
 
     def __call__(self, x: Tensor, target: Target = None) -> Tensor:
+        """Maps (B, h, w) for `target`: `explain(x, target).maps`. The rest of the call's output
+        stays readable on the extractor until the next call (`self.logits`, `self.targets`,
+        `self.target`, `self.grid`)."""
+        return self.explain(x, target).maps
+
+    def explain(self, x: Tensor, target: Target = None) -> CamOutput:
         """Maps (B, h, w) for `target` (None: each image's predicted class; a class index, one per
-        image, or a callable target from camkit.targets): in [0, 1], or [-1, 1] when `signed`.
-        The logits of the (first) pass and the classes explained are kept in `self.logits` and
-        `self.targets`, the bound target in `self.target`."""
+        image, or a callable target from camkit.targets), in [0, 1], or [-1, 1] when `signed`,
+        returned with the logits of the (first) pass, the classes explained, the bound target
+        and the maps' grid.
+
+            with GradCAM(model, "layer4") as cam:
+                out = cam.explain(x)           # out.maps, out.logits.softmax(1), out.targets
+        """
+        maps = self._maps(x, target)
+        return CamOutput(maps, self.logits, self.targets, self.target, self.grid)
+
+    def _maps(self, x: Tensor, target: Target) -> Tensor:
         grad_mode = torch.is_grad_enabled()
         try:
             self._size = tuple(x.shape[-2:])
