@@ -88,9 +88,9 @@ class CamApp:
     would read each other's activations."""
 
     def __init__(self, run: str | Path | LoadedModel, device: str | None = None, max_side: int = 768):
-        from camkit.run import LoadedModel, load
+        from camkit.run import as_loaded
 
-        self.loaded = run if isinstance(run, LoadedModel) else load(run, device=device)
+        self.loaded = as_loaded(run, device)
         self.max_side = max_side
         self._extractors: dict[str, Any] = {}
         self.lock = threading.Lock()

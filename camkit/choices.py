@@ -1,5 +1,6 @@
 """The named choices of camkit's options, as `str` Enums: the CLI lists them in `--help` and
-rejects a typo at parse time, and the library accepts either the Enum or its string.
+rejects a typo at parse time, and the library accepts either the Enum or its string and checks
+it with `choice` (the Enum's own lookup) rather than a list of its own.
 
 Kept free of heavy imports (no torch), so that building the CLI stays fast; tests check that
 each Enum matches the registry it names (CAM methods, crawl engines, course datasets).
@@ -8,6 +9,8 @@ each Enum matches the registry it names (CAM methods, crawl engines, course data
 from __future__ import annotations
 
 from enum import Enum
+
+from camkit.errors import CamkitError
 
 
 class Precision(str, Enum):
@@ -128,3 +131,18 @@ class CourseDataset(str, Enum):
 def value(choice: str | Enum | None) -> str | None:
     """The plain string of a choice given as an Enum or a string."""
     return getattr(choice, "value", choice)
+
+
+def values(enum: type[Enum]) -> tuple[str, ...]:
+    """The plain strings of an Enum's choices, in their order (what a file may hold)."""
+    return tuple(e.value for e in enum)
+
+
+def choice(enum: type[Enum], given: str | Enum, option: str) -> str:
+    """The plain string of `given` (an Enum or a string) when it is one of `enum`'s choices: the
+    Enum's own lookup, so the library refuses what the CLI's parser refuses, in one sentence
+    naming the option `--option` and the choices."""
+    try:
+        return enum(value(given)).value
+    except ValueError:
+        raise CamkitError(f"--{option} must be one of {', '.join(values(enum))}, not '{value(given)}'") from None

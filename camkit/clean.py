@@ -30,10 +30,11 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from camkit.choices import CleanSplit
+from camkit.choices import CleanSplit, choice, values
 from camkit.crawl.ledger import note_move
 from camkit.crawl.verify import PHASH_THRESHOLD, phash
 from camkit.data import scan_class_folders
@@ -43,7 +44,8 @@ from camkit.files import append_json_line, confined, free_name, move_aside, pars
 from camkit.images import REJECTED, is_dataset_image
 from camkit.predict import iter_scores
 from camkit.quality import findings, leaks, measure, twin_elsewhere
-from camkit.run import LoadedModel, data_root, load, read_info, read_valid, warn_if_unusable
+from camkit.render import Style, fit_for_drawing, overlay, png_data_uri
+from camkit.run import LoadedModel, as_loaded, data_root, read_info, read_valid, warn_if_unusable
 
 CLEAN_LOG = "clean.jsonl"
 CLEANED = "cleaned"            # DATA/_rejected/cleaned/<rel>: where 'delete' moves a file
@@ -185,8 +187,8 @@ def rank(run: str | Path | LoadedModel, data: str | Path | None = None, split: s
     the ranking is `suspicion` of cleanlab's label quality and the OOD score, with the
     estimate of how many images to review. Every image also gets the camkit.quality findings
     (blank, tiny content, extreme aspect, a near-twin across the run's train / valid split)."""
-    split = _check_split(split)
-    loaded = run if isinstance(run, LoadedModel) else load(run, device=device)
+    split = choice(CleanSplit, split, "split")
+    loaded = as_loaded(run, device)
     if folds is not None and (isinstance(folds, bool) or not isinstance(folds, int) or folds < 2):
         raise CamkitError(f"--folds must be at least 2 (each image held out once), not {folds}")
     root = data_root(loaded.path, loaded.info, data)
@@ -285,12 +287,6 @@ def _out_of_sample(suspects: list[Suspect], loaded: LoadedModel, root: Path, fol
     return estimate
 
 
-def _check_split(split: str) -> str:
-    if split not in [s.value for s in CleanSplit]:
-        raise CamkitError(f"--split must be all, train or valid, not '{split}'")
-    return split
-
-
 def _suspect(path: Path, root: Path, label: str, classes: list[str], log_probs: np.ndarray, dup: bool) -> Suspect:
     """One image's Suspect from its log-softmax row (the loss is the cross-entropy under the label)."""
     k = classes.index(label)
@@ -383,13 +379,10 @@ def read_ranking(run: str | Path, root: Path, classes: list[str]) -> SavedRankin
     path = Path(run) / RANKING
     if not path.is_file():
         return None
-    try:
-        doc = parse_json(read_text(path, "a saved ranking"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CamkitError(f"'{path}' is not a readable saved ranking ({type(e).__name__})") from None
+    doc = _read_doc(path, "saved ranking")
     if not (isinstance(doc, dict) and doc.get("format") == f"camkit-clean-ranking/{RANKING_VERSION}"
             and isinstance(doc.get("data_root"), str) and isinstance(doc.get("images"), list)
-            and doc.get("split") in [s.value for s in CleanSplit] and isinstance(doc.get("date"), str)):
+            and doc.get("split") in values(CleanSplit) and isinstance(doc.get("date"), str)):
         raise CamkitError(f"'{path}' is not a camkit saved ranking ({RANKING_VERSION})")
     if "\x00" in doc["data_root"] or Path(doc["data_root"]).resolve() != Path(root).resolve():
         return None
@@ -400,14 +393,20 @@ def read_ranking(run: str | Path, root: Path, classes: list[str]) -> SavedRankin
     return SavedRanking(kept, len(suspects) - len(kept), doc["split"], doc["date"][:40])
 
 
+def _read_doc(path: Path, what: str) -> Any:
+    """A JSON file of camkit's (`what`: saved ranking, decisions file) parsed, or one sentence
+    saying it cannot be read, whatever the reason (missing, not UTF-8, not JSON)."""
+    try:
+        return parse_json(read_text(path, f"a {what}"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CamkitError(f"'{path}' is not a readable {what} ({type(e).__name__})") from None
+
+
 # ---------------------------------------------------------------- decisions
 
 def _decisions_doc(path: Path) -> dict:
     """The decisions file's JSON object, refused in one line unless it is one (version 1)."""
-    try:
-        doc = parse_json(read_text(path, "a decisions file"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CamkitError(f"'{path}' is not a readable decisions file ({type(e).__name__})") from None
+    doc = _read_doc(path, "decisions file")
     if not (isinstance(doc, dict) and doc.get("version") == 1 and isinstance(doc.get("decisions"), dict)):
         raise CamkitError(f"'{path}' is not a camkit decisions file (version 1 with a 'decisions' object)")
     return doc
@@ -705,22 +704,11 @@ b.setAttribute('data-ready','1');
 """
 
 
-def _data_uri(image) -> str:
-    """A PIL image as a PNG data URI (the page opens from disk with no network)."""
-    import base64
-    import io
-
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
 def overlay_pictures(loaded: LoadedModel, suspects: list[Suspect], side: int = 160) -> list[tuple]:
     """(original, CAM overlay) PIL images per suspect, at most `side` pixels, the map of the
     predicted class drawn by camkit.explain and camkit.render (maps computed once, in batches)."""
     from camkit.explain import explain
     from camkit.images import open_rgb
-    from camkit.render import Style, fit_for_drawing, overlay
 
     if not suspects:
         return []
@@ -734,7 +722,7 @@ def overlay_pictures(loaded: LoadedModel, suspects: list[Suspect], side: int = 1
 
 def overlays(loaded: LoadedModel, suspects: list[Suspect], side: int = 160) -> list[tuple[str, str]]:
     """(original, CAM overlay) data URIs per suspect, for the offline page."""
-    return [(_data_uri(a), _data_uri(b)) for a, b in overlay_pictures(loaded, suspects, side)]
+    return [(png_data_uri(a), png_data_uri(b)) for a, b in overlay_pictures(loaded, suspects, side)]
 
 
 def _row(i: int, s: Suspect, uris: tuple[str, str], classes: list[str]) -> str:
@@ -821,7 +809,7 @@ def write_page(suspects: list[Suspect], run: str | Path | LoadedModel, out: str 
     from camkit.files import atomic_write, ensure_writable_dir, refuse_inside_class_folder
 
     out = check_page(out, top)
-    loaded = run if isinstance(run, LoadedModel) else load(run)
+    loaded = as_loaded(run)
     root = str(data_root(loaded.path, loaded.info, data).resolve())
     refuse_inside_class_folder(out.parent, (root,))
     chosen = suspects[:top]

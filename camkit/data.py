@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from camkit.cache import cache_key, decode_cached, release_rows
+from camkit.choices import Aug, choice
 from camkit.errors import CamkitError
 from camkit.files import is_camkit_output
 from camkit.images import is_dataset_image, open_rgb, resize_square
@@ -312,8 +313,7 @@ class TensorBatches:
                  stats: tuple[list[float], list[float]] = IMAGENET_STATS, aug: str = "none",
                  seed: int = 0, device: torch.device | str = "cpu", channels_last: bool = False,
                  rows: torch.Tensor | None = None, rank: int = 0, world: int = 1):
-        if aug not in ("none", "flip", "fastai"):
-            raise CamkitError(f"--aug must be none, flip or fastai, not '{aug}'")
+        aug = choice(Aug, aug, "aug")
         self.images, self.labels, self.rows = images, labels, rows
         self.rank, self.world = rank, world
         self.bs, self.shuffle, self.aug = bs, shuffle, aug

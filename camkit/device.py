@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from camkit.choices import Precision
+from camkit.choices import Precision, choice
 from camkit.errors import CamkitError
 
 
@@ -46,11 +46,7 @@ def cpu_supports_bf16() -> bool:
 
 def resolve_precision(precision: str | Precision, device: torch.device) -> str:
     """The concrete precision ('fp32', 'bf16' or 'fp16') for `precision` on `device`."""
-    try:
-        precision = Precision(precision)
-    except ValueError:
-        raise CamkitError(f"--precision must be one of {', '.join(p.value for p in Precision)}, "
-                          f"not '{precision}'") from None
+    precision = Precision(choice(Precision, precision, "precision"))
     if precision is not Precision.auto:
         if device.type == "cpu" and precision is Precision.fp16:
             raise CamkitError("--precision fp16 needs a GPU; use bf16 or fp32 on the CPU")

@@ -41,6 +41,7 @@ from camkit.data import IMAGENET_STATS, Normalizer
 from camkit.errors import CamkitError
 from camkit.geometry import Grid, grid_for, probe, upsample
 from camkit.layout import cam_linear
+from camkit.spec import recipe_name
 
 
 @dataclass(frozen=True)
@@ -83,12 +84,7 @@ def get_recipe(recipe: str | Recipe | EvidenceRecipe, head: str = "cam") -> Evid
     fastai's head (the counterfactual recipe reads the CAM head's weights)."""
     if isinstance(recipe, EvidenceRecipe):
         return recipe
-    name = value(recipe)
-    if name == "auto":
-        name = "counterfactual" if value(head) == "cam" else "plain"
-    if name not in RECIPES:
-        raise CamkitError(f"--recipe must be one of auto, {', '.join(RECIPES)}, not '{name}'")
-    return RECIPES[name]
+    return RECIPES[recipe_name(recipe, value(head))]
 
 
 # ---------------------------------------------------------------- batch transforms

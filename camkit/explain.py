@@ -35,7 +35,7 @@ from camkit.files import (atomic_write, confined, ensure_writable_dir, os_error_
 from camkit.geometry import Grid
 from camkit.images import Decoded, ImageFiles, decoded_batches, open_rgb
 from camkit.render import DIVERGING, Style, fit_for_drawing, gallery_html, overlay, peak_xy, to_numpy
-from camkit.run import LoadedModel, load, warn_if_unusable
+from camkit.run import LoadedModel, as_loaded, warn_if_unusable
 from camkit.targets import ContrastTarget, OutputTarget
 
 CAMS_JSONL, GALLERY, MARKER = "cams.jsonl", "index.html", ".camkit-cams"
@@ -199,7 +199,7 @@ def prepare(model: str | Path | LoadedModel, method: str | None, layer: str | No
     'auto' may give exact CAM by ONNX Runtime (camkit.engine.OnnxCAM, which takes the uint8
     batch its `feed` makes; the precision returned is then the graph's own, 'fp32')."""
     refuse_learner(model)
-    loaded = model if isinstance(model, LoadedModel) else load(model, device=device)
+    loaded = as_loaded(model, device)
     precision = resolve_precision(precision, loaded.device)
     if precision == "fp16":
         raise CamkitError("--precision fp16 is not supported for CAM; use bf16 or fp32")

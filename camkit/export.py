@@ -504,12 +504,12 @@ def export_onnx(run: str | Path | LoadedModel, out: str | Path | None = None, op
     held-out images and refused, with its figures, when it fails. Both files are written
     atomically, the sidecar last: a graph without a sidecar is not a finished export."""
 
-    from camkit.run import LoadedModel, load
+    from camkit.run import as_loaded
 
     options = ExportOptions(opset, int8, int8_mode, float_input, tolerance)
     require_onnx()
     start = time.perf_counter()
-    loaded = run if isinstance(run, LoadedModel) else load(run, device="cpu")
+    loaded = as_loaded(run, "cpu")
     _explainer_module(loaded, float_input)   # refuses a fastai head before any work
     out = Path(out) if out is not None else loaded.path / (INT8_GRAPH if int8 else GRAPH)
     if out.is_dir():

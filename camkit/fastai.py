@@ -31,16 +31,17 @@ from PIL import Image
 from torch import nn
 
 from camkit.cam import BaseCAM, cam_linear, make_cam
+from camkit.data import IMAGENET_STATS
 from camkit.errors import CamkitError
 from camkit.explain import CamBatch, Decoded, Explanations, explain_batch, resolve_target
+from camkit.files import refuse_inside_class_folder
 from camkit.history import EpochHistory
 from camkit.images import list_images, open_or_skip, to_rgb
-from camkit.models import build_model
+from camkit.models import build_model, rebuild
 from camkit.render import Style
+from camkit.run import HeldOut, RunContents, RunInfo, check_out, discard_out, held_out, save_run
 from camkit.spec import ModelSpec
-from camkit.verdict import TrainingVerdict, Verdict, confusion_matrix, judge, verdict_line
-
-IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+from camkit.verdict import TrainingVerdict, Verdict, judge, verdict_line
 
 
 def _keep_every_epoch() -> None:
@@ -398,9 +399,6 @@ def export_run(self: Learner, path: str | Path, overwrite: bool = False) -> Path
     held-out predictions, figures): never a pickle, so `camkit cam / report / cam-eval` and
     `camkit.run.load` work on a notebook-trained model. Refuses a non-empty folder that is not
     a run (and an existing run unless `overwrite`), and a model camkit cannot rebuild."""
-    from camkit.files import refuse_inside_class_folder
-    from camkit.run import check_out, discard_out, save_run
-
     _require_images(self)
     _require_items(self)
     path = Path(path)
@@ -442,33 +440,31 @@ def verdict(self: Learner) -> Verdict:
     saves it in model.json and warns when it is not ok."""
     _require_images(self)
     _require_items(self)
-    _, _, confusion, summary = _evaluation(self)
-    return judge(confusion, _classes(self), _history(self), summary.get("train_counts"),
+    _, held, summary = _evaluation(self)
+    return judge(held.confusion, _classes(self), _history(self), summary.get("train_counts"),
                  bool(getattr(self, "pretrained", False)))
 
 
 def run_contents(learn: Learner):
     """What `export_run` writes, checked first: the arch rebuilt by camkit must take the
     Learner's weights exactly."""
-    from camkit.run import MODEL_FORMAT, RunContents, RunInfo
-
     spec = _describe(learn)
     state = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu() for k, v in learn.model.state_dict().items()}
     classes = _classes(learn)
     try:
-        build_model(spec, len(classes), pretrained=False).model.load_state_dict(state)
-    except (RuntimeError, CamkitError) as e:
+        rebuild(spec, len(classes), state)
+    except CamkitError as e:   # camkit.models.StateMismatch, or an arch camkit cannot build
         raise CamkitError(f"this Learner's model is not one camkit can rebuild as {spec.arch} with the {spec.head} "
                           f"head ({str(e).splitlines()[0][:120]})") from None
     size, resize = _input_size(learn)
-    history, valid, confusion, summary = _evaluation(learn)
+    history, held, summary = _evaluation(learn)
     pretrained = bool(getattr(learn, "pretrained", False))
-    verdict = judge(confusion, classes, history, summary.get("train_counts"), pretrained)
-    info = RunInfo(arch=spec.arch, head=spec.head, stride=spec.stride, dilate=spec.dilate, classes=classes, size=size,
-                   stats=_stats(learn), pretrained=pretrained, complete=True, epochs_planned=len(history),
-                   confusion=confusion, summary=summary, data_root=str(Path(learn.dls.path).resolve()),
-                   format=MODEL_FORMAT, resize=resize, verdict=verdict.to_json(), spec=spec.to_json())
-    return RunContents(info, state, history, valid)
+    verdict = judge(held.confusion, classes, history, summary.get("train_counts"), pretrained)
+    info = RunInfo.describe(spec, classes=classes, size=size, stats=_stats(learn), pretrained=pretrained, complete=True,
+                            epochs_planned=len(history), confusion=held.confusion, summary=summary,
+                            data_root=str(Path(learn.dls.path).resolve()), resize=resize, verdict=verdict.to_json(),
+                            spec=spec.to_json())
+    return RunContents(info, state, history, held.rows)
 
 
 def _describe(learn: Learner) -> ModelSpec:
@@ -533,23 +529,17 @@ def _train_counts(learn: Learner) -> list[int] | None:
     return [labels.count(i) for i in range(len(_classes(learn)))]
 
 
-def _evaluation(learn: Learner) -> tuple[list[dict], list[dict], list, dict]:
-    """History (the last fit's, from fastai's Recorder), held-out predictions with paths
-    relative to the data root, confusion matrix and summary."""
+def _evaluation(learn: Learner) -> tuple[list[dict], HeldOut, dict]:
+    """History (the last fit's, from fastai's Recorder), held-out predictions (camkit.run.held_out,
+    as `camkit train` keeps them) and summary."""
     history = _history(learn)
     with learn.no_bar():
         probs, targets, losses = learn.get_preds(dl=learn.dls.valid.new(shuffle=False, drop_last=False),
                                                  with_loss=True)
-    classes, root = _classes(learn), Path(learn.dls.path).resolve()
     items = list(getattr(learn.dls.valid, "items", []))
-    valid = [{"file": Path(f).resolve().relative_to(root).as_posix(), "label": classes[int(t)],
-              "pred": classes[int(p.argmax())], "prob": round(float(p.max()), 5), "loss": round(float(l), 5)}
-             for f, p, t, l in zip(items, probs, targets, losses)
-             if isinstance(f, (str, Path)) and Path(f).resolve().is_relative_to(root)]
-    accuracy = float((probs.argmax(1) == targets).float().mean()) if len(targets) else 0.0
+    held = held_out(items, targets, probs, losses, _classes(learn), Path(learn.dls.path))
     summary = {"n_train": len(learn.dls.train_ds), "n_valid": len(learn.dls.valid_ds),
                "train_counts": _train_counts(learn),
-               "epochs": len(history), "device": str(learn.dls.device), "valid_accuracy": round(accuracy, 4),
-               "valid_loss": round(float(losses.mean()), 4) if len(losses) else None, "source": "fastai Learner"}
-    cm = confusion_matrix(probs.argmax(1), targets.long(), len(classes)).tolist()
-    return history, valid, cm, summary
+               "epochs": len(history), "device": str(learn.dls.device), "valid_accuracy": held.accuracy,
+               "valid_loss": held.loss, "source": "fastai Learner"}
+    return history, held, summary

@@ -229,3 +229,20 @@ def build_model(arch: str | ModelSpec, n_classes: int, head: str | Head = "cam",
     custom = cam_head(n_features, n_classes) if spec.head == Head.cam.value else None
     model = add_head(body, n_features, n_classes, head=custom)
     return BuiltModel(model, loaded, splitter or default_split)
+
+
+class StateMismatch(CamkitError):
+    """Saved weights that the network rebuilt from its description does not take exactly; the
+    message is torch's first line about it."""
+
+
+def rebuild(spec: ModelSpec, n_classes: int, state: dict[str, torch.Tensor]) -> nn.Sequential:
+    """The network `spec` describes, built with no weights downloaded, holding `state` exactly
+    (strict: every tensor present and of its shape): how a run is loaded and how a notebook's
+    model is checked before it is exported as one. Raises StateMismatch otherwise."""
+    model = build_model(spec, n_classes, pretrained=False).model
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError, ValueError) as e:
+        raise StateMismatch((str(e).splitlines() or [type(e).__name__])[0][:120]) from None
+    return model

@@ -22,7 +22,7 @@ from PIL import Image
 from camkit.distributed import gather, in_group, shard
 from camkit.errors import CamkitError
 from camkit.images import Decoded, ImageFiles, decoded_batches
-from camkit.run import LoadedModel, load, warn_if_unusable
+from camkit.run import LoadedModel, as_loaded, warn_if_unusable
 
 if TYPE_CHECKING:
     from camkit.engine import OrtGraph
@@ -105,7 +105,7 @@ def predict(images: Sequence[str | Path] | str | Path, model: str | Path | Loade
     graph, or one exported now in memory) or 'auto' (camkit.engine.choose_engine)."""
     from camkit.engine import Engine, choose_engine, open_graph
 
-    loaded = model if isinstance(model, LoadedModel) else load(model, device=device)
+    loaded = as_loaded(model, device)
     check_options(loaded, top_k, bs)
     choice = choose_engine(engine, loaded, exact=True)
     graph = open_graph(choice, loaded) if choice.engine is Engine.onnx else None

@@ -7,16 +7,20 @@ MB to draw instead of gigabytes. `peak_xy` is still given in the original image'
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+from PIL import Image
 from torch import Tensor
 
 from camkit.errors import CamkitError
 from camkit.geometry import Grid, upsample
+from camkit.images import open_rgb
 
 MAX_SIDE = 2048
 DIVERGING = "RdBu_r"  # signed maps: red = evidence for the target, blue = evidence against, white = none
@@ -91,8 +95,6 @@ def display_size(width: int, height: int, max_side: int) -> tuple[int, int]:
 def fit_for_drawing(image, max_side: int = MAX_SIDE):
     """The image in RGB, no larger than `max_side` on its longer side (box-reduced first, so a
     huge image is never copied at full size)."""
-    from PIL import Image
-
     size = display_size(*image.size, max_side)
     image = image if image.mode == "RGB" else image.convert("RGB")
     return image if size == image.size else image.resize(size, Image.BILINEAR, reducing_gap=2.0)
@@ -102,8 +104,6 @@ def overlay(image, cam_map: Tensor, style: Style = Style(), grid: Grid | None = 
     """The heatmap laid over the image: returns (heatmap, overlay) PIL images, drawn at the
     image's resolution capped to `style.max_side`: overlay = (1 - alpha) image + alpha heat.
     `grid`: where the map's cells look in the model's input (camkit.geometry), resized with it."""
-    from PIL import Image
-
     base = fit_for_drawing(image, style.max_side)
     w, h = base.size
     heat = upsample(cam_map[None].detach().cpu(), (h, w), grid)[0].numpy()
@@ -137,15 +137,11 @@ def gallery_html(rows: Iterable[dict]) -> str:
 
 def picture_of(result, max_side: int = MAX_SIDE):
     """The image a result's map is laid over: its kept picture, else its file read again."""
-    from camkit.images import open_rgb
-
     return result.picture if result.picture is not None else fit_for_drawing(open_rgb(result.image), max_side)
 
 
 def figure_png(fig) -> bytes:
     """A matplotlib figure as PNG bytes (closed afterwards): what Jupyter shows inline."""
-    import io
-
     from camkit.plots import plt
 
     buf = io.BytesIO()
@@ -154,6 +150,16 @@ def figure_png(fig) -> bytes:
     finally:
         plt.close(fig)
     return buf.getvalue()
+
+
+def png_data_uri(image: Image.Image | str | Path) -> str:
+    """A PIL image, or an image file, as a PNG data URI, so that a page opens from disk with no
+    network (the report, the clean page). A file is decoded and encoded again, never copied as
+    bytes: a run folder's `loss.png` that links to some other file cannot carry that file's
+    contents into a page meant to be shared."""
+    buf = io.BytesIO()
+    (open_rgb(image) if isinstance(image, (str, Path)) else image).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def plot_cams(results, ncols: int = 3, style: Style = Style()):

@@ -7,18 +7,17 @@ images failed to decode (`data-broken-images` on <body>), which the browser test
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import math
 from pathlib import Path
 
 from camkit.errors import CamkitError
-from camkit.explain import read_cams
+from camkit.explain import CAMS_JSONL, cam, read_cams
 from camkit.files import atomic_write, parse_json, read_text
-from camkit.run import (HISTORY, META, VALID, RunInfo, ValidRecord, check_run_dir, read_cam_eval, read_history,
-                        read_info, read_valid)
+from camkit.render import png_data_uri
+from camkit.run import (CONFUSION_PLOT, HISTORY, LOSS_PLOT, META, VALID, WEIGHTS, RunInfo, ValidRecord, check_run_dir,
+                        read_cam_eval, read_history, read_info, read_valid)
 from camkit.run import read_cam_trust, read_verdict
 from camkit.verdict import Verdict
 from camkit.run import data_root as data_root_of
@@ -27,17 +26,7 @@ TOP_LOSSES = 8
 GALLERY = 12
 TOP_LOSSES_DIR = "top_losses"
 TOP_LOSSES_ACTUAL_DIR = "top_losses_actual"  # the same images, mapped for their actual class
-
-
-def _uri(image) -> str:
-    """PIL image or image file -> PNG data URI. A file is decoded and encoded again (never
-    copied as bytes), so a run folder's `loss.png` that links to some other file cannot carry
-    that file's contents into a page meant to be shared."""
-    from camkit.images import open_rgb
-
-    buf = io.BytesIO()
-    (open_rgb(image) if isinstance(image, (str, Path)) else image).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+PAGE_FILE = "report.html"
 
 
 def _v(summary: dict, key: str, default: str = "?") -> str:
@@ -51,7 +40,7 @@ def _pct(value) -> str:
 
 def _img(image, alt: str, height: int | None = None) -> str:
     style = f" style='height:{height}px'" if height else ""
-    return f"<img src='{_uri(image)}' alt='{html.escape(alt)}'{style}>"
+    return f"<img src='{png_data_uri(image)}' alt='{html.escape(alt)}'{style}>"
 
 
 def _figure_file(path: Path, alt: str) -> str:
@@ -99,7 +88,7 @@ class RunView:
         run_dir = check_run_dir(run_dir)
         missing = [n for n in (META, HISTORY, VALID) if not (run_dir / n).is_file()]
         if META in missing and HISTORY in missing:
-            raise CamkitError(f"'{run_dir}' has no model.json and no history.csv: not a camkit run")
+            raise CamkitError(f"'{run_dir}' has no {META} and no {HISTORY}: not a camkit run")
         info = None if META in missing else read_info(run_dir)
         valid, notes = [], []
         if info is not None:
@@ -151,22 +140,16 @@ def report(run_dir: str | Path, cams: str | Path | None = None, out: str | Path 
     only when the model is newer), then write the page."""
     view = RunView.read(run_dir, data_root)
     top = view.top_losses()
-    folder = view.run_dir / TOP_LOSSES_DIR
-    if top and (view.run_dir / "model.pth").is_file() and view.info is not None and _stale(folder, view.run_dir):
-        from camkit.explain import cam
-
-        cam([v.file for v in top], model=view.run_dir, out=folder, quiet=True)
-    actual = view.run_dir / TOP_LOSSES_ACTUAL_DIR
-    if top and (view.run_dir / "model.pth").is_file() and view.info is not None and _stale(actual, view.run_dir):
-        from camkit.explain import cam
-
-        cam([v.file for v in top], model=view.run_dir, out=actual, target=[v.label for v in top], quiet=True)
+    loadable = top and (view.run_dir / WEIGHTS).is_file() and view.info is not None
+    for name, target in ((TOP_LOSSES_DIR, "pred"), (TOP_LOSSES_ACTUAL_DIR, [v.label for v in top])):
+        if loadable and _stale(view.run_dir / name, view.run_dir):
+            cam([v.file for v in top], model=view.run_dir, out=view.run_dir / name, target=target, quiet=True)
     return write_page(view, cams, out)
 
 
 def _stale(cams_dir: Path, run_dir: Path) -> bool:
-    saved = cams_dir / "cams.jsonl"
-    return not saved.is_file() or saved.stat().st_mtime < (run_dir / "model.pth").stat().st_mtime
+    saved = cams_dir / CAMS_JSONL
+    return not saved.is_file() or saved.stat().st_mtime < (run_dir / WEIGHTS).stat().st_mtime
 
 
 def build(run_dir: str | Path, cams_dir: str | Path | None = None, out: str | Path | None = None,
@@ -181,7 +164,7 @@ def write_page(view: RunView, cams_dir: str | Path | None = None, out: str | Pat
     body = (_header(view) + _verdict(view) + _evaluation(view) + _trust(view)
             + _gallery(view, cams_dir) + _methods_side_by_side(view.run_dir, cams_dir) + _faithfulness(view.run_dir)
             + _training(view) + _dataset(view))
-    target = Path(out) if out else view.run_dir / "report.html"
+    target = Path(out) if out else view.run_dir / PAGE_FILE
     try:
         atomic_write(target, PAGE.format(body=body))
     except OSError as e:
@@ -248,7 +231,7 @@ def _training(view: RunView) -> str:
                      f"device {_v(s, 'device')} ({_v(s, 'precision', 'fp32')}); {_v(s, 'epochs')} epochs at batch size "
                      f"{_v(s, 'bs')}, learning rate {_v(s, 'lr')} ({_v(s, 'lr_source')}), in "
                      f"{_v(s, 'train_seconds')} s ({_v(s, 'images_per_sec')} images/s).</p>")
-    parts.append(_figure_file(view.run_dir / "loss.png", "loss curves"))
+    parts.append(_figure_file(view.run_dir / LOSS_PLOT, "loss curves"))
     history = _details(f"Per-epoch history ({len(view.history)} epochs)", _table(view.history))
     return "".join(parts) + history + "</section>"
 
@@ -261,7 +244,7 @@ def _evaluation(view: RunView) -> str:
         constant = (f"; always answering '{html.escape(v.baseline_class)}' scores {_pct(v.baseline)}" if v else "")
         parts.append(f"<p>Validation accuracy <b>{_pct(s.get('valid_accuracy'))}</b>, "
                      f"loss {_v(s, 'valid_loss')}{constant}.</p>")
-    parts.append(_figure_file(view.run_dir / "confusion.png", "confusion matrix"))
+    parts.append(_figure_file(view.run_dir / CONFUSION_PLOT, "confusion matrix"))
     parts.append(_table(view.per_class()))
     explained = {Path(e.image).resolve(): e for e in read_cams(view.run_dir / TOP_LOSSES_DIR)}
     actual = {Path(e.image).resolve(): e for e in read_cams(view.run_dir / TOP_LOSSES_ACTUAL_DIR)}

@@ -29,24 +29,27 @@ import shutil
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from camkit.choices import EvalSplit, Head, values
 from camkit.data import Normalizer
 from camkit.device import resolve_device
 from camkit.errors import CamkitError
 from camkit.files import (TMP_PREFIX, atomic_write, confined, ensure_writable_dir, move_aside, parse_json,
                           read_text, remove_if_empty)
 from camkit.images import open_rgb, resize_square
-from camkit.verdict import TrainingVerdict, Verdict, judge
+from camkit.spec import ModelSpec
+from camkit.verdict import TrainingVerdict, Verdict, confusion_matrix, judge
 
 MODEL_FORMAT = "camkit-model/2"
 READABLE_FORMATS = ("camkit-model/1", MODEL_FORMAT)   # /1: paths in valid.json relative to the cwd
 META, WEIGHTS, HISTORY, VALID, CAM_EVAL = "model.json", "model.pth", "history.csv", "valid.json", "cam_eval.json"
 LR_FIND = "lr_find.csv"
+LOSS_PLOT, CONFUSION_PLOT = "loss.png", "confusion.png"
 STAGING = ".camkit-staging"
 CAM_TRUST = "cam_trust.json"
 
@@ -79,6 +82,12 @@ class RunInfo:
         return {"format": self.format, **{k: v for k, v in asdict(self).items() if k != "format"}}
 
     @classmethod
+    def describe(cls, model: ModelSpec, **fields: Any) -> RunInfo:
+        """A new run's model.json (`camkit train` and a notebook's export_run alike): the network
+        from its camkit.spec.ModelSpec, the rest as given."""
+        return cls(arch=model.arch, head=model.head, stride=model.stride, dilate=model.dilate, **fields)
+
+    @classmethod
     def from_json(cls, meta: Any, where: Path) -> "RunInfo":
         """Check every field's type; a file camkit did not write is refused in one sentence."""
         if not isinstance(meta, dict) or meta.get("format") not in READABLE_FORMATS:
@@ -99,7 +108,7 @@ class RunInfo:
             "[[3 means], [3 non-zero stds]]")
         return cls(
             arch=need("arch", lambda v: isinstance(v, str) and v != "", "an architecture name"),
-            head=need("head", lambda v: v in ("cam", "fastai"), "'cam' or 'fastai'"),
+            head=need("head", lambda v: v in values(Head), "'cam' or 'fastai'"),
             stride=need("stride", lambda v: v in (8, 16, 32), "8, 16 or 32", 32),
             classes=list(classes), size=need("size", lambda v: isinstance(v, int) and 8 <= v <= 4096,
                                              "an image side between 8 and 4096"),
@@ -119,8 +128,6 @@ class RunInfo:
     @property
     def model_spec(self):
         """The network as camkit.spec describes it (checked again: model.json may be anyone's)."""
-        from camkit.spec import ModelSpec
-
         return ModelSpec.parse(self.arch, self.head, self.stride, self.dilate)
 
 
@@ -205,7 +212,7 @@ class LoadedModel:
 
 def load(run_dir: str | Path, device: str | torch.device | None = None) -> LoadedModel:
     """Load a run saved by `train` (model.json + model.pth), tensors only — no unpickling."""
-    from camkit.models import build_model, read_state_dict
+    from camkit.models import StateMismatch, read_state_dict, rebuild
 
     info = read_info(run_dir)
     run_dir = Path(run_dir)
@@ -213,14 +220,19 @@ def load(run_dir: str | Path, device: str | torch.device | None = None) -> Loade
     if not weights.is_file():
         raise CamkitError(f"'{run_dir}' is not a camkit run (no {WEIGHTS})")
     state = read_state_dict(weights, "weights")
-    model = build_model(info.model_spec, len(info.classes), pretrained=False).model
     try:
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError, ValueError) as e:
-        raise CamkitError(f"'{weights}' does not match {info.arch} ({str(e).splitlines()[0][:120]})") from None
+        model = rebuild(info.model_spec, len(info.classes), state)
+    except StateMismatch as e:
+        raise CamkitError(f"'{weights}' does not match {info.arch} ({e})") from None
     if not info.complete:
         warnings.warn(f"'{run_dir}' holds an incomplete run (training was interrupted)", stacklevel=2)
     return LoadedModel(model.to(resolve_device(device)).eval(), info, run_dir)
+
+
+def as_loaded(run: str | Path | LoadedModel, device: str | torch.device | None = None) -> LoadedModel:
+    """`run` itself when it is already loaded (a caller that loads once and calls many times,
+    the app, a notebook), else the run folder loaded onto `device`."""
+    return run if isinstance(run, LoadedModel) else load(run, device=device)
 
 
 def warn_if_unusable(loaded: LoadedModel) -> None:
@@ -328,7 +340,7 @@ def read_cam_trust(run_dir: str | Path) -> dict | None:
         return None
     data = _read_json(path, "CAM evaluation without boxes")
     absence = data.get("absence") if isinstance(data, dict) else None
-    if not (isinstance(data, dict) and data.get("split") in ("valid", "train") and isinstance(data.get("images"), int)
+    if not (isinstance(data, dict) and data.get("split") in values(EvalSplit) and isinstance(data.get("images"), int)
             and isinstance(data.get("methods"), dict)
             and all(_scores(v, ("sanity_passed",)) for v in data["methods"].values())
             and isinstance(absence, dict) and isinstance(absence.get("flagged"), list)
@@ -372,6 +384,37 @@ class RunContents:
     history: list[dict]
     valid: list[dict]        # {file (relative to the data root), label, pred, prob, loss}
     lr_curve: list[tuple[float, float]] = field(default_factory=list)   # lr_find's (lr, loss), when run
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """A model's predictions on the held-out images as a run keeps them: valid.json's rows, and
+    the accuracy, mean loss and confusion matrix its summary and verdict read."""
+    rows: list[dict]              # {file (relative to the data root), label, pred, prob, loss}
+    accuracy: float
+    loss: float | None            # None: no held-out image
+    confusion: list[list[int]]    # rows: actual class, columns: predicted class
+
+
+def held_out(files: Sequence, targets: torch.Tensor, probs: torch.Tensor, losses: torch.Tensor,
+             classes: list[str], root: Path) -> HeldOut:
+    """The held-out predictions of `camkit train` and of a notebook's export_run, written once:
+    a row per item that is a file inside `root` (its path relative to it, so reading the run
+    does not depend on the working folder; any other item gets no row), prob and loss to 5
+    decimals; accuracy = mean(argmax p = target) and the mean loss to 4 (0.0 and None with no
+    image)."""
+    root = root.resolve()
+    rows = []
+    for f, y, p, loss in zip(files, targets, probs, losses):
+        path = Path(f).resolve() if isinstance(f, (str, Path)) else None
+        if path is not None and path.is_relative_to(root):
+            rows.append({"file": path.relative_to(root).as_posix(), "label": classes[int(y)],
+                         "pred": classes[int(p.argmax())], "prob": round(float(p.max()), 5),
+                         "loss": round(float(loss), 5)})
+    pred = probs.argmax(1)
+    accuracy = round(float((pred == targets).float().mean()), 4) if len(targets) else 0.0
+    loss = round(float(losses.mean()), 4) if len(losses) else None
+    return HeldOut(rows, accuracy, loss, confusion_matrix(pred, targets.long(), len(classes)).tolist())
 
 
 def _own_entries(folder: Path) -> bool:
@@ -439,9 +482,9 @@ def _write_files(folder: Path, c: RunContents) -> list[str]:
             writer.writeheader()
             writer.writerows(c.history)
     (folder / VALID).write_text(json.dumps(c.valid, indent=1), encoding="utf-8")
-    plot_losses(c.history, folder / "loss.png")
-    plot_confusion(np.array(c.info.confusion), c.info.classes, folder / "confusion.png")
-    names = [WEIGHTS, HISTORY, VALID, "loss.png", "confusion.png"]
+    plot_losses(c.history, folder / LOSS_PLOT)
+    plot_confusion(np.array(c.info.confusion), c.info.classes, folder / CONFUSION_PLOT)
+    names = [WEIGHTS, HISTORY, VALID, LOSS_PLOT, CONFUSION_PLOT]
     if c.lr_curve:
         with open(folder / LR_FIND, "w", newline="", encoding="utf-8") as f:
             csv.writer(f).writerows([("lr", "loss"), *c.lr_curve])

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from camkit.choices import Aug, Head, Precision, Recipe, TrainLoader, value
+from camkit.choices import Aug, Head, Precision, Recipe, TrainLoader, choice
 from camkit.errors import CamkitError
 
 STRIDES = (8, 16, 32)
@@ -82,13 +82,6 @@ def _tv_name(close: str, names: set[str]) -> str:
     return close if close in names else next((n for n in sorted(names) if n.replace("_", "") == close), close)
 
 
-def _choice(enum: type, given: Any, option: str) -> str:
-    try:
-        return enum(value(given)).value
-    except ValueError:
-        raise CamkitError(f"--{option} must be one of {', '.join(e.value for e in enum)}, not '{value(given)}'") from None
-
-
 # ---------------------------------------------------------------- the model
 
 @dataclass(frozen=True)
@@ -112,7 +105,7 @@ class ModelSpec:
         """Check the network options; `pretrained` (weights will be loaded) only sets the
         default of `dilate`."""
         name, source = resolve_arch(arch)
-        head = _choice(Head, head, "head")
+        head = choice(Head, head, "head")
         if stride is None:
             stride = default_stride(name, source, head)
         if stride not in STRIDES:
@@ -182,12 +175,12 @@ class TrainSpec:
             raise CamkitError("--weights loads pretrained weights: it cannot be combined with --no-pretrained")
         if weights is not None and not Path(weights).is_file():
             raise CamkitError(f"weights file '{weights}' does not exist")
-        recipe = _recipe(recipe, model.head)
+        recipe = recipe_name(recipe, model.head)
         return cls(model=model, size=size, valid_pct=float(valid_pct), seed=seed, bs=bs, epochs=epochs,
                    freeze_epochs=freeze_epochs, lr=parse_lr(lr), pretrained=pretrained,
                    weights=Path(weights) if weights is not None else None, recipe=recipe,
-                   loader=_choice(TrainLoader, loader, "loader"), aug=_choice(Aug, aug, "aug"),
-                   precision=_choice(Precision, precision, "precision"))
+                   loader=choice(TrainLoader, loader, "loader"), aug=choice(Aug, aug, "aug"),
+                   precision=choice(Precision, precision, "precision"))
 
     def for_data(self, n_train: int, pretrained: bool) -> "TrainSpec":
         """The spec with `bs` and `epochs` resolved for `n_train` training images (per process)."""
@@ -206,8 +199,10 @@ class TrainSpec:
         return {**self.model.to_json(), **out}
 
 
-def _recipe(recipe: Any, head: str) -> str:
-    name = _choice(Recipe, recipe, "recipe")
+def recipe_name(recipe: Any, head: str) -> str:
+    """The training recipe named (camkit.evidence.RECIPES), `auto` resolved for the head: the
+    counterfactual recipe with camkit's CAM head (it reads the head's weights), plain with fastai's."""
+    name = choice(Recipe, recipe, "recipe")
     if name == "auto":
         return "counterfactual" if head == "cam" else "plain"
     return name

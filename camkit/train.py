@@ -37,7 +37,8 @@ from camkit.files import refuse_inside_class_folder
 from camkit.history import EpochHistory  # noqa: F401  (re-exported: its old path)
 from camkit.images import open_rgb
 from camkit.models import BuiltModel, build_model
-from camkit.run import MODEL_FORMAT, RunContents, RunInfo, check_out, discard_out, run_summary, save_run
+from camkit.run import (META, HeldOut, RunContents, RunInfo, check_out, discard_out, held_out, run_summary,
+                        save_run)
 from camkit.spec import TrainSpec
 from camkit.verdict import Finding, TrainingVerdict, confusion_matrix, judge, verdict_line  # noqa: F401
 
@@ -226,10 +227,11 @@ def _fit_and_judge(data_dir: Path, out: Path, spec: TrainSpec, dev: torch.device
     lr = search.lr if search else fallback
     log, seconds, complete = fit(learn, built.pretrained, spec.epochs, spec.freeze_epochs, lr, verbose=verbose)
     preds = predict(learn, dls.valid)
+    held = held_out(split.valid_files, preds.targets, preds.probs, preds.losses, split.classes, data_dir)
     notes = search.notes if search else ()
-    result = summarize(out, spec, built.pretrained, split, dev, precision, log.rows, seconds, preds, lr, notes)
+    result = summarize(out, spec, built.pretrained, split, dev, precision, log.rows, seconds, held, lr, notes)
     result.recipe = recipe.name + (" + negatives folder" if neg is not None else "")
-    contents = run_contents(result, spec, learn.model, split, data_dir, preds, complete,
+    contents = run_contents(result, spec, learn.model, split, data_dir, held, complete,
                             spec.epochs + (spec.freeze_epochs if built.pretrained else 0),
                             search.curve if search else [])
     return result, contents, complete
@@ -450,46 +452,37 @@ def predict(learn: Learner, dl: TensorBatches) -> Predictions:
 
 
 def summarize(out: Path, spec: TrainSpec, pretrained: bool, split: Split, device: torch.device, precision: str,
-              history: list[dict], seconds: float, preds: Predictions, lr: float,
+              history: list[dict], seconds: float, held: HeldOut, lr: float,
               notes: tuple[Finding, ...] = ()) -> TrainResult:
     """The numbers of the run and its verdict; throughput = images seen in every epoch run /
     fitting seconds."""
     n_valid = len(split.valid_files)
     n_seen = len(history) * (split.n_train + n_valid)
-    cm = confusion_matrix(preds.probs.argmax(1), preds.targets, len(split.classes)).tolist()
-    verdict = judge(cm, split.classes, history, split.train_counts, pretrained, notes)
+    verdict = judge(held.confusion, split.classes, history, split.train_counts, pretrained, notes)
     return TrainResult(
         out=str(out), arch=spec.model.arch, head=spec.model.head, stride=spec.model.stride, pretrained=pretrained,
         classes=split.classes, n_train=split.n_train, n_valid=n_valid, epochs=len(history),
         device=str(device), precision=precision, train_seconds=round(seconds, 3),
         images_per_sec=round(n_seen / seconds, 2) if seconds else 0.0,
-        valid_accuracy=round(float((preds.probs.argmax(1) == preds.targets).float().mean()), 4),
-        valid_loss=round(float(preds.losses.mean()), 4), skipped=[f"{p}: {why}" for p, why in split.skipped],
+        valid_accuracy=held.accuracy, valid_loss=held.loss, skipped=[f"{p}: {why}" for p, why in split.skipped],
         history=history, world_size=rank_world()[1], dilate=spec.model.dilate, bs=spec.bs, lr=lr,
         lr_source="lr_find" if spec.lr == "auto" and not notes else "given" if isinstance(spec.lr, float) else "default",
-        train_counts=split.train_counts, confusion=cm, verdict=verdict.to_json())
+        train_counts=split.train_counts, confusion=held.confusion, verdict=verdict.to_json())
 
 
 def run_contents(result: TrainResult, spec: TrainSpec, model: nn.Module, split: Split, data_dir: Path,
-                 preds: Predictions, complete: bool, epochs_planned: int,
+                 held: HeldOut, complete: bool, epochs_planned: int,
                  lr_curve: list[tuple[float, float]]) -> RunContents:
-    """What the run folder holds: fp32 contiguous weights, history, held-out predictions with
-    paths relative to the data root (so reading the run does not depend on the working folder;
-    the folder scan keeps only files inside it), the verdict and the resolved options."""
-    root = data_dir.resolve()
-    classes, labels = split.classes, split.valid_labels
-    valid = [{"file": f.resolve().relative_to(root).as_posix(), "label": classes[int(y)],
-              "pred": classes[int(p.argmax())], "prob": round(float(p.max()), 5), "loss": round(float(loss), 5)}
-             for f, y, p, loss in zip(split.valid_files, labels, preds.probs, preds.losses)
-             if f.resolve().is_relative_to(root)]
-    info = RunInfo(arch=spec.model.arch, head=spec.model.head, stride=spec.model.stride, dilate=spec.model.dilate,
-                   classes=classes, size=spec.size, stats=(list(IMAGENET_STATS[0]), list(IMAGENET_STATS[1])),
-                   pretrained=result.pretrained, complete=complete, epochs_planned=epochs_planned,
-                   confusion=result.confusion, summary=run_summary(result.to_dict()), data_root=str(root),
-                   format=MODEL_FORMAT, resize=split.resize, world_size=result.world_size,
-                   verdict=result.verdict, spec=spec.to_json())
+    """What the run folder holds: fp32 contiguous weights, history, held-out predictions
+    (camkit.run.held_out: paths relative to the data root), the verdict and the resolved options."""
+    info = RunInfo.describe(spec.model, classes=split.classes, size=spec.size,
+                            stats=(list(IMAGENET_STATS[0]), list(IMAGENET_STATS[1])), pretrained=result.pretrained,
+                            complete=complete, epochs_planned=epochs_planned, confusion=result.confusion,
+                            summary=run_summary(result.to_dict()), data_root=str(data_dir.resolve()),
+                            resize=split.resize, world_size=result.world_size, verdict=result.verdict,
+                            spec=spec.to_json())
     state = model.float().to(memory_format=torch.contiguous_format).state_dict()
-    return RunContents(info, state, result.history, valid, lr_curve)
+    return RunContents(info, state, result.history, held.rows, lr_curve)
 
 
 def _save(out: Path, contents: RunContents, overwrite: bool, complete: bool) -> None:
@@ -498,7 +491,7 @@ def _save(out: Path, contents: RunContents, overwrite: bool, complete: bool) -> 
     if complete:
         save_run(out, contents, overwrite)
         return
-    if (out / "model.json").exists():
+    if (out / META).exists():
         raise Interrupted(f"training interrupted after {done} of {planned} epochs; the previous run in "
                           f"'{out}' is unchanged")
     save_run(out, contents, overwrite)

@@ -177,5 +177,5 @@ def test_unavailable_dataset_names_the_alternatives(monkeypatch, tmp_path):
     monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
     with pytest.raises(CamkitError, match="fashion-mnist or --dataset digits"):
         ex.load_course_data("mnist", tmp_path)
-    with pytest.raises(CamkitError, match="unknown dataset"):
+    with pytest.raises(CamkitError, match="--dataset must be one of mnist, fashion-mnist, digits, cifar10"):
         ex.load_course_data("imagenet")

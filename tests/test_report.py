@@ -184,12 +184,12 @@ def test_embedded_images_are_re_encoded_without_metadata(tmp_path):
 
     from PIL import Image, PngImagePlugin
 
-    from camkit.report import _uri
+    from camkit.render import png_data_uri
 
     exif = Image.Exif()
     exif[0x0131] = "/home/alice/secret-tool"
     text = PngImagePlugin.PngInfo()
     text.add_text("Comment", "/home/alice/holiday")
     Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "meta.png", exif=exif, pnginfo=text)
-    raw = base64.b64decode(_uri(tmp_path / "meta.png").split(",", 1)[1])
+    raw = base64.b64decode(png_data_uri(tmp_path / "meta.png").split(",", 1)[1])
     assert b"alice" not in raw.lower() and raw.startswith(b"\x89PNG")

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from camkit.choices import CourseDataset, choice
 from camkit.course.loop import fit, make_loader, make_stepper, small_batch_threads
 from camkit.course.nets import CifarNet, MnistNet, n_parameters, variant1, variant2
 from camkit.device import default_device
@@ -61,8 +62,7 @@ def load_course_data(dataset: str, data_dir: str | Path | None = None, cifar_sha
     1x28x28 set becomes 3x32x32 (pad 2, repeat the channel) so the CIFAR nets accept it."""
     from camkit.data import FASHION_CLASSES, load_digits28, load_fashion_mnist
 
-    if dataset not in DATASETS:
-        raise CamkitError(f"unknown dataset '{dataset}'; choose from {', '.join(DATASETS)}")
+    dataset = choice(CourseDataset, dataset, "dataset")
     root = Path(data_dir) if data_dir else Path.home() / ".cache" / "camkit" / "datasets"
     if dataset in ("mnist", "cifar10"):
         train, test = _torchvision_dataset(dataset, root, True), _torchvision_dataset(dataset, root, False)

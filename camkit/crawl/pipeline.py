@@ -11,11 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from camkit.choices import value
+from camkit.choices import License, choice, value
 from camkit.crawl.download import CamkitCrawler, VerifyingDownloader
 from camkit.crawl.engines import ENGINES, Engine, EngineFeeder, EngineParser, SearchLog, engine_chain
 from camkit.crawl.ledger import KeywordState, Ledger
-from camkit.crawl.licenses import LICENSE_CLASSES
 from camkit.crawl.names import ClassQueries, classes_from, parse_bytes, parse_endpoints, slugify
 from camkit.crawl.policy import FILE_TIMEOUT_FACTOR, AddressPolicy, FetchPolicy, HostGate
 from camkit.crawl.progress import Progress
@@ -87,9 +86,7 @@ def crawl(keywords: Sequence[str] = (), max_num: int = 100, out: str | Path = "d
     class, and also end the downloads in flight. Raises NothingSaved (a CamkitError) when a
     class ends with no image in its folder, after the manifest is written, with the reason per
     engine tried. Progress goes to stderr (see Progress) unless `quiet` is set."""
-    engine, license = value(engine), value(license)
-    if license is not None and license not in LICENSE_CLASSES:
-        raise CamkitError(f"--license must be one of {', '.join(LICENSE_CLASSES)}, not '{license}'")
+    engine, license = value(engine), license if license is None else choice(License, license, "license")
     endpoints = parse_endpoints(endpoint, list(ENGINES))
     names = engine_chain(engine, license, endpoints)
     if "ddg" in names and importlib.util.find_spec("ddgs") is None:

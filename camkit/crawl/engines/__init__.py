@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from camkit.choices import Engine as EngineChoice
+from camkit.choices import choice
 from camkit.crawl.engines import baidu, bing, ddg, flickr, google, openverse, wikimedia
 from camkit.crawl.engines.base import Engine, EngineFeeder, EngineParser, ParseError, SearchLog
 from camkit.errors import CamkitError
@@ -23,8 +25,7 @@ def engine_chain(engine: str, license: str | None, endpoints: dict[str, str]) ->
     auto: AUTO_ORDER, Flickr only when FLICKR_API_KEY is set (a named flickr may
     also run against an --endpoint); with a licence class only the engines that give a licence per image, those first
     (any other engine's images would all be refused for want of a known licence)."""
-    if engine != "auto" and engine not in ENGINES:
-        raise CamkitError(f"unknown engine '{engine}'; choose from auto, {', '.join(ENGINES)}")
+    engine = choice(EngineChoice, engine, "engine")
     keyed = bool(os.environ.get("FLICKR_API_KEY"))
     if engine == "auto":
         names = [n for n in (LICENSE_ORDER if license else AUTO_ORDER) if n != "flickr" or keyed]
