@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from importlib import import_module
-from itertools import pairwise
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -25,6 +24,8 @@ from torch import Tensor, nn
 
 from camkit.cam.base import normalise
 from camkit.geometry import Grid, upsample
+from camkit.imputation import NEIGHBOURS, solve_imputations  # noqa: F401 - ROAD's systems, still importable here
+from camkit.scoring import ort_scorer
 
 # run-level names that moved to camkit.evaluate; `from camkit.metrics import evaluate_run` still works
 _MOVED = frozenset({"DEFAULT_METHODS", "SANITY_MAX", "ABSENCE_MIN", "ABSENCE_GAP", "TRUST_KEYS", "read_boxes",
@@ -60,14 +61,20 @@ SCORE_BATCH = 112   # perturbed images per forward pass (resnet18 @ 128 px: 1.4x
 SAME_MAPS_ATOL = 1e-6   # two methods' [0, 1] maps closer than this everywhere are the same maps
 
 
-def scoring_model(model: nn.Module, x: Tensor) -> Callable[[Tensor], Tensor]:
-    """A faster twin of `model` for the metrics' many forward passes: BatchNorm folded into the
-    convolutions before it (torch.fx's `fuse`) and channels-last weights and inputs (1.7x on
-    resnet18 @ 128 px, batch 112, on a 2-core CPU; scripts/bench_cam_eval.py). Its logits on
-    `x` are checked against the model's (within 1e-4 of their largest magnitude); a model fx
-    cannot trace, or a mismatch, is used as it is. Maps are never taken from the twin."""
+def scoring_model(model: nn.Module, x: Tensor, onnx: bool = True) -> Callable[[Tensor], Tensor]:
+    """A faster twin of `model` for the metrics' many forward passes: with onnxruntime installed
+    (and `onnx`), the model exported to ONNX and run there (`camkit.scoring.ort_scorer`: 1.4x
+    the torch twin at batch 112 here); else, or when its logits disagree, BatchNorm folded into
+    the convolutions before it (torch.fx's `fuse`) and channels-last weights and inputs (1.7x
+    eager on resnet18 @ 128 px, batch 112, on a 2-core CPU; scripts/bench_cam_eval.py). Either
+    twin's logits on `x` are checked against the model's (within 1e-4 of their largest
+    magnitude); a model neither can take, or a mismatch, is used as it is. Maps are never taken
+    from the twin."""
     from torch.fx.experimental.optimization import fuse
 
+    ort = ort_scorer(model, x) if onnx else None
+    if ort is not None:
+        return ort
     try:
         twin = fuse(model.eval()).to(memory_format=torch.channels_last)
     except Exception:  # noqa: BLE001 - any untraceable model just runs as it is
@@ -161,55 +168,8 @@ def deletion_insertion(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor,
 
 # ---------------------------------------------------------------- ROAD (Rong et al. 2022)
 
-# the 8 neighbours' weights of ROAD's noisy linear imputation (pytorch-grad-cam metrics/road.py)
-NEIGHBOURS = ((1, 1, 1 / 12), (0, 1, 1 / 6), (-1, 1, 1 / 12), (1, -1, 1 / 12),
-              (0, -1, 1 / 6), (-1, -1, 1 / 12), (1, 0, 1 / 6), (-1, 0, 1 / 6))
 ROAD_PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 SOLVE_UNKNOWNS = 250_000   # unknowns per batch of systems built together (bounds their memory)
-
-
-def solve_imputations(images: np.ndarray, removed: np.ndarray) -> list[np.ndarray]:
-    """The noise-free linear imputation of K images at once: images (K, C, H, W) float64,
-    removed (K, H, W) bool; returns each image's removed pixels' values (C, n_k). Every removed
-    pixel is the weighted mean of its in-image neighbours, v_i = sum_j w_ij v_j / sum_j w_ij
-    (weights 1/6 side, 1/12 diagonal; removed neighbours are unknowns too): the K systems are
-    built together, as one block-diagonal sparse matrix, and each block factorised on its own
-    (one SuperLU call on the whole matrix was 5x slower than the blocks one by one). The
-    negated matrix is symmetric and diagonally dominant (an M-matrix), so the factorisation
-    needs no pivoting and a symmetric ordering (SuperLU's MMD on A + A^T): 1.5-5x faster than
-    `spsolve`'s default here, the same values to 1e-10."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.linalg import splu
-
-    k, c, h, w = images.shape
-    gone = removed.reshape(-1)
-    unknown = np.flatnonzero(gone)
-    counts = removed.reshape(k, -1).sum(1)
-    if len(unknown) == 0:
-        return [np.zeros((c, 0)) for _ in range(k)]
-    values = images.transpose(1, 0, 2, 3).reshape(c, -1)
-    var = np.full(gone.size, -1)
-    var[unknown] = np.arange(len(unknown))
-    r, q = (unknown % (h * w)) // w, unknown % w
-    rows, cols, vals = [np.arange(len(unknown))], [np.arange(len(unknown))], []
-    diag, rhs = np.zeros(len(unknown)), np.zeros((len(unknown), c))
-    for dr, dq, wt in NEIGHBOURS:
-        rr, qq = r + dr, q + dq
-        ok = (rr >= 0) & (rr < h) & (qq >= 0) & (qq < w)
-        nb = unknown[ok] + dr * w + dq
-        diag[ok] += wt
-        known = ~gone[nb]
-        rhs[np.flatnonzero(ok)[known]] -= wt * values[:, nb[known]].T
-        rows.append(np.flatnonzero(ok)[~known])
-        cols.append(var[nb[~known]])
-        vals.append(np.full((~known).sum(), wt))
-    vals.insert(0, -diag)
-    a = coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                   shape=(len(unknown), len(unknown))).tocsc()
-    ends = np.concatenate([[0], np.cumsum(counts)])
-    return [np.zeros((c, 0)) if lo == hi else
-            splu(a[lo:hi, lo:hi].tocsc(), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0,
-                 options={"SymmetricMode": True}).solve(rhs[lo:hi]).T for lo, hi in pairwise(ends)]
 
 
 def impute_linear(x: Tensor, removed: Tensor, noise: float = 0.01, generator: torch.Generator | None = None
