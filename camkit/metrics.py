@@ -224,6 +224,20 @@ class Imputer:
                 self.kept[key] = torch.from_numpy(np.ascontiguousarray(values)).to(self.x.dtype)
         return [self.kept[k] for k in keys]
 
+    def filled(self, masks: list[tuple[int, np.ndarray]], noise: float = 0.01,
+               generator: torch.Generator | None = None) -> Tensor:
+        """The images of `masks` (image index, removed (H, W) bool) with their removed pixels
+        imputed plus N(0, noise^2), drawn mask by mask in order from `generator` (as
+        `impute_linear` draws them): (len(masks), C, H, W) on the CPU, written in one masked
+        assignment rather than one clone per mask."""
+        values = self.solve(masks)
+        out = self.x.detach().cpu()[[i for i, _ in masks]].clone()
+        gone = torch.from_numpy(np.stack([m for _, m in masks]))
+        noisy = [_noisy(v, noise, generator).T for (_, m), v in zip(masks, values) if m.any()]
+        if noisy:
+            out.permute(0, 2, 3, 1)[gone] = torch.cat(noisy)
+        return out
+
 
 class RoadResult(NamedTuple):
     """Per image: ROAD's most-relevant-first and least-relevant-first scores (mean change of the
@@ -259,10 +273,8 @@ def road(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor, maps: Tensor,
         for p in percentiles:
             threshold = torch.quantile(ranked.flatten(1), p / 100, dim=1)
             masks += [(i, m) for i, m in enumerate((ranked >= threshold[:, None, None]).cpu().numpy())]
-    g = torch.Generator().manual_seed(seed)
-    filled = [x[i].clone() if not m.any() else _filled(x[i], m, _noisy(v, noise, g))
-              for (i, m), v in zip(masks, imputer.solve(masks))]
-    probs = target_probs(model, [torch.stack(filled[k:k + b]) for k in range(0, len(filled), b)], target)
+    filled = imputer.filled(masks, noise, torch.Generator().manual_seed(seed)).to(x.device)
+    probs = target_probs(model, filled.split(b), target)
     morf_probs, lerf_probs = probs[:len(percentiles)].T, probs[len(percentiles):].T
     morf, lerf = morf_probs.mean(1) - base, lerf_probs.mean(1) - base
     return RoadResult(morf.cpu(), lerf.cpu(), ((lerf - morf) / 2).cpu(), base.cpu(), morf_probs.cpu())
