@@ -42,6 +42,7 @@ from camkit.errors import CamkitError
 from camkit.files import (TMP_PREFIX, atomic_write, confined, ensure_writable_dir, move_aside, parse_json,
                           read_text, remove_if_empty)
 from camkit.images import open_rgb, resize_square
+from camkit.models import StateMismatch, read_state_dict, rebuild
 from camkit.spec import ModelSpec
 from camkit.verdict import TrainingVerdict, Verdict, confusion_matrix, judge
 
@@ -212,8 +213,6 @@ class LoadedModel:
 
 def load(run_dir: str | Path, device: str | torch.device | None = None) -> LoadedModel:
     """Load a run saved by `train` (model.json + model.pth), tensors only — no unpickling."""
-    from camkit.models import StateMismatch, read_state_dict, rebuild
-
     info = read_info(run_dir)
     run_dir = Path(run_dir)
     weights = run_dir / WEIGHTS
@@ -499,8 +498,6 @@ def export_model(run_dir: str | Path, dest: str | Path) -> Path:
     data root, the run folder, skipped files: paths of the author's machine have no place in a
     public copy). The weights are checked to
     be plain tensors first, so nothing pickled is passed on."""
-    from camkit.models import read_state_dict
-
     info = read_info(run_dir)
     weights = Path(run_dir) / WEIGHTS
     read_state_dict(weights, "weights")

@@ -1,6 +1,8 @@
 """camkit inside a fastai notebook: the exam's code, then CAMs, top losses and export, on a
 `vision_learner` with fastai's default head and on a `cam_learner`."""
 
+import json
+
 import pytest
 import torch
 from PIL import Image
@@ -132,11 +134,16 @@ def test_results_render_inline(cam_learner):
 
 
 @pytest.mark.parametrize("name", ["exam", "cam"])
-def test_export_run_works_with_camkit_commands(request, name, tmp_path, cli, dls):
+def test_export_run_works_with_camkit_commands(request, name, tmp_path, cli, dls, tiny_run):
     from camkit.run import load
 
     learn = request.getfixturevalue(f"{name}_learner")
     out = learn.export_run(tmp_path / "run")
+    # one writer (camkit.run.held_out, RunInfo.describe) for camkit train's run and this export
+    exported, trained = ([json.loads((d / f).read_text()) for f in ("valid.json", "model.json")] for d in (out, tiny_run))
+    assert exported[0] and {tuple(r) for r in exported[0]} == {tuple(r) for r in trained[0]} == {
+        ("file", "label", "pred", "prob", "loss")}
+    assert list(exported[1]) == list(trained[1])
     files = list(dls.valid.items)
     loaded = load(out)
     with torch.no_grad():
