@@ -210,20 +210,27 @@ def test_accelerate_launch_trains_a_run_written_once(sides, tmp_path):
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".camkit")]
 
 
-@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
-def test_sharded_cam_equals_the_single_process_folder(tiny_run, canvas_dir, tmp_path, launcher):
+@pytest.fixture(scope="module")
+def single_cams(tiny_run, canvas_dir, tmp_path_factory) -> Path:
+    """`cam` of both class folders in this one process, made once for both launchers."""
     from camkit.explain import cam
 
+    out = tmp_path_factory.mktemp("single-cams") / "one"
+    cam([canvas_dir / "bag", canvas_dir / "trouser"], model=tiny_run, out=out, bs=8, quiet=True)
+    return out
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_sharded_cam_equals_the_single_process_folder(tiny_run, canvas_dir, single_cams, tmp_path, launcher):
     images = [canvas_dir / "bag", canvas_dir / "trouser"]
-    cam(images, model=tiny_run, out=tmp_path / "one", bs=8, quiet=True)
     done = _launch(launcher, "-m", "camkit", "cam", *images, "-m", tiny_run, "--out", tmp_path / "two", "--bs", "8")
     assert done.returncode == 0, done.stderr[-3000:]
-    one, two = (tmp_path / "one" / "cams.jsonl").read_text(), (tmp_path / "two" / "cams.jsonl").read_text()
+    one, two = (single_cams / "cams.jsonl").read_text(), (tmp_path / "two" / "cams.jsonl").read_text()
     assert one.splitlines() == two.splitlines() and len(one.splitlines()) == 80
-    assert (tmp_path / "one" / "index.html").read_text() == (tmp_path / "two" / "index.html").read_text()
+    assert (single_cams / "index.html").read_text() == (tmp_path / "two" / "index.html").read_text()
     for line in one.splitlines()[::13]:  # float sums in another thread count: equal to rounding
         name = json.loads(line)["map"]
-        assert np.allclose(np.load(tmp_path / "one" / name), np.load(tmp_path / "two" / name), atol=1e-5)
+        assert np.allclose(np.load(single_cams / name), np.load(tmp_path / "two" / name), atol=1e-5)
     assert done.stdout.count("images explained") == 1
 
 
