@@ -59,12 +59,16 @@ def pointing_game(pairs: Sequence[tuple[Sequence[int], Sequence[float]]]) -> flo
 
 SCORE_BATCH = 112   # perturbed images per forward pass (resnet18 @ 128 px: 1.4x the rate of batch 28 here)
 SAME_MAPS_ATOL = 1e-6   # two methods' [0, 1] maps closer than this everywhere are the same maps
+# the ONNX export and session (1-4 s here) pay for themselves from about 5 images a batch (~150
+# perturbed copies each, 1.4x faster): below ORT_MIN_IMAGES the torch twin scores
+ORT_MIN_IMAGES = 8
 
 
 def scoring_model(model: nn.Module, x: Tensor, onnx: bool = True) -> Callable[[Tensor], Tensor]:
     """A faster twin of `model` for the metrics' many forward passes: with onnxruntime installed
-    (and `onnx`), the model exported to ONNX and run there (`camkit.scoring.ort_scorer`: 1.4x
-    the torch twin at batch 112 here); else, or when its logits disagree, BatchNorm folded into
+    (and `onnx`, and x of ORT_MIN_IMAGES or more), the model exported to ONNX and run there
+    (`camkit.scoring.ort_scorer`: 1.4x the torch twin at batch 112 here); else, or when its
+    logits disagree, BatchNorm folded into
     the convolutions before it (torch.fx's `fuse`) and channels-last weights and inputs (1.7x
     eager on resnet18 @ 128 px, batch 112, on a 2-core CPU; scripts/bench_cam_eval.py). Either
     twin's logits on `x` are checked against the model's (within 1e-4 of their largest
@@ -72,7 +76,7 @@ def scoring_model(model: nn.Module, x: Tensor, onnx: bool = True) -> Callable[[T
     from the twin."""
     from torch.fx.experimental.optimization import fuse
 
-    ort = ort_scorer(model, x) if onnx else None
+    ort = ort_scorer(model, x) if onnx and len(x) >= ORT_MIN_IMAGES else None
     if ort is not None:
         return ort
     try:

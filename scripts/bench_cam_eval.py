@@ -57,10 +57,27 @@ def build_run(root: Path) -> Path:
     return run
 
 
+def with_image_files(source: str) -> str:
+    """The baseline calls `iter_explain(loaded, files, ..., named=...)`, from before
+    camkit.images.ImageFiles carried the named-files policy (28dda5c): the same call, in today's
+    form (named files: an unreadable one is an error, as `named` said). Same images, same maps."""
+    import inspect
+    import re
+
+    from camkit.explain import iter_explain
+
+    if "named" in inspect.signature(iter_explain).parameters:
+        return source
+    source = re.sub(r", named=(\{str\(f\) for f in files\}|named)\)", ")", source)
+    source = source.replace("iter_explain(loaded, files,", "iter_explain(loaded, _ImageFiles.required(files),")
+    return source + "\n\nfrom camkit.images import ImageFiles as _ImageFiles  # noqa: E402\n"
+
+
 def baseline_module(commit: str, root: Path):
     """camkit/metrics.py as of `commit`, imported as a module of its own."""
     source = subprocess.run(["git", "-C", str(REPO), "show", f"{commit}:camkit/metrics.py"], capture_output=True,
                             text=True, check=True).stdout
+    source = with_image_files(source)
     path = root / f"metrics_{commit[:8]}.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location(f"metrics_{commit[:8]}", path)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import camkit.scoring
-from camkit.metrics import scoring_model
+from camkit.metrics import ORT_MIN_IMAGES, scoring_model
 from camkit.scoring import ort_scorer
 
 pytest.importorskip("onnxruntime")
@@ -22,16 +22,17 @@ def is_ort(score) -> bool:
 
 
 def test_the_onnx_scorer_gives_torchs_logits_at_any_batch():
-    model, x = tiny(), torch.randn(2, 3, 12, 12)
+    model, x = tiny(), torch.randn(ORT_MIN_IMAGES, 3, 12, 12)
     score = scoring_model(model, x)
     assert is_ort(score)
+    assert not is_ort(scoring_model(model, x[:ORT_MIN_IMAGES - 1]))   # too few images to pay for the export
     batch = torch.randn(5, 3, 12, 12)
     with torch.no_grad():
         assert torch.allclose(score(batch), model(batch), atol=1e-5)
 
 
 def test_without_onnxruntime_or_on_a_mismatch_the_torch_twin_scores(monkeypatch):
-    model, x = tiny(), torch.randn(2, 3, 12, 12)
+    model, x = tiny(), torch.randn(ORT_MIN_IMAGES, 3, 12, 12)
     monkeypatch.setattr(camkit.scoring, "onnx_available", lambda: False)
     assert ort_scorer(model, x) is None
     monkeypatch.undo()
