@@ -68,12 +68,11 @@ def scoring_model(model: nn.Module, x: Tensor, onnx: bool = True) -> Callable[[T
     """A faster twin of `model` for the metrics' many forward passes: with onnxruntime installed
     (and `onnx`, and x of ORT_MIN_IMAGES or more), the model exported to ONNX and run there
     (`camkit.scoring.ort_scorer`: 1.4x the torch twin at batch 112 here); else, or when its
-    logits disagree, BatchNorm folded into
-    the convolutions before it (torch.fx's `fuse`) and channels-last weights and inputs (1.7x
-    eager on resnet18 @ 128 px, batch 112, on a 2-core CPU; scripts/bench_cam_eval.py). Either
-    twin's logits on `x` are checked against the model's (within 1e-4 of their largest
-    magnitude); a model neither can take, or a mismatch, is used as it is. Maps are never taken
-    from the twin."""
+    logits disagree, BatchNorm folded into the convolutions before it (torch.fx's `fuse`) and
+    channels-last weights and inputs (1.7x eager on resnet18 @ 128 px, batch 112, on a 2-core
+    CPU; scripts/bench_cam_eval.py). Either twin's logits on `x` are checked against the
+    model's (within 1e-4 of their largest magnitude); a model neither can take, or a mismatch,
+    is used as it is. Maps are never taken from the twin."""
     from torch.fx.experimental.optimization import fuse
 
     ort = ort_scorer(model, x) if onnx and len(x) >= ORT_MIN_IMAGES else None

@@ -10,8 +10,10 @@ the last commit before the batched path) into a temporary module: per method, pe
 two forward passes per deletion / insertion step, one per ROAD percentile and one sparse solve
 per image and percentile. The new path takes every method's maps once per batch, scores
 methods whose maps are equal once (`same_maps`), computes the probabilities no map changes
-once, forwards the perturbations of all steps together through a BatchNorm-folded,
-channels-last twin of the model, and shares ROAD's solves between equal masks.
+once, forwards the perturbations of all steps together (through onnxruntime when it is
+installed and agrees with torch, camkit.scoring; else a BatchNorm-folded, channels-last twin of
+the model), and shares ROAD's solves between equal masks, factorising them on a thread pool
+(camkit.imputation).
 
 The run: a resnet18 @ 128 px trained for 3 epochs (`camkit.train.train`, the clip-art stand-in
 weights when ~/.cache/camkit/standin-resnet18.pth exists, else from scratch) on the real-image
