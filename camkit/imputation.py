@@ -13,13 +13,11 @@ Laplacian with Dirichlet values from the kept pixels. -A is symmetric and diagon
 three channels (one factorisation, a right-hand side per channel).
 
 What makes it fast (144 real ROAD masks of 8 images @ 128 px, 2-core CPU shared, load 8-9):
-- the systems of a batch are built together, vectorised over every unknown of every mask, and
-  each system's compressed columns are cut out of the block-diagonal matrix as views (slicing
-  the sparse matrix copied every block): 1.1-1.4x the previous solver on one thread, the same
-  values (0 difference);
-- the factorisations run on a thread pool, one worker per core: SuperLU releases the GIL while
-  it factorises, so on an idle 2-core CPU two systems are factorised at once (on a loaded
-  machine there is no idle core to gain).
+the systems of a batch are built together, vectorised over every unknown of every mask, and
+each system's compressed columns are cut out of the block-diagonal matrix as views (slicing the
+sparse matrix copied every block): 1.1-1.4x the previous solver, the same values (0
+difference). A thread pool does not help: scipy's SuperLU factorised one system at a time from
+two threads (CPU time / wall 1.0-1.06), so the factorisations run in turn.
 
 The alternatives measured against SuperLU here (the same 144 systems, one thread): CHOLMOD
 through `cholespy` 1.5x slower, pyamg's smoothed-aggregation CG (to 1e-12) 28x slower, SuperLU
@@ -31,8 +29,6 @@ grows with the square of the region's width).
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
 
 import numpy as np
@@ -40,14 +36,6 @@ import numpy as np
 # the 8 neighbours' (row, column, weight) of ROAD's noisy linear imputation (pytorch-grad-cam metrics/road.py)
 NEIGHBOURS = ((1, 1, 1 / 12), (0, 1, 1 / 6), (-1, 1, 1 / 12), (1, -1, 1 / 12),
               (0, -1, 1 / 6), (-1, -1, 1 / 12), (1, 0, 1 / 6), (-1, 0, 1 / 6))
-
-
-def workers() -> int:
-    """Factorisations run at once: one per core this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def build_systems(images: np.ndarray, removed: np.ndarray):
@@ -99,24 +87,12 @@ def factor_solve(a, rhs: np.ndarray) -> np.ndarray:
     return lu.solve(rhs)
 
 
-def solve_imputations(images: np.ndarray, removed: np.ndarray, threads: int | None = None) -> list[np.ndarray]:
+def solve_imputations(images: np.ndarray, removed: np.ndarray) -> list[np.ndarray]:
     """The noise-free linear imputation of K images at once: images (K, C, H, W) float64,
-    removed (K, H, W) bool; returns each image's removed pixels' values (C, n_k), row-major.
-    `threads`: factorisations at once (default: one per core)."""
+    removed (K, H, W) bool; returns each image's removed pixels' values (C, n_k), row-major."""
     k, c = images.shape[:2]
     if not removed.any():
         return [np.zeros((c, 0)) for _ in range(k)]
     a, rhs, ends = build_systems(images, removed)
-    jobs = [(lo, hi) for lo, hi in pairwise(ends) if hi > lo]
-
-    def one(span: tuple[int, int]) -> np.ndarray:
-        lo, hi = span
-        return factor_solve(block(a, lo, hi), rhs[lo:hi]).T
-
-    threads = min(threads or workers(), len(jobs))
-    if threads > 1:
-        with ThreadPoolExecutor(threads) as pool:
-            solved = iter(list(pool.map(one, jobs)))
-    else:
-        solved = iter([one(j) for j in jobs])
-    return [np.zeros((c, 0)) if hi == lo else next(solved) for lo, hi in pairwise(ends)]
+    return [np.zeros((c, 0)) if hi == lo else factor_solve(block(a, lo, hi), rhs[lo:hi]).T
+            for lo, hi in pairwise(ends)]
