@@ -16,7 +16,7 @@ from __future__ import annotations
 from importlib import import_module as _import_module
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from camkit.version import __version__
 
 # the public sub-modules, each imported on first attribute access
 _SUBMODULES = frozenset({

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from camkit import __version__
+from camkit.version import __version__
 from camkit.errors import CamkitError
 from camkit.files import atomic_write, parse_json, read_text
 

@@ -43,14 +43,23 @@ TORCHCAM = {"cam": "CAM", "gradcam": "GradCAM", "gradcam++": "GradCAMpp", "xgrad
 PER_CHANNEL = {"scorecam", "sscam", "iscam", "ablationcam"}
 
 
-def best_seconds(fns: dict, repeats: int) -> dict[str, float]:
+def best_seconds(fns: dict, repeats: int, settle: bool = False) -> dict[str, float]:
     """Seconds per entry, best of `repeats`, the entries interleaved so that a noisy machine
-    slows all of them alike."""
+    slows all of them alike.
+
+    `settle`: one untimed call of an entry right before its timed one. A thread pool keeps
+    spinning for a while after its call returns (onnxruntime's intra-op pool, torch's OpenMP
+    team), so without it the entry timed next shares the cores with the previous entry's idle
+    spinners: measured here, torch's CAM at batch 1 right after ORT ran at 16 img/s, and 38 alone.
+    The untimed call lets the previous pool go to sleep and wakes this one's, as a user running
+    one engine over many batches sees it."""
     for fn in fns.values():
         fn()  # warm-up
     best = {name: float("inf") for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            if settle:
+                fn()
             start = time.perf_counter()
             fn()
             if torch.cuda.is_available():
@@ -170,8 +179,20 @@ def engine_contenders(arch: str, batch: int, size: int, folder) -> tuple[dict, i
     return fns, batch
 
 
+def model_gflops(arch: str, size: int) -> float:
+    """Forward GFLOP per image of the CAM-head model at `size` px (torch's flop counter: 2 per
+    multiply-add of convolutions and matrix products)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = _loaded(arch, size).model
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 3, size, size))
+    return counter.get_total_flops() / 1e9
+
+
 def engines(a) -> None:
-    """The issue-28 table: images/s per engine, and the goals' ratios."""
+    """The issue-28 table: images/s per engine, the goals' ratios, and the fp32 GFLOP/s each
+    engine's convolutions reach (what 2x torchcam would ask of the CPU)."""
     import os
     import tempfile
 
@@ -183,12 +204,15 @@ def engines(a) -> None:
                 from pathlib import Path
 
                 fns, n = engine_contenders(arch, batch, size, Path(tmp))
-                rate = {k: n / v for k, v in best_seconds(fns, a.repeats).items()}
+                rate = {k: n / v for k, v in best_seconds(fns, a.repeats, settle=True).items()}
             print(f"{arch} batch {batch} @ {size}px: " + ", ".join(f"{k} {v:.1f}" for k, v in rate.items()) + " img/s")
             print(f"  ORT fp32 / torchcam CAM {rate['ORT fp32'] / rate['torchcam CAM']:.2f}x (goal >= 2); "
                   f"INT8 / camkit bf16 {rate['ORT INT8'] / rate['camkit torch bf16']:.2f}x (goal >= 1.5); "
                   f"ORT fp32 / camkit fp32 {rate['ORT fp32'] / rate['camkit torch fp32']:.2f}x; "
                   f"ORT fp32 / camkit bf16 {rate['ORT fp32'] / rate['camkit torch bf16']:.2f}x", flush=True)
+            flops = model_gflops(arch, size)
+            print(f"  fp32 GFLOP/s ({flops:.2f} GFLOP/img): ORT {rate['ORT fp32'] * flops:.0f}, torchcam "
+                  f"{rate['torchcam CAM'] * flops:.0f}; 2x torchcam needs {2 * rate['torchcam CAM'] * flops:.0f}", flush=True)
 
 
 def end_to_end(a) -> None:

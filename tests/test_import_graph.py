@@ -42,6 +42,13 @@ def test_no_circle_among_camkit_modules_and_fastai_does_not_reach_train():
     assert "camkit.train" not in _reach(edges, "camkit.fastai")
 
 
+def test_the_only_upward_import_is_python_dash_m():
+    """The version lives in camkit.version, so no module imports the package face from below;
+    `python -m camkit.cli` (its __main__ importing its own package) is the one edge left."""
+    mod, edges, _ = _graph()
+    assert mod.upward(edges) == [("camkit.cli.__main__", "camkit.cli")]
+
+
 def test_clean_reaches_only_the_ledger_and_hashing_of_the_crawl_and_never_icrawler():
     _, edges, _ = _graph()
     assert {m for m in edges["camkit.clean"] if m.startswith("camkit.crawl")} == {"camkit.crawl.ledger",

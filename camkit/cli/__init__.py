@@ -21,7 +21,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from camkit import __version__
+from camkit.version import __version__
 from camkit.choices import Aug, CamEngine, CleanSplit, EvalSplit, Head, Method, Precision, Recipe, TrainLoader
 from camkit.cli._boundary import Boundary
 from camkit.cli._options import DataRootOpt, EngineOpt, JsonOpt, ModelOpt, SeedOpt, emit, finite, split_list, stdout_for
@@ -291,7 +291,7 @@ def report(
     as_json: Annotated[bool, typer.Option("--json", help="print the numbers behind the page")] = False,
 ):
     """One self-contained HTML page for a run: data, training, evaluation, CAMs."""
-    from camkit import report as report_mod
+    import camkit.report as report_mod
 
     with stdout_for(as_json):
         path = report_mod.report(run_dir, cams=cams, data_root=data)
@@ -343,7 +343,7 @@ def clean(
     fold_epochs: Annotated[Optional[int], typer.Option(help="epochs per fold model (default: the run's)")] = None,
 ):
     """Rank the run's images by how suspicious their label is; review them on an offline page; --apply / --undo."""
-    from camkit import clean as clean_mod
+    import camkit.clean as clean_mod
     from camkit.errors import CamkitError
 
     if folds == 1 or folds < 0:

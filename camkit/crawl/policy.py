@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from camkit import __version__
+from camkit.version import __version__
 from camkit.crawl.names import origin
 from camkit.errors import CamkitError
 
