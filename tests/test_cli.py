@@ -154,7 +154,7 @@ def test_import_camkit_loads_only_its_face():
     code = ("import sys, camkit; from camkit import CamkitError, __version__; "
             f"print(sorted(m for m in sys.modules if m.startswith('camkit') or m in {HEAVY!r} or m in ('numpy', 'PIL')))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
-    assert r.returncode == 0 and r.stdout.strip() == "['camkit', 'camkit.errors']", r.stderr
+    assert r.returncode == 0 and r.stdout.strip() == "['camkit', 'camkit.errors', 'camkit.version']", r.stderr
 
 
 def test_the_lazy_face_keeps_every_import_path():
