@@ -22,7 +22,7 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from camkit.cam import check_method, make_cam
-from camkit.choices import value
+from camkit.choices import EvalSplit, choice, value
 from camkit.data import scan_class_folders
 from camkit.errors import CamkitError
 from camkit.explain import iter_explain
@@ -160,20 +160,19 @@ def run_images(model_dir, split: str = "valid", info: RunInfo | None = None) -> 
     """The run's own images and their class indices: the held-out ones (valid.json), or the
     training ones (the data root's class folders minus the held-out files), interleaved class
     by class so that a `limit` keeps every class. `info`: the run's model.json if already read."""
+    split = choice(EvalSplit, split, "split")
     info = info or read_info(model_dir)
     valid = read_valid(model_dir, info)
-    if split == "valid":
+    if split == EvalSplit.valid:
         if not valid:
             raise CamkitError(f"'{model_dir}' has no valid.json: give a boxes file, or --split train")
         pairs = [(v.file, info.classes.index(v.label)) for v in valid]
-    elif split == "train":
+    else:
         root = data_root(model_dir, info)
         held = {str(v.file.resolve()) for v in valid}
         names, per_class = scan_class_folders(root)
         pairs = [(f, info.classes.index(n)) for n, fs in zip(names, per_class) if n in info.classes
                  for f in fs if str(f.resolve()) not in held]
-    else:
-        raise CamkitError(f"--split must be valid or train, not '{split}'")
     if not pairs:
         raise CamkitError(f"no {split} images to evaluate for '{model_dir}'")
     by_class = [[p for p in pairs if p[1] == c] for c in range(len(info.classes))]
