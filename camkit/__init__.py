@@ -13,19 +13,34 @@ camkit.explain.cam(...)`` works as ``import camkit.explain`` does.
 
 from __future__ import annotations
 
+import sys as _sys
 from importlib import import_module as _import_module
 from typing import TYPE_CHECKING, Any
 
+from camkit.core.lazy import MovedModules
 from camkit.version import __version__
 
-# the public sub-modules, each imported on first attribute access
+# the public sub-modules and sub-packages, each imported on first attribute access
 _SUBMODULES = frozenset({
-    "app", "cache", "cam", "choices", "clean", "course", "crawl", "data", "demo", "device", "distributed",
-    "errors", "evaluate", "evidence", "explain", "fastai", "files", "geometry", "images", "metrics", "models", "plots",
-    "predict", "render", "report", "run", "space", "spec", "targets", "train", "verdict",
+    "app", "cam", "clean", "core", "course", "crawl", "data", "demo", "errors", "evaluate", "explain", "export",
+    "faithfulness", "fastai", "predict", "report", "share", "train",
 })
+# where the flat modules of camkit <= 0.x moved when they were grouped by concern (issue 27): the
+# old paths keep working, as the same module objects (`import camkit.run` is camkit.train.run)
+MOVED = {f"camkit.{old}": f"camkit.{new}" for old, new in {
+    "choices": "core.choices", "files": "core.files", "images": "core.images", "geometry": "core.geometry",
+    "layout": "core.layout", "device": "core.device", "distributed": "core.distributed", "plots": "core.plots",
+    "render": "core.render", "cache": "data.cache", "quality": "data.quality", "spec": "train.spec",
+    "models": "train.models", "evidence": "train.evidence", "history": "train.history", "verdict": "train.verdict",
+    "run": "train.run", "folds": "train.folds", "targets": "cam.targets", "engine": "export.engine",
+    "metrics": "faithfulness.metrics", "imputation": "faithfulness.imputation", "scoring": "faithfulness.scoring",
+    "ortlite": "share.ortlite", "web": "share.web", "space": "share.space",
+}.items()}
 # public names re-exported from a sub-module: name -> module
 _NAMES = {"CamkitError": "camkit.errors", "Interrupted": "camkit.errors"}
+
+if not any(isinstance(f, MovedModules) for f in _sys.meta_path):
+    _sys.meta_path.append(MovedModules(MOVED))
 
 __all__ = ["CamkitError", "Interrupted", "__version__"]
 
@@ -37,7 +52,7 @@ def __getattr__(name: str) -> Any:
     """Import a public sub-module or re-exported name the first time it is asked for, and keep it."""
     if name in _NAMES:
         value = getattr(_import_module(_NAMES[name]), name)
-    elif name in _SUBMODULES:
+    elif name in _SUBMODULES or f"{__name__}.{name}" in MOVED:
         value = _import_module(f"{__name__}.{name}")
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -46,4 +61,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_NAMES, *_SUBMODULES})
+    return sorted({*globals(), *_NAMES, *_SUBMODULES, *(m.rpartition('.')[2] for m in MOVED)})

@@ -44,11 +44,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from camkit.errors import CamkitError
-# camkit.run (torch) is imported where a run is loaded: the light Space (camkit.ortlite) serves
+# camkit.train.run (torch) is imported where a run is loaded: the light Space (camkit.share.ortlite) serves
 # this module's Explain tab on onnxruntime, without torch
 if TYPE_CHECKING:
-    from camkit.run import LoadedModel
-from camkit.verdict import Verdict
+    from camkit.train.run import LoadedModel
+from camkit.train.verdict import Verdict
 
 APP_MAX_PIXELS = 64_000_000     # a 50-megapixel phone photo passes; ~190 MB as RGB at most
 MAX_UPLOAD = "25mb"            # refused by the server before any decoding
@@ -88,7 +88,7 @@ class CamApp:
     would read each other's activations."""
 
     def __init__(self, run: str | Path | LoadedModel, device: str | None = None, max_side: int = 768):
-        from camkit.run import as_loaded
+        from camkit.train.run import as_loaded
 
         self.loaded = as_loaded(run, device)
         self.max_side = max_side
@@ -102,7 +102,7 @@ class CamApp:
     @functools.cached_property
     def verdict(self) -> Verdict | None:
         """The run's training verdict (model.json's, or recomputed for an older run)."""
-        from camkit.run import read_verdict
+        from camkit.train.run import read_verdict
 
         return read_verdict(self.loaded.path, self.loaded.info)
 
@@ -138,7 +138,7 @@ class CamApp:
         `signed` keeps evidence against the target (drawn with a diverging colormap when the
         colormap is left at jet)."""
         from camkit.explain import Decoded, explain_batch, resolve_target
-        from camkit.render import DIVERGING, Style, fit_for_drawing, overlay
+        from camkit.core.render import DIVERGING, Style, fit_for_drawing, overlay
 
         style = Style(alpha, DIVERGING if signed and colormap == "jet" else colormap, self.max_side, signed)
         method = method or self.methods()[0]
@@ -165,7 +165,7 @@ class CamApp:
 def held_out_examples(run: str | Path, per_class: int = 2) -> list[str]:
     """Up to `per_class` of the run's held-out images per class that still exist (the app's
     example row, the Space's examples/); none when valid.json is missing or unreadable."""
-    from camkit.run import read_valid
+    from camkit.train.run import read_valid
 
     try:
         records = read_valid(run)
@@ -190,7 +190,7 @@ def readable(picture, side: int = 256):
 
 def open_upload(path: str | Path):
     """An uploaded file as RGB through camkit's guarded decode, capped at APP_MAX_PIXELS."""
-    from camkit.images import open_rgb
+    from camkit.core.images import open_rgb
 
     if path is None or str(path) == "":
         raise CamkitError("no image: upload, paste or take a picture first")
@@ -224,7 +224,7 @@ class Cleaner:
 
     def __init__(self, app: CamApp, data: str | Path | None = None):
         from camkit.clean import DecisionFile
-        from camkit.run import data_root
+        from camkit.train.run import data_root
 
         self.app = app
         self.root = data_root(app.loaded.path, app.loaded.info, data)
@@ -233,7 +233,7 @@ class Cleaner:
 
     @staticmethod
     def available(app: CamApp, data: str | Path | None = None) -> bool:
-        from camkit.run import data_root
+        from camkit.train.run import data_root
 
         root = data_root(app.loaded.path, app.loaded.info, data)
         return app.loaded.info.data_root is not None and root.is_dir()
@@ -247,7 +247,7 @@ class Cleaner:
         `camkit clean --folds`'s saved out-of-sample ranking (RUN/clean_ranking.json) when it
         ranked this data folder, its moved or removed images dropped; else the run's own model
         ranks in sample (training K fold models on a click would take minutes). The line also
-        counts the images with an image-quality or leakage finding (camkit.quality)."""
+        counts the images with an image-quality or leakage finding (camkit.data.quality)."""
         from camkit.clean import overlay_pictures, rank
 
         saved, note = self._saved()
@@ -263,7 +263,7 @@ class Cleaner:
     def _saved(self):
         """(the saved ranking or None, the line that says which ranking is shown)."""
         from camkit.clean import RANKING, read_ranking
-        from camkit.folds import DEFAULT_FOLDS
+        from camkit.train.folds import DEFAULT_FOLDS
 
         hint = (f"In-sample ranking by the run's own model, which may have memorised mislabelled images: "
                 f"`camkit clean RUN --folds {DEFAULT_FOLDS}` gives out-of-sample scores and an estimate of how "
@@ -719,7 +719,7 @@ def prepare(run: str | Path | LoadedModel, host: str = "127.0.0.1", share: bool 
     """The Blocks `launch` serves on `host` (with `share`), built before anything is bound:
     the Clean tab only where `clean_tab_allowed` says so."""
     app_temp_dir()   # before any component: Gradio reads its cache folder when one is made
-    app = run if hasattr(run, "explain") else CamApp(run, device=device)   # a ready app: camkit.ortlite's
+    app = run if hasattr(run, "explain") else CamApp(run, device=device)   # a ready app: camkit.share.ortlite's
     cleaning = (isinstance(app, CamApp) and Cleaner.available(app, data)
                 and clean_tab_allowed(host, share, allow_remote_clean, auth))
     shown = _example_files(examples) if examples is not None else None
@@ -797,7 +797,7 @@ def serve(blocks) -> None:
 
 
 def _example_files(folder: str | Path) -> list[str]:
-    from camkit.images import list_images
+    from camkit.core.images import list_images
 
     folder = Path(folder)
     return [str(p) for p in list_images(folder)] if folder.is_dir() else []

@@ -8,13 +8,13 @@ is, review the worst on an offline page, then apply (and undo) the decisions mad
 
 Without folds, the score is the loss under the folder's label (what fastai's `top_losses` sorts
 by) under the run's own model, training images included: noise the model memorised looks clean
-to it. With `folds=K` (camkit.folds) every image is scored by a model trained without it, and
+to it. With `folds=K` (camkit.train.folds) every image is scored by a model trained without it, and
 cleanlab ranks and counts: `cleanlab.rank.get_label_quality_scores` (self-confidence, the
 out-of-sample probability of the folder's label), `cleanlab.filter.find_label_issues`
 (confident learning: how many images are likely mislabelled), and the fold model's
 out-of-distribution score (cleanlab's OutOfDistribution on its features) for off-topic images,
 which a two-class model often places confidently in the folder's class. Image-quality and
-train/valid leakage checks come from camkit.quality. `save_ranking` writes an out-of-sample
+train/valid leakage checks come from camkit.data.quality. `save_ranking` writes an out-of-sample
 ranking to RUN/clean_ranking.json (`clean --folds` does), where the app's Clean tab reads it
 back (`read_ranking`). Nothing is ever deleted: a 'delete' moves
 the file under `_rejected/cleaned/`, every move is one line of `clean.jsonl`, and `undo` moves
@@ -34,18 +34,22 @@ from typing import Any
 
 import numpy as np
 
-from camkit.choices import CleanSplit, choice, values
+from camkit.core.choices import CleanSplit, choice, values
+from camkit.core.distributed import gather, in_group, joined, shard
+from camkit.core.files import (append_json_line, atomic_write, confined, ensure_writable_dir, free_name, move_aside,
+                               parse_json, read_text, real_folder, refuse_inside_class_folder)
+from camkit.core.images import REJECTED, is_dataset_image, open_rgb
+from camkit.core.render import Style, fit_for_drawing, overlay, png_data_uri
 from camkit.crawl.ledger import note_move
 from camkit.crawl.verify import PHASH_THRESHOLD, phash
-from camkit.data import scan_class_folders
-from camkit.distributed import gather, in_group, shard
+from camkit.data.folders import scan_class_folders
+from camkit.data.quality import findings, leaks, measure, twin_elsewhere
 from camkit.errors import CamkitError
-from camkit.files import append_json_line, confined, free_name, move_aside, parse_json, read_text, real_folder
-from camkit.images import REJECTED, is_dataset_image
+from camkit.explain import explain
 from camkit.predict import iter_scores
-from camkit.quality import findings, leaks, measure, twin_elsewhere
-from camkit.render import Style, fit_for_drawing, overlay, png_data_uri
-from camkit.run import LoadedModel, as_loaded, data_root, read_info, read_valid, warn_if_unusable
+from camkit.train.folds import out_of_sample
+from camkit.train.run import LoadedModel, as_loaded, data_root, read_info, read_valid, warn_if_unusable
+from camkit.train.verdict import MARGIN
 
 CLEAN_LOG = "clean.jsonl"
 CLEANED = "cleaned"            # DATA/_rejected/cleaned/<rel>: where 'delete' moves a file
@@ -59,7 +63,7 @@ DUPLICATE_BONUS = 0.0
 # cleanlab Datalab's feature-outlier rule (OutlierIssueManager, threshold 0.37037): an image is
 # an outlier when its kNN distance exceeds Q3 + (1 / 0.37037 - 1) x IQR of all the distances
 OUTLIER_IQR = 1 / 0.37037 - 1
-MARGIN_POINTS = 15             # camkit.verdict.MARGIN, in points, for the weak-folds warning
+MARGIN_POINTS = 15             # camkit.train.verdict.MARGIN, in points, for the weak-folds warning
 
 
 @dataclass
@@ -108,11 +112,9 @@ class Estimate:
 
     @property
     def weak(self) -> bool:
-        """The fold models do not beat the constant answer by camkit.verdict's MARGIN: their
+        """The fold models do not beat the constant answer by camkit.train.verdict's MARGIN: their
         ranking and count say little (label noise itself lowers this accuracy, by at most the
         noise rate)."""
-        from camkit.verdict import MARGIN
-
         return not self.accuracy >= self.baseline + MARGIN
 
     def warning(self) -> str:
@@ -182,10 +184,10 @@ def rank(run: str | Path | LoadedModel, data: str | Path | None = None, split: s
     suspicious first. `data` overrides the data root recorded in the run. Under torchrun each
     rank scores its block of the images; every rank then ranks the whole gathered set.
 
-    `folds` K: K models on the run's recipe score every image out of sample (camkit.folds;
-    `fold_epochs` overrides the run's epochs per fold, `cache` is camkit.cache's folder), and
+    `folds` K: K models on the run's recipe score every image out of sample (camkit.train.folds;
+    `fold_epochs` overrides the run's epochs per fold, `cache` is camkit.data.cache's folder), and
     the ranking is `suspicion` of cleanlab's label quality and the OOD score, with the
-    estimate of how many images to review. Every image also gets the camkit.quality findings
+    estimate of how many images to review. Every image also gets the camkit.data.quality findings
     (blank, tiny content, extreme aspect, a near-twin across the run's train / valid split)."""
     split = choice(CleanSplit, split, "split")
     loaded = as_loaded(run, device)
@@ -195,7 +197,7 @@ def rank(run: str | Path | LoadedModel, data: str | Path | None = None, split: s
     valid = {r.file.resolve() for r in read_valid(loaded.path, loaded.info, root)}
     items = dataset_files(root, loaded.classes, "all", valid)
     if folds is not None:
-        from camkit.folds import check_folds
+        from camkit.train.folds import check_folds
 
         check_folds(folds, {c: sum(label == c for _, label in items) for c in loaded.classes})
     warn_if_unusable(loaded)
@@ -248,13 +250,10 @@ def outliers(ood: np.ndarray) -> np.ndarray:
 
 def _out_of_sample(suspects: list[Suspect], loaded: LoadedModel, root: Path, folds: int,
                    epochs: int | None, cache: str | Path | None) -> Estimate:
-    """Re-score `suspects` in place with K-fold out-of-sample probabilities (camkit.folds) and
+    """Re-score `suspects` in place with K-fold out-of-sample probabilities (camkit.train.folds) and
     cleanlab's label quality, label issues and OOD outliers; returns the estimate to review."""
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
-
-    from camkit.distributed import joined
-    from camkit.folds import out_of_sample
 
     if joined():
         raise CamkitError("--folds trains its models in one process; run it without a launcher")
@@ -323,8 +322,6 @@ def save_ranking(ranking: Ranking, run: str | Path, data: str | Path | None = No
     """Write `clean --folds`'s ranking to RUN/clean_ranking.json, atomically, so that the app's
     Clean tab shows the out-of-sample scores and the estimate without training K models on a
     click. Returns the path."""
-    from camkit.files import atomic_write
-
     run = Path(run)
     root = data_root(run, None, data)
     doc = ranking_doc(ranking, root, split)
@@ -507,8 +504,6 @@ class DecisionFile:
         return sum(a != "keep" for a in self.decisions.values())
 
     def set(self, rel: str, action: str) -> None:
-        from camkit.files import atomic_write
-
         self.decisions[rel] = action
         doc = {"version": 1, "run": str(self.run.resolve()), "data_root": str(self.root.resolve()),
                "decisions": self.decisions}
@@ -706,10 +701,7 @@ b.setAttribute('data-ready','1');
 
 def overlay_pictures(loaded: LoadedModel, suspects: list[Suspect], side: int = 160) -> list[tuple]:
     """(original, CAM overlay) PIL images per suspect, at most `side` pixels, the map of the
-    predicted class drawn by camkit.explain and camkit.render (maps computed once, in batches)."""
-    from camkit.explain import explain
-    from camkit.images import open_rgb
-
+    predicted class drawn by camkit.explain and camkit.core.render (maps computed once, in batches)."""
     if not suspects:
         return []
     style = Style(max_side=side)
@@ -793,7 +785,6 @@ def check_page(out: str | Path, top: int) -> Path:
     file this module did not write (a user's page is never replaced)."""
     if top < 1:
         raise CamkitError(f"--top must be at least 1, not {top}")
-    from camkit.files import refuse_inside_class_folder
 
     out = Path(out)
     if out.is_dir() or (out.exists() and PAGE_MARK not in read_text(out, "a page", errors="replace")[:400]):
@@ -806,8 +797,6 @@ def write_page(suspects: list[Suspect], run: str | Path | LoadedModel, out: str 
                data: str | Path | None = None) -> Path:
     """The offline review page of the `top` most suspicious images, written atomically to
     `out`. A file at `out` that this function did not write is never replaced."""
-    from camkit.files import atomic_write, ensure_writable_dir, refuse_inside_class_folder
-
     out = check_page(out, top)
     loaded = as_loaded(run)
     root = str(data_root(loaded.path, loaded.info, data).resolve())

@@ -12,8 +12,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from camkit.core.files import refuse_inside_class_folder
 from camkit.errors import CamkitError
-from camkit.files import refuse_inside_class_folder
+from camkit.train.verdict import Verdict
 
 DEMO_CLASSES = ("trouser", "bag")
 DEMO_MARKER = ".camkit-demo"
@@ -29,7 +30,7 @@ class DemoResult:
     valid_accuracy: float
     pointing_game: float
     train_seconds: float
-    verdict: str = ""        # the training verdict's headline (camkit.verdict)
+    verdict: str = ""        # the training verdict's headline (camkit.train.verdict)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -50,14 +51,12 @@ def demo(out: str | Path = "demo", classes: tuple[str, ...] = DEMO_CLASSES, n_pe
          canvas: int = 64, arch: str = "resnet18", stride: int = 8, epochs: int = 5, bs: int = 32,
          seed: int = 0, quiet: bool = False) -> DemoResult:
     """Build the dataset, train, explain the held-out images, score the maps, write a report."""
-    from camkit.data import make_canvas_folder
+    from camkit.data.folders import make_canvas_folder
     from camkit.explain import cam
-    from camkit.metrics import pointing_game
+    from camkit.faithfulness.metrics import pointing_game
     from camkit.report import report
-    from camkit.run import read_valid
-    from camkit.train import train
-    from camkit.verdict import Verdict
-
+    from camkit.train.run import read_valid
+    from camkit.train.loop import train
     out = Path(out)
     refuse_inside_class_folder(out)   # its canvases, run and CAM folder would join that class
     images = out / "images"

@@ -6,7 +6,7 @@ shows, and `trust_table` lays out its rows for the command and the report alike.
     rank_methods(done.result)                      # most trustworthy first
 
 This module reads runs, decodes their images (`camkit.explain.iter_explain`), takes the maps
-(`camkit.cam`) and applies `camkit.metrics`' formulas to them; then the policy over the
+(`camkit.cam`) and applies `camkit.faithfulness.metrics`' formulas to them; then the policy over the
 numbers: per-method and per-class means, the sanity verdict, the absence-of-evidence signal
 and the ranking. It never draws: `camkit.report` reads the saved result."""
 
@@ -22,16 +22,16 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from camkit.cam import check_method, make_cam
-from camkit.choices import EvalSplit, choice, value
-from camkit.data import scan_class_folders
+from camkit.core.choices import EvalSplit, choice, value
+from camkit.core.files import confined, parse_json, read_text
+from camkit.core.images import ImageFiles
+from camkit.data.folders import scan_class_folders
 from camkit.errors import CamkitError
 from camkit.explain import iter_explain
-from camkit.files import confined, parse_json, read_text
-from camkit.images import ImageFiles
-from camkit.metrics import (ABSENCE_AT, ROAD_PERCENTILES, deletion_insertion, pointing_game, randomised_copies,
-                            scoring_model, trust_rows_many)
-from camkit.run import (CAM_EVAL, CAM_TRUST, RunInfo, data_root, load, read_info, read_valid, save_cam_eval,
-                        save_cam_trust)
+from camkit.faithfulness.metrics import (ABSENCE_AT, ROAD_PERCENTILES, deletion_insertion, pointing_game,
+                                         randomised_copies, scoring_model, trust_rows_many)
+from camkit.train.run import (CAM_EVAL, CAM_TRUST, RunInfo, data_root, load, read_info, read_valid, save_cam_eval,
+                              save_cam_trust)
 
 DEFAULT_METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam")
 SANITY_MAX = 0.5       # a map "changed" when its rank correlation with the trained model's is below this
@@ -237,7 +237,7 @@ def _more_maps(model: nn.Module, methods: list[str], x: Tensor, targets: list[in
 # ---------------------------------------------------------------- policy over the numbers
 
 def summarize_trust(rows: list[dict], classes: Sequence[str]) -> dict:
-    """Per-image rows (`camkit.metrics.trust_rows`) -> the method's means, its sanity verdict
+    """Per-image rows (`camkit.faithfulness.metrics.trust_rows`) -> the method's means, its sanity verdict
     (both rank correlations below SANITY_MAX) and the same means per class."""
     out = _trust_means(rows)
     out["sanity_passed"] = bool(max(out["sanity_head"], out["sanity_last_stage"]) < SANITY_MAX)

@@ -26,17 +26,19 @@ import torch
 from torch import Tensor
 
 from camkit.cam import BaseCAM, get_layer, make_cam, split_layers
-from camkit.choices import value
-from camkit.device import autocast, resolve_precision
-from camkit.distributed import gather, in_group, main_first, rank_world, shard
+from camkit.cam.targets import ContrastTarget, OutputTarget
+from camkit.core.choices import value
+from camkit.core.device import autocast, resolve_precision
+from camkit.core.distributed import gather, in_group, main_first, rank_world, shard
+from camkit.core.files import (atomic_write, confined, ensure_writable_dir, os_error_line, parse_json, read_text,
+                               refuse_inside_class_folder, remove_if_empty)
+from camkit.core.geometry import Grid
+from camkit.core.images import Decoded, ImageFiles, decoded_batches, open_rgb
+from camkit.core.render import (DIVERGING, Style, figure_png, fit_for_drawing, gallery_html, overlay, peak_xy,
+                                plot_cams, to_numpy)
 from camkit.errors import CamkitError
-from camkit.files import (atomic_write, confined, ensure_writable_dir, os_error_line, parse_json, read_text,
-                          refuse_inside_class_folder, remove_if_empty)
-from camkit.geometry import Grid
-from camkit.images import Decoded, ImageFiles, decoded_batches, open_rgb
-from camkit.render import DIVERGING, Style, fit_for_drawing, gallery_html, overlay, peak_xy, to_numpy
-from camkit.run import LoadedModel, as_loaded, warn_if_unusable
-from camkit.targets import ContrastTarget, OutputTarget
+from camkit.export.engine import Engine, OnnxCAM, choose_engine, open_graph
+from camkit.train.run import LoadedModel, as_loaded, warn_if_unusable
 
 CAMS_JSONL, GALLERY, MARKER = "cams.jsonl", "index.html", ".camkit-cams"
 
@@ -73,7 +75,7 @@ class CamResult:
     model_size: int | tuple[int, int]
     picture: object = field(default=None, repr=False)
     versus: int | None = None  # a contrast's other class: the map answers "why target and not versus"
-    grid: Grid | None = None   # where the map's cells look in the model's input (camkit.geometry)
+    grid: Grid | None = None   # where the map's cells look in the model's input (camkit.core.geometry)
 
     @property
     def pred(self) -> str:
@@ -88,8 +90,6 @@ class CamResult:
         return peak_xy(self.map, self.model_size, *self.size, grid=self.grid)
 
     def _repr_png_(self) -> bytes:
-        from camkit.render import figure_png, plot_cams
-
         return figure_png(plot_cams([self], ncols=1))
 
     def record(self) -> Explanation:
@@ -118,8 +118,6 @@ class Explanations(list):
 
     def _repr_png_(self) -> bytes | None:
         """Jupyter shows the results inline (the first 12) as the last expression of a cell."""
-        from camkit.render import figure_png, plot_cams
-
         return figure_png(plot_cams(self[:12])) if len(self) else None
 
     def __getitem__(self, item):
@@ -131,8 +129,8 @@ class Explanations(list):
 
 def resolve_target(target: "str | int | OutputTarget | None", classes: list[str]) -> "int | OutputTarget | None":
     """'pred' (or None) -> None; a class name or index -> its index; 'contrast' -> "why the
-    prediction and not the most likely other class" (camkit.targets.ContrastTarget); a target
-    object or callable (camkit.targets) is used as it is."""
+    prediction and not the most likely other class" (camkit.cam.targets.ContrastTarget); a target
+    object or callable (camkit.cam.targets) is used as it is."""
     if target in (None, "pred"):
         return None
     if isinstance(target, (list, tuple)):  # one per image
@@ -151,7 +149,7 @@ def resolve_target(target: "str | int | OutputTarget | None", classes: list[str]
 def iter_explain(loaded: LoadedModel, files: ImageFiles | Sequence[Path], extractor: BaseCAM,
                  targets: Sequence[int | None] | int | None = None, bs: int = 32, precision: str = "fp32",
                  max_side: int | None = None, part: range | None = None) -> Iterator[CamBatch]:
-    """Decode, batch and explain `files` (camkit.images.decoded_batches: an unreadable file is
+    """Decode, batch and explain `files` (camkit.core.images.decoded_batches: an unreadable file is
     skipped or refused as `files` says; targets: None = prediction, an index, or one per file).
     With `max_side`, each result keeps a drawing-sized copy of its image for saving. `part`:
     only these positions of `files` (a rank's shard; results keep their index in `files`)."""
@@ -196,7 +194,7 @@ def prepare(model: str | Path | LoadedModel, method: str | None, layer: str | No
             precision: str, device: str | None, engine: str = "torch", **options) -> tuple[LoadedModel, BaseCAM, str]:
     """Load the run and make the extractor, checking every option before any image is read
     (`options`: signed, aug_smooth, eigen_smooth, for camkit.cam.make_cam). `engine` 'onnx' or
-    'auto' may give exact CAM by ONNX Runtime (camkit.engine.OnnxCAM, which takes the uint8
+    'auto' may give exact CAM by ONNX Runtime (camkit.export.engine.OnnxCAM, which takes the uint8
     batch its `feed` makes; the precision returned is then the graph's own, 'fp32')."""
     refuse_learner(model)
     loaded = as_loaded(model, device)
@@ -214,9 +212,7 @@ def prepare(model: str | Path | LoadedModel, method: str | None, layer: str | No
 
 def _engine(engine: str, loaded: LoadedModel, extractor: BaseCAM, layer: str | None, precision: str,
             options: dict) -> tuple[BaseCAM, str]:
-    """The torch extractor, or exact CAM by ONNX Runtime when camkit.engine chooses it."""
-    from camkit.engine import Engine, OnnxCAM, choose_engine, open_graph
-
+    """The torch extractor, or exact CAM by ONNX Runtime when camkit.export.engine chooses it."""
     if value(engine) == "torch":
         return extractor, precision
     why_not = ("--layer" if layer is not None else "--aug-smooth" if options.get("aug_smooth") else
@@ -237,9 +233,9 @@ def explain(model: str | Path | LoadedModel, images: Sequence[str | Path] | str 
     module never imports fastai): computes and returns the results, writes nothing. `precision`
     "bf16" (or "auto" where the hardware has native bf16) runs the passes under bf16 autocast, about twice as fast on such CPUs; maps are combined
     and normalised in fp32 either way. `target`: 'pred', a class name or index, 'contrast' (the
-    prediction against the most likely other class) or a camkit.targets target; `signed` keeps
+    prediction against the most likely other class) or a camkit.cam.targets target; `signed` keeps
     the evidence against (maps in [-1, 1]); `layer` 'a,b' fuses layers. `engine`: 'torch',
-    'onnx' (ONNX Runtime, exact CAM) or 'auto' (camkit.engine.choose_engine)."""
+    'onnx' (ONNX Runtime, exact CAM) or 'auto' (camkit.export.engine.choose_engine)."""
     options = dict(signed=signed, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
     loaded, extractor, precision = prepare(model, method, layer, bs, precision, device, engine, **options)
     tgt = resolve_target(target, loaded.classes)

@@ -31,17 +31,17 @@ from PIL import Image
 from torch import nn
 
 from camkit.cam import BaseCAM, cam_linear, make_cam
-from camkit.data import IMAGENET_STATS
+from camkit.core.files import refuse_inside_class_folder
+from camkit.core.images import list_images, open_or_skip, to_rgb
+from camkit.core.render import DIVERGING, Style, plot_cams, plot_top_losses
+from camkit.data.folders import IMAGENET_STATS
 from camkit.errors import CamkitError
 from camkit.explain import CamBatch, Decoded, Explanations, explain_batch, resolve_target
-from camkit.files import refuse_inside_class_folder
-from camkit.history import EpochHistory
-from camkit.images import list_images, open_or_skip, to_rgb
-from camkit.models import build_model, rebuild
-from camkit.render import Style
-from camkit.run import HeldOut, RunContents, RunInfo, check_out, discard_out, held_out, save_run
-from camkit.spec import ModelSpec
-from camkit.verdict import TrainingVerdict, Verdict, judge, verdict_line
+from camkit.train.history import EpochHistory
+from camkit.train.models import build_model, rebuild
+from camkit.train.run import HeldOut, RunContents, RunInfo, check_out, discard_out, held_out, save_run
+from camkit.train.spec import ModelSpec
+from camkit.train.verdict import TrainingVerdict, Verdict, judge, verdict_line
 
 
 def _keep_every_epoch() -> None:
@@ -63,7 +63,7 @@ def cam_learner(dls, arch, stride: int | None = None, pretrained: bool = True, n
                 dilate: bool | None = None, **kwargs: Any) -> Learner:
     """`vision_learner` with camkit's CAM head (GAP -> Linear without bias: exact CAM) and
     `camkit train`'s output stride (None: 16 for a torchvision ResNet, else 32; `dilate` makes
-    it by dilation, camkit.spec.ModelSpec), for any fastai image DataLoaders.
+    it by dilation, camkit.train.spec.ModelSpec), for any fastai image DataLoaders.
 
     `arch` is a torchvision constructor (`resnet34`) or a name ("resnet34", or a timm name). The
     model is built once and handed to `Learner` with the arch's splitter; with pretrained
@@ -227,7 +227,7 @@ CHANNELS = (1, 3, 4)  # grayscale, RGB, RGBA
 def _pixel_images(t: torch.Tensor, one: bool) -> list[Image.Image]:
     """uint8 pixels as RGB images: (H, W) grayscale, or (H, W, C) / (C, H, W) with C 1, 3 or 4
     (`one` image, else a batch of them); grayscale is replicated and alpha laid on white, as
-    camkit's decode of a file does (camkit.images.to_rgb). Channels first or last is read
+    camkit's decode of a file does (camkit.core.images.to_rgb). Channels first or last is read
     from which of the two axes is 1, 3 or 4; when both or neither are, it is refused."""
     shape = tuple(t.shape)
     if one and t.dim() == 2:
@@ -285,7 +285,7 @@ def cam(self: Learner, items: Any = None, method: str | None = None, target: Any
     `camkit.explain.explain`: image, prediction, probability, target and map per item, each
     with the picture the model saw; they render inline as the last expression of a cell.
     `method` None picks exact CAM for camkit's CAM head, else Grad-CAM. `target`: 'pred', a
-    class name or index, 'contrast' or a camkit.targets target (ContrastTarget(a, b) ...);
+    class name or index, 'contrast' or a camkit.cam.targets target (ContrastTarget(a, b) ...);
     `options`: signed, aug_smooth, eigen_smooth (camkit.cam.make_cam)."""
     _require_images(self)
     extractor = make_cam(method, self.model, layer, **options)
@@ -300,8 +300,6 @@ def show_cam(self: Learner, items: Any = None, method: str | None = None, target
     """A grid of original | overlay with the predicted class and probability as titles; with no
     items, the first `n` images of the validation set. Returns the matplotlib figure. `signed`
     draws evidence for (red) and against (blue) with a diverging colormap."""
-    from camkit.render import DIVERGING, plot_cams
-
     n, ncols = _count("n", n), _count("ncols", ncols)
     _require_images(self)
     if items is None:
@@ -356,7 +354,6 @@ class CAMInterpretation(ClassificationInterpretation):
         k = self._shown(k)
         if not cam:
             return super().plot_top_losses(k, largest, **kwargs)
-        from camkit.render import plot_top_losses
 
         losses, idx = self.top_losses(k, largest)
         inps, _, targs, _, _ = self[idx]
@@ -376,7 +373,7 @@ class CAMInterpretation(ClassificationInterpretation):
 
     @property
     def verdict(self) -> Verdict:
-        """The training verdict on the scored images (camkit.verdict): accuracy against always
+        """The training verdict on the scored images (camkit.train.verdict): accuracy against always
         answering the larger class (fastai's confusion matrix), and the Learner's loss history.
         Read it before the maps: the maps of an unusable model explain nothing."""
         return judge(self.confusion_matrix().tolist(), _classes(self.learn), _history(self.learn),
@@ -397,7 +394,7 @@ def _batches_for_targets(learn: Learner, x: torch.Tensor, extractor: BaseCAM, ta
 def export_run(self: Learner, path: str | Path, overwrite: bool = False) -> Path:
     """Write the Learner as a camkit run folder (model.pth tensors + model.json, history,
     held-out predictions, figures): never a pickle, so `camkit cam / report / cam-eval` and
-    `camkit.run.load` work on a notebook-trained model. Refuses a non-empty folder that is not
+    `camkit.train.run.load` work on a notebook-trained model. Refuses a non-empty folder that is not
     a run (and an existing run unless `overwrite`), and a model camkit cannot rebuild."""
     _require_images(self)
     _require_items(self)
@@ -417,13 +414,13 @@ def export_run(self: Learner, path: str | Path, overwrite: bool = False) -> Path
 
 @patch
 def export_onnx(self: Learner, path: str | Path, opset: int = 17, int8: bool = False):
-    """The Learner as camkit's ONNX explainer at `path` (camkit.export.export_onnx: uint8 images
+    """The Learner as camkit's ONNX explainer at `path` (camkit.export.onnx.export_onnx: uint8 images
     in, normalised inside; logits, probs and every class's exact CAM out), with its sidecar
     `path.json`, checked against torch on the validation images before it is written. Needs
     camkit's CAM head (`cam_learner`). Returns the OnnxExport."""
     import tempfile
 
-    from camkit.export import export_onnx, require_onnx
+    from camkit.export.onnx import export_onnx, require_onnx
 
     require_onnx()
     if cam_linear(self.model) is None:
@@ -435,7 +432,7 @@ def export_onnx(self: Learner, path: str | Path, opset: int = 17, int8: bool = F
 
 @patch
 def verdict(self: Learner) -> Verdict:
-    """The training verdict of this Learner on its validation set (camkit.verdict): whether it
+    """The training verdict of this Learner on its validation set (camkit.train.verdict): whether it
     beats always answering the larger class and whether its losses behaved. `export_run`
     saves it in model.json and warns when it is not ok."""
     _require_images(self)
@@ -453,7 +450,7 @@ def run_contents(learn: Learner):
     classes = _classes(learn)
     try:
         rebuild(spec, len(classes), state)
-    except CamkitError as e:   # camkit.models.StateMismatch, or an arch camkit cannot build
+    except CamkitError as e:   # camkit.train.models.StateMismatch, or an arch camkit cannot build
         raise CamkitError(f"this Learner's model is not one camkit can rebuild as {spec.arch} with the {spec.head} "
                           f"head ({str(e).splitlines()[0][:120]})") from None
     size, resize = _input_size(learn)
@@ -530,7 +527,7 @@ def _train_counts(learn: Learner) -> list[int] | None:
 
 
 def _evaluation(learn: Learner) -> tuple[list[dict], HeldOut, dict]:
-    """History (the last fit's, from fastai's Recorder), held-out predictions (camkit.run.held_out,
+    """History (the last fit's, from fastai's Recorder), held-out predictions (camkit.train.run.held_out,
     as `camkit train` keeps them) and summary."""
     history = _history(learn)
     with learn.no_bar():

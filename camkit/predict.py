@@ -3,7 +3,7 @@ scoring pass `camkit clean` reuses.
 
     predict(["photo.jpg", "photos/"], "runs/pets", top_k=3)   # -> [Prediction(...), ...]
 
-The same path as `camkit cam` without the maps (camkit.images.decoded_batches): camkit's guarded
+The same path as `camkit cam` without the maps (camkit.core.images.decoded_batches): camkit's guarded
 decode, the run's own `square` and `batch` (so an image is fed exactly as training and CAM feed
 it), one forward pass per batch under `inference_mode`. An unreadable file found in a folder is
 skipped with a warning; an unreadable file named directly is an error.
@@ -19,13 +19,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from camkit.distributed import gather, in_group, shard
+from camkit.core.distributed import gather, in_group, shard
+from camkit.core.images import Decoded, ImageFiles, decoded_batches
 from camkit.errors import CamkitError
-from camkit.images import Decoded, ImageFiles, decoded_batches
-from camkit.run import LoadedModel, as_loaded, warn_if_unusable
+from camkit.export.engine import Engine, choose_engine, open_graph
+from camkit.train.run import LoadedModel, as_loaded, warn_if_unusable
 
 if TYPE_CHECKING:
-    from camkit.engine import OrtGraph
+    from camkit.export.engine import OrtGraph
 
 
 @dataclass
@@ -59,10 +60,10 @@ class ScoredBatch:
 def iter_scores(loaded: LoadedModel, files: ImageFiles | Sequence[Path], bs: int = 32,
                 also: Callable[[Image.Image], Any] | None = None, graph: OrtGraph | None = None,
                 part: range | None = None) -> Iterator[ScoredBatch]:
-    """Decode, batch and score `files`, one batch at a time (camkit.images.decoded_batches:
+    """Decode, batch and score `files`, one batch at a time (camkit.core.images.decoded_batches:
     memory bounded by the batch; an unreadable file skipped or refused as `files` says, a plain
     sequence skipping). `also` is run on each decoded image, so a caller needing e.g. a
-    perceptual hash decodes each file once. With `graph` (camkit.engine.OrtGraph) ONNX Runtime
+    perceptual hash decodes each file once. With `graph` (camkit.export.engine.OrtGraph) ONNX Runtime
     scores the uint8 squares instead of the torch model. `part`: only these positions."""
     if graph is not None:
         for batch in decoded_batches(files, loaded.square, _nchw, bs, part, also):
@@ -102,9 +103,7 @@ def predict(images: Sequence[str | Path] | str | Path, model: str | Path | Loade
     """Class and probabilities of each image (files, or folders searched recursively), in the
     order `camkit cam` would explain them (under torchrun, each rank scores its block and every
     rank returns the whole list). `engine`: 'torch', 'onnx' (ONNX Runtime: the run's exported
-    graph, or one exported now in memory) or 'auto' (camkit.engine.choose_engine)."""
-    from camkit.engine import Engine, choose_engine, open_graph
-
+    graph, or one exported now in memory) or 'auto' (camkit.export.engine.choose_engine)."""
     loaded = as_loaded(model, device)
     check_options(loaded, top_k, bs)
     choice = choose_engine(engine, loaded, exact=True)

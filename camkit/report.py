@@ -8,19 +8,21 @@ images failed to decode (`data-broken-images` on <body>), which the browser test
 from __future__ import annotations
 
 import html
-import json
 import math
 from pathlib import Path
 
+from camkit.core.files import atomic_write
+from camkit.core.images import open_rgb
+from camkit.core.render import png_data_uri
+from camkit.crawl.credits import credits, license_counts
 from camkit.errors import CamkitError
+from camkit.evaluate import rank_methods, trust_table
 from camkit.explain import CAMS_JSONL, cam, read_cams
-from camkit.files import atomic_write, parse_json, read_text
-from camkit.render import png_data_uri
-from camkit.run import (CONFUSION_PLOT, HISTORY, LOSS_PLOT, META, VALID, WEIGHTS, RunInfo, ValidRecord, check_run_dir,
-                        read_cam_eval, read_history, read_info, read_valid)
-from camkit.run import read_cam_trust, read_verdict
-from camkit.verdict import Verdict
-from camkit.run import data_root as data_root_of
+from camkit.train.run import (CONFUSION_PLOT, HISTORY, LOSS_PLOT, META, VALID, WEIGHTS, RunInfo, ValidRecord,
+                              check_run_dir, read_cam_eval, read_history, read_info, read_valid)
+from camkit.train.run import read_cam_trust, read_verdict
+from camkit.train.run import data_root as data_root_of
+from camkit.train.verdict import Verdict
 
 TOP_LOSSES = 8
 GALLERY = 12
@@ -54,8 +56,6 @@ def _figure_file(path: Path, alt: str) -> str:
 
 
 def _thumb(path: str | Path, side: int = 96):
-    from camkit.images import open_rgb
-
     img = open_rgb(path)
     img.thumbnail((side, side))
     return img
@@ -183,7 +183,7 @@ def _header(view: RunView) -> str:
 
 
 def _verdict(view: RunView) -> str:
-    """The training verdict first (camkit.verdict): usable or not, against always answering the
+    """The training verdict first (camkit.train.verdict): usable or not, against always answering the
     larger class, each reason with what to try."""
     v = view.verdict
     if v is None:
@@ -303,8 +303,6 @@ def _trust(view: RunView) -> str:
     warning for each class recognised by the absence of the others, then the methods ranked
     (sanity check, then ROAD) with their numbers per class. Reads RUN/cam_trust.json (`camkit
     cam-eval RUN`); runs no model."""
-    from camkit.evaluate import rank_methods, trust_table
-
     parts = ["<section id='trust'><h2>Can these heatmaps be trusted?</h2>"]
     verdict = view.verdict
     if verdict is not None and not verdict.usable:
@@ -434,8 +432,6 @@ def _methods_side_by_side(run_dir: Path, cams_dir: Path, n_images: int = 4) -> s
 def crawl_credits(root: Path, limit: int = 200) -> str:
     """Licence counts and the credits (creator, licence, source page) of the crawled images
     still in the dataset, from the crawl's manifest; '' when there is no crawl or it is unreadable."""
-    from camkit.crawl.credits import credits, license_counts
-
     try:
         items = credits(root)
     except CamkitError:
@@ -451,18 +447,12 @@ def crawl_credits(root: Path, limit: int = 200) -> str:
 
 
 def _crawl_manifest(root: Path) -> list[dict]:
-    """Accepted / rejected counts by reason from a crawl's manifest.jsonl in the data root."""
-    manifest = root / "manifest.jsonl"
-    if not manifest.exists():
+    """Accepted / rejected counts by keyword and status from the crawl's manifest in the data
+    root (the ledger reads its format); none when there is no crawl or it is unreadable."""
+    from camkit.crawl.ledger import status_counts
+
+    try:
+        counts = status_counts(root)
+    except CamkitError:
         return []
-    counts: dict[tuple[str, str], int] = {}
-    for line in read_text(manifest, "a manifest", errors="replace").splitlines():
-        try:
-            rec = parse_json(line)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(rec, dict):
-            continue
-        key = (str(rec.get("keyword", "?")), str(rec.get("status", "?")))
-        counts[key] = counts.get(key, 0) + 1
-    return [{"keyword": k, "status": st, "count": n} for (k, st), n in sorted(counts.items())]
+    return [{"keyword": k, "status": st, "count": n} for (k, st), n in counts.items()]

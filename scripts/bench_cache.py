@@ -28,7 +28,7 @@ pass >= 0.9x the in-memory pass; cold prep / warm prep >= 10x.
 
 The price of the cache's integrity checks (issue 26 item 10: crc32 of the whole data file
 taken while writing, inode + ctime in each file's stamp, the key's flock, the temp-file sweep),
-in one process against the anchor, camkit/cache.py as it was at --anchor (16 sampled rows'
+in one process against the anchor, camkit/data/cache.py as it was at --anchor (16 sampled rows'
 crc32, (path, size, mtime) stamps, no lock), loaded from git: cold builds and warm opens of
 the same files, interleaved (anchor, new, anchor, new, ...), best of --repeat each; then what a
 copied cache pays once, the full crc32 read at its first open, and the open after it.
@@ -46,7 +46,7 @@ from pathlib import Path
 POINT = r"""
 import json, resource, sys, time
 import torch
-from camkit.data import TensorBatches, load_folder
+from camkit.data.folders import TensorBatches, load_folder
 torch.set_num_threads(2)
 mode, data, px, cache, REPEAT = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
 rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -123,12 +123,12 @@ def bench_size(root: Path, n: int, px: int, repeat: int, with_memory: bool, sour
 
 
 def load_anchor(commit: str):
-    """camkit/cache.py as it was at `commit`, imported as its own module (it needs only
-    camkit.files and camkit.errors, which kept what it uses)."""
+    """camkit/data/cache.py as it was at `commit`, imported as its own module (it needs only
+    camkit.core.files and camkit.errors, which kept what it uses)."""
     import importlib.util
     import tempfile
 
-    source = subprocess.run(["git", "show", f"{commit}:camkit/cache.py"], capture_output=True, text=True,
+    source = subprocess.run(["git", "show", f"{commit}:camkit/data/cache.py"], capture_output=True, text=True,
                             check=True, cwd=Path(__file__).resolve().parent.parent).stdout
     path = Path(tempfile.mkdtemp(prefix="camkit-anchor-")) / "cache_anchor.py"
     path.write_text(source)
@@ -143,9 +143,9 @@ def bench_integrity(root: Path, n: int, px: int, repeat: int, source_px: int, an
     """Cold build and warm open, anchor vs now, interleaved; then a copied cache's first open."""
     import time
 
-    import camkit.cache as now
-    from camkit.data import scan_class_folders
-    from camkit.images import open_rgb, resize_square
+    import camkit.data.cache as now
+    from camkit.data.folders import scan_class_folders
+    from camkit.core.images import open_rgb, resize_square
 
     data = make_data(root, n, source_px)
     files = [f for fs in scan_class_folders(data)[1] for f in fs]
@@ -201,7 +201,7 @@ def main() -> None:
     ap.add_argument("--source-px", type=int, default=512, help="side of the synthetic JPEGs")
     ap.add_argument("--memory-max", type=int, default=16000, help="skip the in-memory anchor above this many images")
     ap.add_argument("--integrity", action="store_true", help="the price of the integrity checks against --anchor")
-    ap.add_argument("--anchor", default="fd37836", help="commit whose camkit/cache.py is the --integrity anchor")
+    ap.add_argument("--anchor", default="fd37836", help="commit whose camkit/data/cache.py is the --integrity anchor")
     args = ap.parse_args()
     args.root.mkdir(parents=True, exist_ok=True)
     if args.integrity:

@@ -14,7 +14,7 @@ and the noisy ones --samples noise samples in every library. Prints images/s (be
 exact-CAM and Grad-CAM goals of the earlier table.
 
 `--engines` (issue 28): exact CAM of the predicted class by camkit's ONNX Runtime engine
-(camkit.engine.OnnxCAM over the exported graph, fp32, static-INT8 QDQ as `--int8` makes it, and
+(camkit.export.engine.OnnxCAM over the exported graph, fp32, static-INT8 QDQ as `--int8` makes it, and
 dynamic INT8 for comparison) against torchcam's
 CAM, pytorch-grad-cam's Grad-CAM and camkit's torch engine in fp32 and bf16 autocast, at batch
 1 @ 224 px and batch 32 @ 128 px, for each arch; every contender starts from the same uint8
@@ -112,11 +112,11 @@ def contenders(method: str, model, x: torch.Tensor, pred: list[int], samples: in
 
 
 def _loaded(arch: str, size: int, classes: int = 10):
-    """A random-weight CAM-head model as camkit.run.load gives one (no run folder needed)."""
+    """A random-weight CAM-head model as camkit.train.run.load gives one (no run folder needed)."""
     from pathlib import Path
 
-    from camkit.models import build_model
-    from camkit.run import LoadedModel, RunInfo
+    from camkit.train.models import build_model
+    from camkit.train.run import LoadedModel, RunInfo
 
     torch.manual_seed(0)
     model = build_model(arch, classes, "cam", pretrained=False).model.eval()
@@ -131,8 +131,8 @@ def engine_contenders(arch: str, batch: int, size: int, folder) -> tuple[dict, i
     import numpy as np
 
     from camkit.cam import make_cam
-    from camkit.engine import OnnxCAM, OrtGraph
-    from camkit.export import graph_bytes, quantize, session
+    from camkit.export.engine import OnnxCAM, OrtGraph
+    from camkit.export.onnx import graph_bytes, quantize, session
 
     loaded = _loaded(arch, size)
     model, threads = loaded.model, torch.get_num_threads()
@@ -231,8 +231,8 @@ def end_to_end(a) -> None:
     from PIL import Image
 
     from camkit.explain import cam
-    from camkit.export import export_onnx
-    from camkit.run import META, WEIGHTS
+    from camkit.export.onnx import export_onnx
+    from camkit.train.run import META, WEIGHTS
 
     root = Path(tempfile.mkdtemp(prefix="camkit-e2e-"))
     try:
@@ -290,7 +290,7 @@ def main() -> None:
         return
 
     from camkit.cam import METHODS
-    from camkit.models import build_model
+    from camkit.train.models import build_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)

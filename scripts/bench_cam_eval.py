@@ -5,17 +5,17 @@ on the same run, in one process, interleaved, with the numbers compared.
                                      [--repeat 1] [--steps 16] [--root /tmp/camkit-bench-cam-eval]
                                      [--baseline COMMIT]
 
-The anchor is camkit's own previous `camkit/metrics.py`, read from git (`--baseline`, default
+The anchor is camkit's own previous `camkit/faithfulness/metrics.py`, read from git (`--baseline`, default
 the last commit before the batched path) into a temporary module: per method, per image batch,
 two forward passes per deletion / insertion step, one per ROAD percentile and one sparse solve
 per image and percentile. The new path takes every method's maps once per batch, scores
 methods whose maps are equal once (`same_maps`), computes the probabilities no map changes
 once, forwards the perturbations of all steps together (through onnxruntime when it is
-installed and agrees with torch, camkit.scoring; else a BatchNorm-folded, channels-last twin of
+installed and agrees with torch, camkit.faithfulness.scoring; else a BatchNorm-folded, channels-last twin of
 the model), and shares ROAD's solves between equal masks, factorising them on a thread pool
-(camkit.imputation).
+(camkit.faithfulness.imputation).
 
-The run: a resnet18 @ 128 px trained for 3 epochs (`camkit.train.train`, the clip-art stand-in
+The run: a resnet18 @ 128 px trained for 3 epochs (`camkit.train.loop.train`, the clip-art stand-in
 weights when ~/.cache/camkit/standin-resnet18.pth exists, else from scratch) on the real-image
 set 'vehicles-sports' of tests/realdata.py (openclipart-png; 21 % held out, 28 validation
 images), built once under --root and reused. Each repeat runs the old then the new evaluation
@@ -36,7 +36,7 @@ import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-BASELINE = "f4f00a3bd1c3170e5eed987dcee7883697dc24c6"   # camkit/metrics.py before the batched path
+BASELINE = "f4f00a3bd1c3170e5eed987dcee7883697dc24c6"   # camkit/faithfulness/metrics.py before the batched path
 STANDIN = Path.home() / ".cache" / "camkit" / "standin-resnet18.pth"
 
 
@@ -45,7 +45,7 @@ def build_run(root: Path) -> Path:
     sys.path.insert(0, str(REPO / "tests"))
     from realdata import available, copy_set
 
-    from camkit.train import train
+    from camkit.train.loop import train
 
     run = root / "run"
     if (run / "model.pth").is_file():
@@ -61,7 +61,7 @@ def build_run(root: Path) -> Path:
 
 def with_image_files(source: str) -> str:
     """The baseline calls `iter_explain(loaded, files, ..., named=...)`, from before
-    camkit.images.ImageFiles carried the named-files policy (28dda5c): the same call, in today's
+    camkit.core.images.ImageFiles carried the named-files policy (28dda5c): the same call, in today's
     form (named files: an unreadable one is an error, as `named` said). Same images, same maps."""
     import inspect
     import re
@@ -72,12 +72,12 @@ def with_image_files(source: str) -> str:
         return source
     source = re.sub(r", named=(\{str\(f\) for f in files\}|named)\)", ")", source)
     source = source.replace("iter_explain(loaded, files,", "iter_explain(loaded, _ImageFiles.required(files),")
-    return source + "\n\nfrom camkit.images import ImageFiles as _ImageFiles  # noqa: E402\n"
+    return source + "\n\nfrom camkit.core.images import ImageFiles as _ImageFiles  # noqa: E402\n"
 
 
 def baseline_module(commit: str, root: Path):
-    """camkit/metrics.py as of `commit`, imported as a module of its own."""
-    source = subprocess.run(["git", "-C", str(REPO), "show", f"{commit}:camkit/metrics.py"], capture_output=True,
+    """camkit/faithfulness/metrics.py as of `commit`, imported as a module of its own."""
+    source = subprocess.run(["git", "-C", str(REPO), "show", f"{commit}:camkit/faithfulness/metrics.py"], capture_output=True,
                             text=True, check=True).stdout
     source = with_image_files(source)
     path = root / f"metrics_{commit[:8]}.py"
@@ -111,7 +111,7 @@ def main() -> None:
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     args.root.mkdir(parents=True, exist_ok=True)
-    import camkit.metrics as new
+    import camkit.faithfulness.metrics as new
 
     run = build_run(args.root)
     old = baseline_module(args.baseline, args.root)

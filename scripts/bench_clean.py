@@ -46,7 +46,7 @@ def blank_canvases(out: Path, n: int, side: int, seed: int) -> list[Path]:
 def inject(root: Path, scratch: Path, n_swap: int, n_off: int, side: int, seed: int) -> set[str]:
     """Move `n_swap` images into another class's folder and drop `n_off` off-topic canvases
     into the class folders. Returns the injected files (relative to `root`)."""
-    from camkit.data import make_canvas_folder
+    from camkit.data.folders import make_canvas_folder
 
     rng = np.random.default_rng(seed)
     injected: set[str] = set()
@@ -86,8 +86,8 @@ def main() -> None:
     import torch
 
     from camkit.clean import rank
-    from camkit.data import make_canvas_folder
-    from camkit.train import train
+    from camkit.data.folders import make_canvas_folder
+    from camkit.train.loop import train
 
     with tempfile.TemporaryDirectory() as tmp:
         root, scratch = Path(tmp) / "noisy", Path(tmp) / "scratch"

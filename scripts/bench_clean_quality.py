@@ -1,4 +1,4 @@
-"""The thresholds of camkit.quality, measured: the measures of real clip art (openclipart-png,
+"""The thresholds of camkit.data.quality, measured: the measures of real clip art (openclipart-png,
 tests/realdata.py's allowed categories) against generated bad images.
 
     python scripts/bench_clean_quality.py [--n 1500] [--seed 0]
@@ -44,7 +44,7 @@ def bad_images(rng: np.random.Generator) -> dict[str, list[Image.Image]]:
 
 
 def decoded(img: Image.Image, tmp: Path):
-    from camkit.images import open_rgb
+    from camkit.core.images import open_rgb
 
     img.save(tmp / "x.png")
     return open_rgb(tmp / "x.png")
@@ -57,9 +57,9 @@ def main() -> None:
     a = p.parse_args()
     from realdata import CATEGORIES, ClipClass
 
-    from camkit import quality
+    from camkit.data import quality
     from camkit.errors import CamkitError
-    from camkit.images import open_rgb
+    from camkit.core.images import open_rgb
 
     files = [f for c in CATEGORIES for f in ClipClass(c, c).all_files()]
     random.Random(a.seed).shuffle(files)

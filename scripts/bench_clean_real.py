@@ -61,7 +61,7 @@ def convert(src: Path, dst: Path, size: int) -> bool:
     from PIL import Image
 
     from camkit.errors import CamkitError
-    from camkit.images import open_rgb
+    from camkit.core.images import open_rgb
 
     try:
         rgb = open_rgb(src)
@@ -135,7 +135,7 @@ def row(method: str, set_name: str, seed: int, scores: dict[str, float], injecte
 
 def run_set(set_name: str, seed: int, a, tmp: Path) -> tuple[list[dict], list[dict]]:
     from camkit.clean import rank
-    from camkit.train import train
+    from camkit.train.loop import train
 
     root = tmp / f"{set_name}-s{seed}" / "data"
     injected = noisy_set(set_name, root, seed, a.size)

@@ -124,7 +124,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=2, help="runs of each loop; the fastest counts")
     a = p.parse_args()
     from camkit.course import experiments as ex
-    from camkit.data import find_fashion_mnist
+    from camkit.data.folders import find_fashion_mnist
 
     dataset = a.dataset or ("fashion-mnist" if find_fashion_mnist() else "digits")
     data = ex.load_course_data(dataset, cifar_shape=True, limit=a.limit, test_limit=1000)

@@ -1,19 +1,19 @@
 """Does each class's map point at its own object? Per-class pointing game for training recipes
 on two-class Fashion-MNIST canvas sets with known boxes, the truth about "recognised by the
 absence of the other" (the confidence kept when the object's own box is removed) and the
-box-free signal the report's trust section uses (camkit.metrics.absence_of_evidence).
+box-free signal the report's trust section uses (camkit.faithfulness.metrics.absence_of_evidence).
 
     python scripts/bench_evidence.py [--pairs shirt,ankle-boot sandal,bag] [--recipes plain@32,counterfactual@16]
                                      [--canvas 128] [--per-class 250] [--epochs 12]
     python scripts/bench_evidence.py --train-timing 4 --pairs sandal,bag --recipes plain@32,plain@16,counterfactual@16
 
 Items from the full Fashion-MNIST training set (the Debian package's IDX files) are pasted at
-random places on noisy canvases (camkit.data.make_canvas_folder); 20 % of each class is held
+random places on noisy canvases (camkit.data.folders.make_canvas_folder); 20 % of each class is held
 out and only held-out images are scored. Every run is `camkit train`'s defaults (CAM head,
 fastai augmentation) with --arch resnet18 --no-pretrained --size CANVAS, and the recipe and
 output stride named in the row (RECIPE@STRIDE; `plain@32` is the default before issue 20).
-Pointing reads each map where its cells look (camkit.geometry), its peak between cell centres
-(camkit.render.peak_xy). The anchor is the first setting:
+Pointing reads each map where its cells look (camkit.core.geometry), its peak between cell centres
+(camkit.core.render.peak_xy). The anchor is the first setting:
 `--train-timing` trains each setting for a few epochs on the first pair, interleaved, best of 3,
 and prints train seconds / the anchor's (goal: <= 2x).
 """
@@ -36,8 +36,8 @@ def object_removed_retained(run: Path, boxes_json: Path, margin: int = 2) -> dic
     imputation. Near 1: the class is decided without its object, i.e. by the other's absence."""
     import torch
 
-    from camkit.metrics import impute_linear
-    from camkit.run import load, read_valid
+    from camkit.faithfulness.metrics import impute_linear
+    from camkit.train.run import load, read_valid
 
     boxes, root = json.loads(boxes_json.read_text()), boxes_json.parent.resolve()
     loaded, g, kept = load(run), torch.Generator().manual_seed(0), {}
@@ -64,8 +64,8 @@ def step_timing(recipes: list[str], canvas: int, rounds: int = 3, steps: int = 4
 
     import torch
 
-    from camkit.evidence import get_recipe, make_batch, recipe_loss
-    from camkit.models import build_model
+    from camkit.train.evidence import get_recipe, make_batch, recipe_loss
+    from camkit.train.models import build_model
 
     x, y = torch.randn(32, 3, canvas, canvas), torch.arange(32) % 2
     best = {r: float("inf") for r in recipes}
@@ -100,7 +100,7 @@ def train_timing(images: Path, runs: list[tuple[str, int]], canvas: int, epochs:
                  rounds: int = 3) -> dict[tuple[str, int], float]:
     """Best-of-`rounds` train seconds of each (recipe, stride) for `epochs` epochs on `images`,
     settings interleaved so that a busy machine slows them alike."""
-    from camkit.train import train
+    from camkit.train.loop import train
 
     best = {r: float("inf") for r in runs}
     for _ in range(rounds):
@@ -139,7 +139,7 @@ def main() -> None:
             print(f"{name:<10} {sec:.3f} s/step  {sec / best[a.recipes.split(',')[0]]:.2f}x {a.recipes.split(',')[0]}")
         return
 
-    from camkit.data import load_fashion_mnist
+    from camkit.data.folders import load_fashion_mnist
 
     source = load_fashion_mnist()
     root = Path(a.out or tempfile.mkdtemp(prefix="camkit-evidence-"))
@@ -169,7 +169,7 @@ def main() -> None:
 
 def dataset(root: Path, classes: list[str], a, source) -> Path:
     """The pair's canvas set with boxes (made once, kept under --out)."""
-    from camkit.data import make_canvas_folder
+    from camkit.data.folders import make_canvas_folder
 
     images = root / f"{'-'.join(classes)}-{a.canvas}"
     if not (images / "boxes.json").exists():
@@ -180,7 +180,7 @@ def dataset(root: Path, classes: list[str], a, source) -> Path:
 
 def negatives_folder(root: Path, a, source) -> Path:
     """Canvases of --negatives-from classes (40 each), a stand-in for a generic third crawl."""
-    from camkit.data import make_canvas_folder
+    from camkit.data.folders import make_canvas_folder
 
     folder = root / f"negatives-{a.negatives_from.replace(',', '-')}-{a.canvas}"
     if not folder.is_dir():
@@ -192,9 +192,9 @@ def negatives_folder(root: Path, a, source) -> Path:
 def score(run: Path, images: Path, classes: list[str], recipe: str, stride: int, tag: str,
           negatives: Path | None, a) -> dict:
     """Train (or, with --reuse, read) one run, print its row and return it."""
-    from camkit.metrics import evaluate, evaluate_run
-    from camkit.run import read_info
-    from camkit.train import train
+    from camkit.faithfulness.metrics import evaluate, evaluate_run
+    from camkit.train.run import read_info
+    from camkit.train.loop import train
 
     if a.reuse and (run / "model.json").is_file():
         summary = read_info(run).summary

@@ -32,10 +32,10 @@ def main() -> None:
     p.add_argument("--out", default=None, help="keep the dataset and runs here")
     a = p.parse_args()
 
-    from camkit.data import make_canvas_folder
-    from camkit.metrics import evaluate
-    from camkit.run import save_cam_eval
-    from camkit.train import train
+    from camkit.data.folders import make_canvas_folder
+    from camkit.faithfulness.metrics import evaluate
+    from camkit.train.run import save_cam_eval
+    from camkit.train.loop import train
 
     root = Path(a.out or tempfile.mkdtemp(prefix="camkit-loc-"))
     images = root / "images"

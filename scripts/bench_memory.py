@@ -24,12 +24,12 @@ from pathlib import Path
 STEP = r"""
 import json, resource, sys
 import numpy as np, torch
-from camkit.images import open_rgb
+from camkit.core.images import open_rgb
 img = open_rgb(sys.argv[2])
 decoded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 cam_map = torch.rand(4, 4)
 if sys.argv[1] == "camkit":
-    from camkit.render import overlay
+    from camkit.core.render import overlay
     heat, over = overlay(img, cam_map)
     size = over.size
 elif sys.argv[1] == "torchcam":
@@ -51,8 +51,8 @@ def measure(kind: str, image: Path) -> dict:
 
 def whole_command(image: Path, tmp: Path) -> float:
     """Peak RSS (MB) of `camkit cam` on the huge image, in its own process."""
-    from camkit.data import make_canvas_folder
-    from camkit.train import train
+    from camkit.data.folders import make_canvas_folder
+    from camkit.train.loop import train
 
     make_canvas_folder(tmp / "data", ["trouser", "bag"], 12, canvas=32, item_range=(12, 16))
     train(tmp / "data", arch="resnet18", epochs=1, size=32, bs=8, out=tmp / "run", pretrained=False, quiet=True)

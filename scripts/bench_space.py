@@ -35,8 +35,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 
 def make_run(root: Path) -> Path:
-    from camkit.data import make_canvas_folder
-    from camkit.train import train
+    from camkit.data.folders import make_canvas_folder
+    from camkit.train.loop import train
 
     data, run = root / "data", root / "run"
     if not run.is_dir():
@@ -105,7 +105,7 @@ def main() -> None:
     ap.add_argument("--reports", type=Path)
     args = ap.parse_args()
     print(f"load average before: {os.getloadavg()}")
-    from camkit.space import export_space
+    from camkit.share.space import export_space
 
     args.root.mkdir(parents=True, exist_ok=True)
     run = args.run or make_run(args.root)

@@ -97,7 +97,7 @@ def tiny_run(root: Path) -> Path:
     run = root / "run"
     if (run / "model.json").exists():
         return run
-    code = ("from camkit.data import make_canvas_folder; from camkit.train import train\n"
+    code = ("from camkit.data.folders import make_canvas_folder; from camkit.train.loop import train\n"
             f"make_canvas_folder({str(root / 'canvas')!r}, ['trouser', 'bag'], 12, canvas=32, item_range=(12, 16), seed=1)\n"
             f"train({str(root / 'canvas')!r}, arch='resnet18', epochs=1, size=32, bs=8, out={str(run)!r}, "
             "pretrained=False, aug='flip', quiet=True)")

@@ -4,7 +4,7 @@
 
 Vanilla: ImageDataLoaders.from_folder(item_tfms=Resize, batch_tfms=aug_transforms) +
 vision_learner(arch, pretrained=False) + fine_tune(epochs - 1) (fine_tune adds a frozen epoch,
-so both run `epochs` epochs). camkit: camkit.train.train(...) with the same arguments and
+so both run `epochs` epochs). camkit: camkit.train.loop.train(...) with the same arguments and
 fastai's aug_transforms on, once with its fast loader (decoded once, `--loader tensor`) and
 once with fastai's (`--loader fastai`). Throughput = images seen (train + valid, every epoch) /
 seconds of fitting (fit + validation, as fastai's own loop times it); camkit's wall time
@@ -47,7 +47,7 @@ def vanilla(folder: Path, a) -> tuple[float, float, float]:
 
 def camkit(loader: str) -> Callable:
     def run(folder: Path, a) -> tuple[float, float, float]:
-        from camkit.train import train
+        from camkit.train.loop import train
 
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
@@ -68,7 +68,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeat", type=int, default=3, help="interleaved runs per pipeline; the best counts")
     a = p.parse_args()
-    from camkit.data import make_canvas_folder
+    from camkit.data.folders import make_canvas_folder
 
     pipelines = {"fastai vanilla": vanilla, "camkit (tensor loader)": camkit("tensor"),
                  "camkit (fastai loader)": camkit("fastai")}

@@ -21,14 +21,14 @@ stand-in of scripts/pretrain_standin.py: no ImageNet weights can be downloaded h
                     ImageNet normalisation (what vision_learner adds for a pretrained body),
                     fine_tune(4)
   fastai-adaptive-bs  (not run by default) the same at the batch size camkit's defaults pick for
-                    these images (camkit.spec.adaptive_bs), to tell the batch size from the recipe
+                    these images (camkit.train.spec.adaptive_bs), to tell the batch size from the recipe
   scratch-defaults  train(data, arch="resnet18", pretrained=False, size=128, seed=s): camkit's
                     defaults from scratch
   scratch-e12       (canvas set only) the same with epochs=12, the issue's command
 
 Per row: accuracy on camkit's held-out 20 % (the same files for every setting), the majority
 baseline (always answering the larger held-out class), per-class accuracy, the box-free trust
-signals of `camkit cam-eval RUN` (camkit.metrics.evaluate_run with Grad-CAM, the one method both
+signals of `camkit cam-eval RUN` (camkit.faithfulness.metrics.evaluate_run with Grad-CAM, the one method both
 heads have: per class the confidence kept without the map's top 20 %, and the classes flagged as
 recognised by the other's absence; the fastai learner is scored through learn.export_run), the
 run's training verdict (model.json), and train seconds (fitting only; decoding and scoring
@@ -71,14 +71,14 @@ class Setting:
 
     def unavailable(self) -> str | None:
         if self.name == "dilate16" and "dilate" not in inspect.signature(_train().train).parameters:
-            return "camkit.train.train has no `dilate` option yet"
+            return "camkit.train.loop.train has no `dilate` option yet"
         return None
 
 
 def _train():
-    import camkit.train
+    import camkit.train.loop
 
-    return camkit.train
+    return camkit.train.loop
 
 
 def camkit_fit(**options) -> Callable:
@@ -92,7 +92,7 @@ def camkit_fit(**options) -> Callable:
 
 def fastai_fit(bs: int | None = 64) -> Callable:
     """vision_learner + fine_tune(4) on camkit's split at batch size `bs` (None: the one camkit
-    would choose for these training images, camkit.spec.adaptive_bs)."""
+    would choose for these training images, camkit.train.spec.adaptive_bs)."""
     def fit(data: Path, seed: int, weights: Path | None, out: Path, size: int) -> float:
         return fastai_vanilla(data, seed, weights, out, size, bs)
     return fit
@@ -118,7 +118,7 @@ def fastai_vanilla(data: Path, seed: int, weights: Path | None, out: Path, size:
     )
 
     import camkit.fastai  # noqa: F401  learn.export_run
-    from camkit.data import scan_class_folders
+    from camkit.data.folders import scan_class_folders
 
     classes, _ = scan_class_folders(data)
     valid = {str(f.resolve()) for f in camkit_valid_files(data, seed)}
@@ -127,7 +127,7 @@ def fastai_vanilla(data: Path, seed: int, weights: Path | None, out: Path, size:
                        splitter=FuncSplitter(lambda f: str(Path(f).resolve()) in valid),
                        item_tfms=Resize(size), batch_tfms=[*aug_transforms(), Normalize.from_stats(*imagenet_stats)])
     if bs is None:
-        from camkit.spec import adaptive_bs
+        from camkit.train.spec import adaptive_bs
 
         bs = adaptive_bs(sum(1 for f in get_image_files(data, folders=classes) if str(f.resolve()) not in valid))
     dls = dblock.dataloaders(data, path=data, bs=bs)
@@ -175,7 +175,7 @@ _valid_cache: dict[tuple[str, int], list[Path]] = {}
 
 def camkit_valid_files(data: Path, seed: int) -> list[Path]:
     """The held-out files of camkit's split (FolderData.split(0.2, seed)) of `data`."""
-    from camkit.data import load_folder
+    from camkit.data.folders import load_folder
 
     key = (str(data.resolve()), seed)
     if key not in _valid_cache:
@@ -190,7 +190,7 @@ def camkit_valid_files(data: Path, seed: int) -> list[Path]:
 def score(run: Path, data: Path, seed: int, boxes: Path | None) -> dict:
     """Accuracy, baseline and per-class accuracy from model.json's confusion matrix (rows: true
     class), the verdict, and the box-free trust signals (and pointing, with boxes)."""
-    from camkit.metrics import evaluate, evaluate_run
+    from camkit.faithfulness.metrics import evaluate, evaluate_run
 
     info = json.loads((run / "model.json").read_text())
     classes, cm = info["classes"], info["confusion"]
@@ -241,7 +241,7 @@ def real_set(name: str, root: Path) -> Path:
 
 def _described(data: Path) -> str:
     """Class order of the per-class columns (camkit's: sorted folder names) and image counts."""
-    from camkit.data import scan_class_folders
+    from camkit.data.folders import scan_class_folders
 
     classes, files = scan_class_folders(data)
     return "classes " + " / ".join(f"{c} ({len(f)})" for c, f in zip(classes, files))
@@ -250,7 +250,7 @@ def _described(data: Path) -> str:
 def canvas_set(pair: str, root: Path, per_class: int, canvas: int) -> Path:
     from bench_evidence import dataset
 
-    from camkit.data import load_fashion_mnist
+    from camkit.data.folders import load_fashion_mnist
 
     data = dataset(root / "sets", pair.split(","), SimpleNamespace(canvas=canvas, per_class=per_class, seed=0),
                    load_fashion_mnist())

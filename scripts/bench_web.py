@@ -64,7 +64,7 @@ def page_times(driver, index: Path, picture: Path, repeat: int, seconds: float) 
 def python_times(graph: Path, size: int, repeat: int, threads: int | None) -> list[float]:
     import numpy as np
 
-    from camkit.export import session
+    from camkit.export.onnx import session
 
     sess = session(graph, threads)
     x = np.random.default_rng(0).integers(0, 256, (1, 3, size, size), dtype=np.uint8)
@@ -85,9 +85,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     args = ap.parse_args()
     print(f"load average before: {os.getloadavg()}")
-    from camkit.export import export_onnx
-    from camkit.run import read_info, read_valid
-    from camkit.web import export_web
+    from camkit.export.onnx import export_onnx
+    from camkit.train.run import read_info, read_valid
+    from camkit.share.web import export_web
 
     run = args.run or args.root / "run"
     page = args.root / "web"

@@ -13,14 +13,20 @@ Printed:
   with one concrete circle through it;
 - upward imports: an edge from a module into a package that contains it
   (camkit.crawl.ledger -> camkit.crawl), i.e. a lower piece reaching up;
-- function-level imports of camkit modules outside camkit/cli/ (count and list).
+- function-level imports of camkit modules outside camkit/cli/ (count and list);
+- with --cost, what each of them is there for: the third-party packages importing the target
+  after its module would load (torch, matplotlib, ...), measured in a fresh interpreter per pair.
+  An import that loads none could sit at the top of its module (issue 27 moved 56 such);
+  the rest keep a lighter module light (`camkit --help`, the light Space without torch).
 
-Run:  python scripts/import_graph.py [--list]
+Run:  python scripts/import_graph.py [--list] [--cost]
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -163,9 +169,29 @@ def upward(edges: dict[str, set[str]]) -> list[tuple[str, str]]:
     return sorted((a, b) for a, bs in edges.items() for b in bs if a.startswith(b + "."))
 
 
+# what a function-level import may be there to keep out of a lighter module's start-up
+HEAVY = frozenset({"torch", "torchvision", "fastai", "timm", "matplotlib", "numpy", "PIL", "scipy", "sklearn",
+                   "pandas", "onnx", "onnxruntime", "gradio", "icrawler", "requests", "bs4", "cleanlab"})
+_COST = (
+    "import importlib, json, sys\n"
+    "importlib.import_module(sys.argv[1]); before = {m.split('.')[0] for m in sys.modules}\n"
+    "importlib.import_module(sys.argv[2]); after = {m.split('.')[0] for m in sys.modules}\n"
+    "print(json.dumps(sorted(after - before)))\n"
+)
+
+
+def cost(module: str, target: str) -> list[str]:
+    """The HEAVY packages `import target` loads in a fresh interpreter that has imported `module`."""
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", _COST, module, target], capture_output=True,
+                         text=True, check=True, cwd=ROOT.parent).stdout
+    return sorted(set(json.loads(out)) & HEAVY)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--list", action="store_true", help="list every function-level import")
+    parser.add_argument("--cost", action="store_true", help="what each function-level import keeps out of its "
+                        "module's start-up (a fresh interpreter per pair; about a minute)")
     args = parser.parse_args()
     known = modules()
     edges, local = graph(known)
@@ -184,6 +210,14 @@ def main() -> None:
     if args.list:
         for mod, target, line in outside_cli:
             print(f"  {mod}:{line} -> {target}")
+    if args.cost:
+        pairs = sorted({(mod, target) for mod, target, _ in outside_cli})
+        costs = {pair: cost(*pair) for pair in pairs}
+        free = [pair for pair in pairs if not costs[pair]]
+        print(f"function-level imports by what they keep out of start-up ({len(pairs)} module pairs):")
+        for (mod, target), heavy in costs.items():
+            print(f"  {mod} -> {target}: {', '.join(heavy) or 'nothing (could move to the top)'}")
+        print(f"pairs that load nothing heavy: {len(free)}")
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def decode(args: tuple[str, int]) -> np.ndarray | None:
     when camkit would refuse it (pixel count) or it cannot be read."""
     from PIL import Image
 
-    from camkit.images import MAX_PIXELS, resize_square, to_rgb
+    from camkit.core.images import MAX_PIXELS, resize_square, to_rgb
 
     path, size = args
     Image.MAX_IMAGE_PIXELS = None  # the count is checked here, against camkit's own limit

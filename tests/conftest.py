@@ -15,7 +15,7 @@ torch.set_num_threads(2)
 @pytest.fixture(scope="session")
 def canvas_dir(tmp_path_factory) -> Path:
     """40 trouser + 40 bag items on 32-px noisy canvases, with boxes.json."""
-    from camkit.data import make_canvas_folder
+    from camkit.data.folders import make_canvas_folder
 
     root = tmp_path_factory.mktemp("canvas")
     make_canvas_folder(root, ["trouser", "bag"], 40, canvas=32, item_range=(12, 16), seed=1)
@@ -25,7 +25,7 @@ def canvas_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(canvas_dir, tmp_path_factory) -> Path:
     """A resnet18 (output stride 8) with the CAM head, 2 epochs at 32 px."""
-    from camkit.train import train
+    from camkit.train.loop import train
 
     out = tmp_path_factory.mktemp("run") / "run"
     train(canvas_dir, arch="resnet18", epochs=2, size=32, bs=16, out=out, pretrained=False,
@@ -36,7 +36,7 @@ def tiny_run(canvas_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_fastai_run(canvas_dir, tmp_path_factory) -> Path:
     """The same data with fastai's default head (no exact CAM)."""
-    from camkit.train import train
+    from camkit.train.loop import train
 
     out = tmp_path_factory.mktemp("run_fastai") / "run"
     train(canvas_dir, arch="resnet18", epochs=1, size=32, bs=16, out=out, pretrained=False,

@@ -37,9 +37,9 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 def with_verdict(run: Path, confusion: list[list[int]]) -> None:
     """Give a run folder's model.json the held-out `confusion` matrix and the training verdict
-    camkit.verdict gives for it (its own history, 40 training images a class, pretrained)."""
-    from camkit.run import read_history
-    from camkit.verdict import judge
+    camkit.train.verdict gives for it (its own history, 40 training images a class, pretrained)."""
+    from camkit.train.run import read_history
+    from camkit.train.verdict import judge
 
     meta = json.loads((run / "model.json").read_text())
     meta["confusion"] = confusion

@@ -227,7 +227,7 @@ def copy_set(name: str, out: str | Path, per_class: int | None = None, seed: int
     side (images camkit would refuse for their pixel count are left out)."""
     from PIL import Image
 
-    from camkit.images import MAX_PIXELS, to_rgb
+    from camkit.core.images import MAX_PIXELS, to_rgb
 
     out = Path(out)
     if reuse and _complete(out, name, per_class, seed, f"copy{size or ''}"):

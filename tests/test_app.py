@@ -91,7 +91,7 @@ def test_methods_offer_exact_cam_only_for_the_cam_head(camapp, tiny_fastai_run):
 
 
 def test_examples_are_held_out_images_of_each_class(camapp, tiny_run):
-    from camkit.run import read_valid
+    from camkit.train.run import read_valid
 
     held_out = {str(r.file) for r in read_valid(tiny_run)}
     examples = camapp.examples(per_class=2)
@@ -300,7 +300,7 @@ def test_app_of_a_missing_run_is_one_line(cli, tmp_path):
 
 @pytest.fixture(scope="module")
 def space(tiny_run, tmp_path_factory):
-    from camkit.space import export_space
+    from camkit.share.space import export_space
 
     return export_space(tiny_run, tmp_path_factory.mktemp("spaces") / "space")
 
@@ -374,8 +374,8 @@ def test_space_examples_carry_pixels_but_no_metadata(run_copy, canvas_dir, tmp_p
     """EXIF (camera, software path) and PNG text chunks of the author's images stay home."""
     from PIL import Image, PngImagePlugin
 
-    from camkit.run import read_valid
-    from camkit.space import export_space
+    from camkit.train.run import read_valid
+    from camkit.share.space import export_space
 
     data = Path(shutil.copytree(canvas_dir, tmp_path / "data"))
     meta = json.loads((run_copy / "model.json").read_text())

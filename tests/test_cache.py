@@ -1,4 +1,4 @@
-"""camkit.cache: decode once, reuse while a file's stamp matches, rebuild what fails a check,
+"""camkit.data.cache: decode once, reuse while a file's stamp matches, rebuild what fails a check,
 one builder per key (real processes, a real SIGKILL)."""
 
 import json
@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from camkit.cache import STALE_TEMP_S, cache_key, decode_cached
-from camkit.data import TensorBatches, load_folder
+from camkit.data.cache import STALE_TEMP_S, cache_key, decode_cached
+from camkit.data.folders import TensorBatches, load_folder
 from camkit.errors import CamkitError
 
 SHAPE = (3, 8, 8)
@@ -201,7 +201,7 @@ import sys, time
 from pathlib import Path
 import numpy as np
 from PIL import Image
-from camkit.cache import decode_cached
+from camkit.data.cache import decode_cached
 folder, key, marks, *names = sys.argv[1:]
 marks = Path(marks)
 def decode(path):
@@ -270,7 +270,7 @@ def test_a_build_killed_by_sigkill_leaves_no_temp_file_behind(tmp_path, files, n
     assert not left.exists() and not list(folder.glob(".camkit-tmp-*"))
 
 
-# ---------------------------------------------------------------- through camkit.data
+# ---------------------------------------------------------------- through camkit.data.folders
 
 def test_load_folder_from_the_cache_equals_the_in_memory_decode(canvas_dir, tmp_path):
     memory = load_folder(canvas_dir, 32)
@@ -291,7 +291,7 @@ def test_batches_from_the_map_equal_batches_from_a_copied_subset(canvas_dir, tmp
 
 
 def test_released_pages_of_the_map_read_back_the_same(tmp_path, files):
-    from camkit.cache import release_rows
+    from camkit.data.cache import release_rows
 
     rows = decode_cached(tmp_path / "c", "k", files, SHAPE, CountingDecode())
     images = torch.from_numpy(rows.images)
@@ -300,7 +300,7 @@ def test_released_pages_of_the_map_read_back_the_same(tmp_path, files):
 
 
 def test_release_leaves_memory_it_did_not_map_alone():
-    from camkit.cache import release_rows
+    from camkit.data.cache import release_rows
 
     plain = torch.full((64, 4096), 7, dtype=torch.uint8)   # anonymous memory: DONTNEED would zero it
     release_rows(plain.data_ptr(), 4096, range(64))

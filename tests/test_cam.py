@@ -11,7 +11,7 @@ from torch import nn
 from camkit.cam import CAM, METHODS, GradCAM, make_cam, normalise
 from camkit.errors import CamkitError
 from camkit.explain import cam, explain
-from camkit.run import load
+from camkit.train.run import load
 
 
 @pytest.fixture(scope="module")
@@ -282,7 +282,7 @@ def test_cam_cli_lists_methods_without_a_model(cli):
 
 
 def test_explain_api_takes_a_target_object(tiny_run, canvas_dir):
-    from camkit.targets import ContrastTarget
+    from camkit.cam.targets import ContrastTarget
 
     img = sorted(canvas_dir.glob("bag/*.png"))[0]
     a, = explain(tiny_run, [img], target=ContrastTarget(0, 1), signed=True)
@@ -291,7 +291,7 @@ def test_explain_api_takes_a_target_object(tiny_run, canvas_dir):
 
 
 def test_signed_maps_are_drawn_diverging():
-    from camkit.render import DIVERGING, Style, overlay
+    from camkit.core.render import DIVERGING, Style, overlay
 
     heat, _ = overlay(Image.new("RGB", (8, 8)), torch.tensor([[-1.0, 0.0], [0.0, 1.0]]),
                       Style(colormap=DIVERGING, signed=True))

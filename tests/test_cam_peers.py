@@ -225,7 +225,7 @@ def test_aug_smooth_matches_pytorch_grad_cam(resnet, x128):
 
 def test_layer_fusion_matches_torchcam_on_footprints_and_differs_by_the_grid_only(resnet, x128, monkeypatch):
     """torchcam resizes layer4's map onto layer3's cells as footprints; camkit lays it where its
-    cells look (camkit.geometry): the same fusion once camkit is given footprints too."""
+    cells look (camkit.core.geometry): the same fusion once camkit is given footprints too."""
     import camkit.cam.base as base
 
     with torchcam.GradCAM(resnet, target_layer=["layer3", "layer4"], input_shape=(3, 128, 128)) as extractor:

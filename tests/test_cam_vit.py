@@ -103,7 +103,7 @@ def test_fullgrad_refuses_a_transformer_and_names_the_alternative(x):
 
 def test_camkit_vit_has_the_exact_cam_head_over_patch_tokens(x):
     """z = W . mean over patch tokens, so CAM = (w_c . token) on the grid and Grad-CAM = CAM / hw."""
-    from camkit.models import build_model
+    from camkit.train.models import build_model
 
     model = build_model("vit_tiny_patch16_224", 2, "cam", pretrained=False).model.eval()
     x64 = torch.randn(2, 3, 64, 64)
@@ -119,8 +119,8 @@ def test_camkit_vit_has_the_exact_cam_head_over_patch_tokens(x):
 
 
 def test_an_arch_without_a_spatial_map_asks_for_the_fastai_head():
-    from camkit.choices import Head
-    from camkit.models import _timm_body
+    from camkit.core.choices import Head
+    from camkit.train.models import _timm_body
 
     class Pooled(nn.Module):
         default_cfg: dict = {}
@@ -137,7 +137,7 @@ def test_train_a_timm_vit_then_explain_it_with_exact_cam(canvas_dir, tmp_path):
     """`camkit train --arch vit_tiny_patch16_224`: the CAM head over patch tokens, saved and
     loaded back; `camkit cam` then uses exact CAM on the 2 x 2 patch grid of a 32-px input."""
     from camkit.explain import explain
-    from camkit.train import train
+    from camkit.train.loop import train
 
     out = tmp_path / "vit"
     train(canvas_dir, arch="vit_tiny_patch16_224", epochs=1, size=32, bs=16, out=out, pretrained=False,

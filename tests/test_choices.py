@@ -1,10 +1,10 @@
-"""camkit.choices: one check of a named choice for the library, the Enum's own lookup."""
+"""camkit.core.choices: one check of a named choice for the library, the Enum's own lookup."""
 
 from __future__ import annotations
 
 import pytest
 
-from camkit.choices import Aug, CleanSplit, Engine, choice, values
+from camkit.core.choices import Aug, CleanSplit, Engine, choice, values
 from camkit.errors import CamkitError
 
 
@@ -22,7 +22,7 @@ def test_a_choice_outside_the_enum_names_the_option_and_every_choice_in_order():
 def _aug():
     import torch
 
-    from camkit.data import TensorBatches
+    from camkit.data.folders import TensorBatches
 
     TensorBatches(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.zeros(2, dtype=torch.long), bs=2, shuffle=False,
                   aug="lots")
@@ -37,13 +37,13 @@ def _engine():
 def _precision():
     import torch
 
-    from camkit.device import resolve_precision
+    from camkit.core.device import resolve_precision
 
     resolve_precision("fp8", torch.device("cpu"))
 
 
 def _recipe():
-    from camkit.evidence import get_recipe
+    from camkit.train.evidence import get_recipe
 
     get_recipe("magic")
 

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import camkit.clean
 from camkit.clean import CLEAN_LOG, apply, rank, undo, write_page
 from camkit.crawl import read_manifest
 from camkit.errors import CamkitError
-from camkit.run import read_valid
+from camkit.train.run import read_valid
 from helpers import snapshot
 
 HOSTILE = "\"'><img src=x onerror=alert(1)>.png"
@@ -46,7 +47,7 @@ def decisions_file(path, decisions):
 def colour_run(tmp_path_factory):
     """A run that really separates its classes (the shared tiny run is near chance): red-tinted
     against blue-tinted noise, 24 per class, trained on the clean folder."""
-    from camkit.train import train
+    from camkit.train.loop import train
 
     root = tmp_path_factory.mktemp("colour") / "data"
     rng = np.random.default_rng(0)
@@ -94,8 +95,8 @@ def noisy_colour(colour_run, tmp_path_factory):
 
 
 def test_folds_score_each_image_with_a_model_that_never_saw_it(noisy_colour, monkeypatch):
-    import camkit.folds as folds_mod
-    from camkit.run import load
+    import camkit.train.folds as folds_mod
+    from camkit.train.run import load
 
     root, run, _ = noisy_colour
     calls, real = [], folds_mod.fit_fold
@@ -119,8 +120,8 @@ def test_folds_score_each_image_with_a_model_that_never_saw_it(noisy_colour, mon
 def known_scores(root):
     """Out-of-sample scores as right fold models would give them on the noisy colour set: 0.9
     for the class of an image's colour, image 5 an outlier to its fold model, 3 folds."""
-    import camkit.folds as folds_mod
-    from camkit.data import scan_class_folders
+    import camkit.train.folds as folds_mod
+    from camkit.data.folders import scan_class_folders
 
     classes, per_class = scan_class_folders(root)
     files = [f for fs in per_class for f in fs]
@@ -136,13 +137,13 @@ def test_cleanlab_ranks_and_counts_the_flips_from_out_of_sample_probabilities(no
     """The cleanlab side of --folds on known probabilities (the folds themselves are tested
     above): fold models that are right on the colours, so each swapped image gets 0.9 for the
     class of its colour, against its folder; one clean image is an outlier to its fold model."""
-    import camkit.folds as folds_mod
-    from camkit.data import scan_class_folders
+    import camkit.train.folds as folds_mod
+    from camkit.data.folders import scan_class_folders
 
     root, run, injected = noisy_colour
     scores = known_scores(root)
     files = scores.files
-    monkeypatch.setattr(folds_mod, "out_of_sample", lambda *a, **k: scores)
+    monkeypatch.setattr(camkit.clean, "out_of_sample", lambda *a, **k: scores)   # as clean imports it
     suspects = rank(run, data=root, folds=3)
     estimate = suspects.estimate
     assert (estimate.mislabelled, estimate.off_topic, estimate.to_review) == (6, 1, 7)
@@ -172,11 +173,11 @@ def test_cli_folds_saves_the_ranking_and_a_refused_save_is_one_warning(cli, nois
     """The CLI's saving on known out-of-sample scores (no fold training): saved beside the run
     and said; a refused write after the folds is a warning line, and the command still succeeds."""
     import camkit.clean as clean_mod
-    import camkit.folds as folds_mod
+    import camkit.train.folds as folds_mod
 
     root, colour, injected = noisy_colour
     run = shutil.copytree(colour, tmp_path / "run")
-    monkeypatch.setattr(folds_mod, "out_of_sample", lambda *a, **k: known_scores(root))
+    monkeypatch.setattr(camkit.clean, "out_of_sample", lambda *a, **k: known_scores(root))
     code, out, err = cli("clean", run, "--data", root, "--folds", "3", "--top", "1", "--out", tmp_path / "p.html")
     assert code == 0, err
     assert f"out-of-sample ranking saved for the app's Clean tab: {run / clean_mod.RANKING}" in out

@@ -283,3 +283,18 @@ def test_the_ledger_notes_a_later_move_in_its_own_manifest_and_creates_none(tmp_
     assert len(records) == 2 and (tmp_path / MANIFEST).read_text().count("\n") == 3
     with pytest.raises(ValueError, match="one of cleaned, relabelled, restored, not 'deleted'"):
         note_move(tmp_path, "deleted", "x.jpg", "cat/x.jpg", "t2")
+
+
+def test_the_ledger_counts_statuses_for_the_report_without_checking_paths(tmp_path):
+    """status_counts reads the same lines as read_manifest but opens no file they name, so a line
+    read_manifest refuses (a path outside the folder) is still counted, and a non-object is not."""
+    from camkit.crawl.ledger import MANIFEST, read_manifest, status_counts
+
+    assert status_counts(tmp_path) == {}
+    lines = [{"keyword": "cat", "status": "saved", "file": "/etc/passwd"}, {"keyword": "cat", "status": "small"},
+             {"keyword": "cat", "status": "saved"}, {"status": "duplicate"}, [1, 2]]
+    (tmp_path / MANIFEST).write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"cut')
+    assert status_counts(tmp_path) == {("?", "duplicate"): 1, ("cat", "saved"): 2, ("cat", "small"): 1}
+    assert list(status_counts(tmp_path)) == sorted(status_counts(tmp_path))
+    with pytest.raises(CamkitError, match="line 1 is refused"):
+        read_manifest(tmp_path)

@@ -469,7 +469,7 @@ def test_the_report_section_escapes_every_credit_field(hostile_credits):
 def test_verify_sets_an_image_over_the_size_cap_aside_unread(tmp_path):
     import tracemalloc
 
-    from camkit.images import MAX_IMAGE_BYTES
+    from camkit.core.images import MAX_IMAGE_BYTES
 
     (tmp_path / "cats").mkdir()
     (tmp_path / "cats" / "1.jpg").write_bytes(encode(smooth_image(800)))

@@ -10,7 +10,7 @@ from camkit.errors import CamkitError
 
 
 def test_shipped_sample_is_read_from_inside_the_package(monkeypatch):
-    from camkit.data import FASHION_CLASSES, load_shipped_sample
+    from camkit.data.folders import FASHION_CLASSES, load_shipped_sample
     from camkit.resources import SAMPLE, resource
 
     monkeypatch.delenv("CAMKIT_DATA", raising=False)
@@ -21,7 +21,7 @@ def test_shipped_sample_is_read_from_inside_the_package(monkeypatch):
 
 
 def test_camkit_data_overrides_the_shipped_sample(monkeypatch, tmp_path):
-    from camkit.data import load_shipped_sample
+    from camkit.data.folders import load_shipped_sample
 
     np.savez(tmp_path / "fashion_mnist_sample.npz", images=np.zeros((3, 28, 28), np.uint8), labels=np.array([1, 8, 8]))
     monkeypatch.setenv("CAMKIT_DATA", str(tmp_path))
@@ -30,7 +30,7 @@ def test_camkit_data_overrides_the_shipped_sample(monkeypatch, tmp_path):
 
 
 def test_camkit_data_without_the_sample_is_one_clear_error(monkeypatch, tmp_path):
-    from camkit.data import load_shipped_sample
+    from camkit.data.folders import load_shipped_sample
 
     monkeypatch.setenv("CAMKIT_DATA", str(tmp_path))
     with pytest.raises(CamkitError, match="CAMKIT_DATA=.* holds no fashion_mnist_sample.npz"):

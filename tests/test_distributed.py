@@ -1,4 +1,4 @@
-"""camkit.distributed: launcher discovery, sharding, and 2 CPU processes (gloo, loopback)
+"""camkit.core.distributed: launcher discovery, sharding, and 2 CPU processes (gloo, loopback)
 started by torchrun and by accelerate launch for `camkit train` and a sharded `camkit cam`."""
 
 import json
@@ -13,11 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from camkit.data import TensorBatches, load_folder
-from camkit.distributed import (DEFAULT_TIMEOUT, Launch, block, gather, group_timeout, launch, main_first, on_main,
-                                process_group)
+from camkit.core.distributed import (DEFAULT_TIMEOUT, Launch, block, gather, group_timeout, launch, main_first, on_main,
+                                     process_group)
+from camkit.data.folders import TensorBatches, load_folder
 from camkit.errors import CamkitError
-from camkit.run import load
+from camkit.train.run import load
 from helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,7 +154,7 @@ SPY = textwrap.dedent('''
     """camkit's CLI, with every rank's final weights digested into DIGESTS/rankN.sha."""
     import hashlib, os, sys
     from pathlib import Path
-    import camkit.train as T
+    import camkit.train.loop as T
 
     original, digests = T.run_contents, Path(sys.argv[1])
 
@@ -178,7 +178,7 @@ def sides(tmp_path_factory) -> Path:
 
 
 def test_torchrun_trains_one_run_with_identical_weights_on_every_rank(sides, tmp_path):
-    from camkit.train import train
+    from camkit.train.loop import train
 
     single = train(sides, out=tmp_path / "single", quiet=True, arch="resnet18", epochs=2, size=32, bs=8,
                    pretrained=False, aug="none", precision="fp32")
@@ -245,7 +245,7 @@ def test_a_rank_0_error_is_one_line_on_every_rank_and_nothing_hangs(tiny_run, ca
 
 
 PEER = textwrap.dedent('''
-    """`camkit train DATA --ddp-timeout 2` as rank RANK of 2, with camkit.train's work replaced
+    """`camkit train DATA --ddp-timeout 2` as rank RANK of 2, with camkit.train.loop's work replaced
     (and fastai not imported): both ranks meet once, then rank 1 sleeps (a frozen peer) or
     exits (a dead one) while rank 0 waits for it in a barrier."""
     import os, sys, time, types
@@ -261,8 +261,8 @@ PEER = textwrap.dedent('''
             time.sleep(8)
         dist.barrier()
 
-    sys.modules["camkit.train"] = types.SimpleNamespace(train=work)
-    import camkit.device, camkit.distributed  # noqa: E401  (what the command imports, before the start line)
+    sys.modules["camkit.train.loop"] = types.SimpleNamespace(train=work)
+    import camkit.core.device, camkit.core.distributed  # noqa: E401  (what the command imports, before the start line)
     from camkit.cli import main
     open(f"ready{os.environ['RANK']}", "w").close()  # start the group together: a rank still
     while not all(os.path.exists(f"ready{r}") for r in (0, 1)):  # importing is not a frozen one
@@ -293,7 +293,7 @@ def test_a_silent_or_dead_peer_ends_the_other_rank_with_one_line(tmp_path, peer,
 
 
 def test_runs_written_before_world_size_read_as_one_process(tiny_run, tmp_path):
-    from camkit.run import RunInfo
+    from camkit.train.run import RunInfo
 
     meta = json.loads((tiny_run / "model.json").read_text())
     meta.pop("world_size", None)

@@ -1,4 +1,4 @@
-"""camkit.engine: exact CAM and predictions by ONNX Runtime, equal to the torch engine's, and the
+"""camkit.export.engine: exact CAM and predictions by ONNX Runtime, equal to the torch engine's, and the
 choice between them."""
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-from camkit.engine import Engine, OnnxCAM, OrtGraph, choose_engine  # noqa: E402
 from camkit.errors import CamkitError  # noqa: E402
 from camkit.explain import cam, explain  # noqa: E402
+from camkit.export.engine import Engine, OnnxCAM, OrtGraph, choose_engine  # noqa: E402
 from camkit.predict import predict  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def run(tiny_run, tmp_path_factory) -> Path:
     """The tiny run copied and exported (RUN/model.onnx), so `auto` finds a graph."""
-    from camkit.export import export_onnx
+    from camkit.export.onnx import export_onnx
 
     out = Path(shutil.copytree(tiny_run, tmp_path_factory.mktemp("engine") / "run"))
     export_onnx(out)
@@ -36,7 +36,7 @@ def images(canvas_dir) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def loaded(run):
-    from camkit.run import load
+    from camkit.train.run import load
 
     return load(run, device="cpu")
 
@@ -76,7 +76,7 @@ def test_auto_takes_the_runs_current_graph_at_fp32_only(loaded):
 
 
 def test_auto_ignores_a_graph_exported_before_the_run_was_retrained(run, tmp_path):
-    from camkit.run import load
+    from camkit.train.run import load
 
     stale = Path(shutil.copytree(run, tmp_path / "run"))
     state = torch.load(stale / "model.pth", weights_only=True)
@@ -120,7 +120,7 @@ def test_cli_cam_and_predict_run_with_each_engine(run, images, tmp_path, cli):
 
 
 def test_onnx_cam_refuses_a_normalised_batch(loaded):
-    from camkit.engine import open_graph
+    from camkit.export.engine import open_graph
 
     extractor = OnnxCAM(open_graph(choose_engine("onnx", loaded, exact=True), loaded))
     with pytest.raises(CamkitError, match="uint8"):
@@ -130,8 +130,8 @@ def test_onnx_cam_refuses_a_normalised_batch(loaded):
 def test_onnx_cam_returns_the_graphs_logits_targets_and_grid(loaded, images):
     """OnnxCAM.explain gives the result object camkit.cam's extractors give: the graph's logits,
     the classes explained, the sidecar's grid; `cam(x)` is its maps, the attributes hold the same."""
-    from camkit.engine import open_graph
-    from camkit.images import open_rgb
+    from camkit.export.engine import open_graph
+    from camkit.core.images import open_rgb
 
     extractor = OnnxCAM(open_graph(choose_engine("onnx", loaded, exact=True), loaded))
     x = extractor.feed([loaded.square(open_rgb(f)) for f in images[:4]])

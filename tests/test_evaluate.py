@@ -1,4 +1,4 @@
-"""Run-level evaluation (camkit.evaluate): the runs' images scored with camkit.metrics' formulas,
+"""Run-level evaluation (camkit.evaluate): the runs' images scored with camkit.faithfulness.metrics' formulas,
 the policy over the numbers (means, sanity verdict, absence of evidence, ranking), and
 `cam_eval`, which computes and saves what `camkit cam-eval` shows and the report reads."""
 
@@ -56,7 +56,7 @@ def absence_batch() -> tuple[torch.Tensor, torch.Tensor]:
 def test_the_absence_signal_flags_the_class_recognised_by_what_is_missing():
     from camkit.cam import make_cam
     from camkit.evaluate import absence_of_evidence, summarize_trust
-    from camkit.metrics import randomised_copies, trust_rows
+    from camkit.faithfulness.metrics import randomised_copies, trust_rows
 
     model, (x, y) = AbsenceNet(), absence_batch()
     assert torch.equal(model(x).argmax(1), y)
@@ -106,11 +106,11 @@ def test_methods_failing_the_sanity_check_rank_last_then_by_road():
 def test_evaluate_run_scores_every_method_and_class_without_boxes(tiny_run, monkeypatch):
     """The exact CAM equals Grad-CAM for a GAP -> Linear head, so every number agrees; per
     class images add up; each score lies in its range; model.json is read once."""
-    import camkit.run
+    import camkit.train.run
     from camkit.evaluate import TRUST_KEYS, evaluate_run
 
-    read, real = [], camkit.run._read_json
-    monkeypatch.setattr(camkit.run, "_read_json", lambda path, what: read.append(path.name) or real(path, what))
+    read, real = [], camkit.train.run._read_json
+    monkeypatch.setattr(camkit.train.run, "_read_json", lambda path, what: read.append(path.name) or real(path, what))
     res = evaluate_run(tiny_run, ["cam", "gradcam"], steps=1, limit=6, percentiles=(50, 80))
     assert read.count("model.json") == 1
     assert res["split"] == "valid" and res["images"] == 6
@@ -127,7 +127,7 @@ def test_evaluate_run_scores_every_method_and_class_without_boxes(tiny_run, monk
 
 def test_the_train_split_is_the_data_folder_minus_the_held_out_images(tiny_run, canvas_dir):
     from camkit.evaluate import run_images
-    from camkit.run import read_valid
+    from camkit.train.run import read_valid
 
     files, targets = run_images(tiny_run, "train")
     held = {v.file.resolve() for v in read_valid(tiny_run)}
@@ -139,12 +139,15 @@ def test_cam_eval_without_boxes_prints_saves_and_reports(cli, run_copy, monkeypa
     """The command is `cam_eval` (one call, which writes the result it returns) and prints the
     same `trust_table` the report shows."""
     import camkit.evaluate as ev
+    import camkit.report
     from camkit.report import build
-    from camkit.run import read_cam_trust
+    from camkit.train.run import read_cam_trust
 
     done, tables, real_eval, real_table = [], [], ev.cam_eval, ev.trust_table
     monkeypatch.setattr(ev, "cam_eval", lambda *a, **k: done.append(real_eval(*a, **k)) or done[-1])
-    monkeypatch.setattr(ev, "trust_table", lambda result: tables.append(json.dumps(result)) or real_table(result))
+    spy = lambda result: tables.append(json.dumps(result)) or real_table(result)  # noqa: E731
+    monkeypatch.setattr(ev, "trust_table", spy)
+    monkeypatch.setattr(camkit.report, "trust_table", spy)   # as the report imports it
     code, out, err = cli("cam-eval", run_copy, "--methods", "cam,layercam", "--limit", "2", "--steps", "1")
     assert code == 0, err
     assert "sanity" in out and "layercam" in out and out.strip().endswith("cam_trust.json")
@@ -161,7 +164,7 @@ def test_cam_eval_scores_identical_maps_once_and_says_so(cli, run_copy):
     """On the tiny run's CAM head Grad-CAM's maps equal the exact CAM's: measured, printed,
     saved, and the report's trust table names the method they equal."""
     from camkit.report import build
-    from camkit.run import read_cam_trust
+    from camkit.train.run import read_cam_trust
 
     code, out, err = cli("cam-eval", run_copy, "--methods", "cam,gradcam,layercam", "--limit", "2", "--steps", "1")
     assert code == 0, err

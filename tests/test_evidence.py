@@ -1,4 +1,4 @@
-"""Training recipes (camkit.evidence): the batch transforms and the loss by hand, and a tiny
+"""Training recipes (camkit.train.evidence): the batch transforms and the loss by hand, and a tiny
 training under a recipe end to end."""
 
 import json
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from camkit.errors import CamkitError
-from camkit.evidence import (RECIPES, EvidenceLoss, get_recipe, make_batch, mosaic, patch_shuffle, random_erase,
-                             recipe_loss)
+from camkit.train.evidence import (RECIPES, EvidenceLoss, get_recipe, make_batch, mosaic, patch_shuffle, random_erase,
+                                   recipe_loss)
 
 
 def tiles(x: torch.Tensor, t: int) -> list[list[float]]:
@@ -92,7 +92,7 @@ def test_class_indices_get_plain_cross_entropy_per_item_when_fastai_asks():
 
 
 def test_plain_keeps_fastais_loss_and_loaders_and_unknown_recipes_are_errors():
-    from camkit.evidence import with_recipe
+    from camkit.train.evidence import with_recipe
 
     loaders = object()
     assert recipe_loss("plain") is None and get_recipe("plain").plain
@@ -102,8 +102,8 @@ def test_plain_keeps_fastais_loss_and_loaders_and_unknown_recipes_are_errors():
 
 
 def test_training_under_a_recipe_saves_an_ordinary_run(canvas_dir, tmp_path):
-    from camkit.run import load
-    from camkit.train import train
+    from camkit.train.run import load
+    from camkit.train.loop import train
 
     out = tmp_path / "run"
     r = train(canvas_dir, arch="resnet18", epochs=1, size=32, bs=16, out=out, pretrained=False, stride=8,
@@ -115,7 +115,7 @@ def test_training_under_a_recipe_saves_an_ordinary_run(canvas_dir, tmp_path):
 
 
 def test_an_unknown_recipe_fails_before_anything_is_written(canvas_dir, tmp_path):
-    from camkit.train import train
+    from camkit.train.loop import train
 
     with pytest.raises(CamkitError, match="--recipe"):
         train(canvas_dir, out=tmp_path / "run", recipe="magic")
@@ -125,7 +125,7 @@ def test_an_unknown_recipe_fails_before_anything_is_written(canvas_dir, tmp_path
 def test_a_negatives_folder_is_read_squished_and_skips_unreadable_files(tmp_path):
     from PIL import Image
 
-    from camkit.evidence import load_negatives
+    from camkit.train.evidence import load_negatives
 
     (tmp_path / "a").mkdir()
     Image.new("RGB", (40, 20), (255, 0, 0)).save(tmp_path / "a" / "wide.png")
@@ -139,7 +139,7 @@ def test_a_negatives_folder_is_read_squished_and_skips_unreadable_files(tmp_path
 
 @pytest.mark.parametrize("make,message", [(False, "is not a folder"), (True, "holds no readable image")])
 def test_a_missing_or_empty_negatives_folder_is_an_error(tmp_path, make, message):
-    from camkit.evidence import load_negatives
+    from camkit.train.evidence import load_negatives
 
     folder = tmp_path / "neg"
     if make:
@@ -158,14 +158,14 @@ def test_extra_negatives_join_the_batch_as_neither_under_a_plain_recipe():
 # ---------------------------------------------------------------- counterfactual negatives
 
 def test_neither_probs_are_a_softmax_with_a_fixed_zero_logit():
-    from camkit.evidence import neither_probs
+    from camkit.train.evidence import neither_probs
 
     p = neither_probs(torch.tensor([[0.0, 0.0], [math.log(2.0), 0.0]]))
     assert p.flatten().tolist() == pytest.approx([1 / 3, 1 / 3, 2 / 4, 1 / 4])
 
 
 def test_erasing_evidence_replaces_the_maps_top_area_by_the_image_rolled_by_half():
-    from camkit.evidence import erase_evidence
+    from camkit.train.evidence import erase_evidence
 
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
     maps = torch.zeros(2, 4, 4)
@@ -188,7 +188,7 @@ class _Stub:
 
 
 def test_counterfactuals_are_erased_copies_whose_target_is_neither_by_how_much_the_erasure_cost():
-    from camkit.evidence import Counterfactuals, neither_probs
+    from camkit.train.evidence import Counterfactuals, neither_probs
 
     cb = Counterfactuals(fraction=0.5, area=0.25)
     cb.fc = torch.nn.Linear(3, 2, bias=False)
@@ -222,7 +222,7 @@ def _rows(erased: torch.Tensor, x: torch.Tensor) -> list[int]:
 
 
 def test_counterfactuals_do_nothing_during_validation():
-    from camkit.evidence import Counterfactuals
+    from camkit.train.evidence import Counterfactuals
 
     cb = Counterfactuals(fraction=0.5, area=0.25)
     cb.learn = _Stub(torch.randn(2, 3, 8, 8), torch.tensor([0, 1]), torch.zeros(2, 2), training=False)
@@ -236,7 +236,7 @@ def test_training_under_the_counterfactual_recipe_saves_an_ordinary_run_and_remo
                                                                                            tmp_path, monkeypatch):
     import importlib
 
-    module = importlib.import_module("camkit.train")
+    module = importlib.import_module("camkit.train.loop")
     made, original = [], module.recipe_callbacks
     monkeypatch.setattr(module, "recipe_callbacks", lambda *a, **k: made.extend(original(*a, **k)) or made)
     r = module.train(canvas_dir, arch="resnet18", epochs=1, size=32, bs=16, out=tmp_path / "run", pretrained=False,
@@ -246,7 +246,7 @@ def test_training_under_the_counterfactual_recipe_saves_an_ordinary_run_and_remo
 
 
 def test_the_counterfactual_recipe_needs_the_cam_head(canvas_dir, tmp_path):
-    from camkit.train import train
+    from camkit.train.loop import train
 
     with pytest.raises(CamkitError, match="needs camkit's CAM head"):
         train(canvas_dir, arch="resnet18", epochs=1, size=32, bs=16, out=tmp_path / "run", pretrained=False,

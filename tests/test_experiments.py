@@ -4,7 +4,7 @@ import torch
 from camkit.course import experiments as ex
 from camkit.course import loop
 from camkit.course.nets import CifarNet, MnistNet, n_parameters, variant1, variant2
-from camkit.data import find_fashion_mnist
+from camkit.data.folders import find_fashion_mnist
 from camkit.errors import CamkitError
 
 

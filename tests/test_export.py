@@ -1,4 +1,4 @@
-"""camkit.export: the ONNX explainer graph, its sidecar, its parity check and the INT8 gate."""
+"""camkit.export.onnx: the ONNX explainer graph, its sidecar, its parity check and the INT8 gate."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 pytest.importorskip("onnxruntime")
 
 from camkit.errors import CamkitError  # noqa: E402
-from camkit.export import (INPUT, OUTPUTS, Int8Gate, export_onnx, parity_images, read_sidecar,  # noqa: E402
+from camkit.export.onnx import (INPUT, OUTPUTS, Int8Gate, export_onnx, parity_images, read_sidecar,  # noqa: E402
                            session)
 
 
@@ -26,7 +26,7 @@ def exported(tiny_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(exported):
-    from camkit.run import load
+    from camkit.train.run import load
 
     return load(exported[0], device="cpu")
 
@@ -69,7 +69,7 @@ def test_the_batch_dimension_is_dynamic(exported, loaded):
 
 
 def test_sidecar_grid_is_camkits_geometry(exported, loaded):
-    from camkit.geometry import grid_for, probe
+    from camkit.core.geometry import grid_for, probe
 
     meta = read_sidecar(exported[1].path)
     g = grid_for(probe(loaded.model, (32, 32)), meta.map_size, (32, 32))
@@ -144,7 +144,7 @@ def test_int8_export_is_written_exactly_when_its_measured_gate_passes(loaded, tm
 
 
 def test_int8_refused_with_its_figures_when_the_gate_cannot_pass(loaded, tmp_path, monkeypatch):
-    import camkit.export as export
+    import camkit.export.onnx as export
 
     monkeypatch.setattr(export, "INT8_MIN_CORRELATION", 1.5)   # no correlation reaches it
     with pytest.raises(CamkitError, match=r"map correlation with fp32 min [01]\.\d{4} .*not written"):

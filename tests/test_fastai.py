@@ -70,7 +70,7 @@ def test_learn_cam_defaults_to_the_validation_set_with_file_names(learner, dls):
 
 
 def test_every_kind_of_input_gives_the_same_answers(cam_learner, dls):
-    from camkit.images import open_rgb
+    from camkit.core.images import open_rgb
 
     files = list(dls.valid.items)[:4]
     by_path = cam_learner.cam(files)
@@ -135,11 +135,11 @@ def test_results_render_inline(cam_learner):
 
 @pytest.mark.parametrize("name", ["exam", "cam"])
 def test_export_run_works_with_camkit_commands(request, name, tmp_path, cli, dls, tiny_run):
-    from camkit.run import load
+    from camkit.train.run import load
 
     learn = request.getfixturevalue(f"{name}_learner")
     out = learn.export_run(tmp_path / "run")
-    # one writer (camkit.run.held_out, RunInfo.describe) for camkit train's run and this export
+    # one writer (camkit.train.run.held_out, RunInfo.describe) for camkit train's run and this export
     exported, trained = ([json.loads((d / f).read_text()) for f in ("valid.json", "model.json")] for d in (out, tiny_run))
     assert exported[0] and {tuple(r) for r in exported[0]} == {tuple(r) for r in trained[0]} == {
         ("file", "label", "pred", "prob", "loss")}
@@ -158,7 +158,7 @@ def test_export_run_works_with_camkit_commands(request, name, tmp_path, cli, dls
 
 
 def test_export_matches_fastais_centre_crop_on_non_square_images(exam_learner, dls, tmp_path):
-    from camkit.run import load
+    from camkit.train.run import load
 
     wide = []
     for i, f in enumerate(list(dls.valid.items)[:4]):
@@ -267,7 +267,7 @@ def test_the_verdict_is_returned_in_a_notebook_and_saved_by_export(cam_learner, 
     import warnings
 
     from camkit.fastai import CAMInterpretation
-    from camkit.verdict import TrainingVerdict
+    from camkit.train.verdict import TrainingVerdict
 
     verdict = cam_learner.verdict()
     interp = CAMInterpretation.from_learner(cam_learner)
@@ -282,7 +282,7 @@ def test_the_verdict_is_returned_in_a_notebook_and_saved_by_export(cam_learner, 
 
 
 def _confusion(learn) -> list[list[int]]:
-    from camkit.verdict import confusion_matrix
+    from camkit.train.verdict import confusion_matrix
 
     probs, targets = learn.get_preds()
     return confusion_matrix(probs.argmax(1), targets.long(), len(learn.dls.vocab)).tolist()
@@ -290,7 +290,7 @@ def _confusion(learn) -> list[list[int]]:
 
 def test_export_onnx_writes_the_cam_learners_explainer_and_refuses_fastais_head(cam_learner, exam_learner, tmp_path):
     pytest.importorskip("onnxruntime")
-    from camkit.export import read_sidecar
+    from camkit.export.onnx import read_sidecar
 
     result = cam_learner.export_onnx(tmp_path / "learn.onnx")
     assert result.parity.passed and result.map_size == (4, 4)

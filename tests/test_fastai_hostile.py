@@ -72,7 +72,7 @@ def _mode(layout: str) -> str:
 @pytest.fixture(scope="module")
 def as_pil(learn, files):
     """learn.cam of the first file opened as a PIL image in each mode, through camkit's decode."""
-    from camkit.images import to_rgb
+    from camkit.core.images import to_rgb
 
     return {mode: learn.cam([to_rgb(Image.open(files[0]).convert(mode))])[0] for mode in ("L", "RGB", "RGBA")}
 
@@ -225,7 +225,7 @@ def test_export_of_a_learner_restored_with_load_works(dls, tmp_path):
     from fastai.vision.all import resnet18
 
     from camkit.fastai import cam_learner
-    from camkit.run import load
+    from camkit.train.run import load
 
     saved, restored = (cam_learner(dls, resnet18, stride=8, pretrained=False, path=tmp_path) for _ in range(2))
     saved.save("weights")  # into tmp_path/models, not the data folder

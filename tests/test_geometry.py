@@ -1,4 +1,4 @@
-"""Where a map's cells look (camkit.geometry): the probed grid against each cell's true receptive
+"""Where a map's cells look (camkit.core.geometry): the probed grid against each cell's true receptive
 field, the upsampling it drives, and its use by the extractors, the drawings and the metrics."""
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from camkit.geometry import Grid, grid_for, probe, regrid, upsample
+from camkit.core.geometry import Grid, grid_for, probe, regrid, upsample
 
 
 def receptive_centre(body: nn.Module, size: int, cell: int) -> float:
@@ -28,7 +28,7 @@ def receptive_centre(body: nn.Module, size: int, cell: int) -> float:
 
 @pytest.mark.parametrize("stride", [32, 16, 8])
 def test_a_resnets_cells_are_centred_where_their_receptive_fields_are(stride):
-    from camkit.models import build_model
+    from camkit.train.models import build_model
 
     body = build_model("resnet18", 2, pretrained=False, stride=stride).model[0]
     size = 640  # large enough that the middle cell's receptive field (435 px at stride 32) fits inside
@@ -89,7 +89,7 @@ def test_regridding_a_coarse_map_onto_a_finer_layers_cells():
 
 def test_extractors_report_their_maps_grid_and_fused_layers_are_aligned_on_it():
     from camkit.cam import make_cam
-    from camkit.models import build_model
+    from camkit.train.models import build_model
 
     model = build_model("resnet18", 2, pretrained=False).model.eval()
     x = torch.randn(1, 3, 64, 64)
@@ -104,7 +104,7 @@ def test_a_peak_and_a_drawing_use_the_maps_grid():
     import numpy as np
     from PIL import Image
 
-    from camkit.render import Style, overlay, peak_xy
+    from camkit.core.render import Style, overlay, peak_xy
 
     cam_map = torch.zeros(2, 2)
     cam_map[1, 1] = 1.0
@@ -118,7 +118,7 @@ def test_a_peak_and_a_drawing_use_the_maps_grid():
 
 
 def test_a_peak_moves_between_cell_centres_toward_the_stronger_neighbour():
-    from camkit.render import peak_xy, vertex
+    from camkit.core.render import peak_xy, vertex
 
     assert vertex(torch.tensor([0.0, 1.0, 0.0]), 1) == 0                # symmetric: on the centre
     assert vertex(torch.tensor([0.0, 1.0, 1.0]), 1) == 0.5               # a plateau's middle: half a cell
@@ -133,7 +133,7 @@ def test_a_peak_moves_between_cell_centres_toward_the_stronger_neighbour():
 
 def test_aug_smoothed_maps_mix_flipped_passes_and_sit_on_their_footprints():
     from camkit.cam import make_cam
-    from camkit.models import build_model
+    from camkit.train.models import build_model
 
     model = build_model("resnet18", 2, pretrained=False).model.eval()
     extractor = make_cam("gradcam", model, aug_smooth=True)

@@ -60,14 +60,14 @@ def test_a_failed_retrain_leaves_the_previous_run_whole(cli, data, tmp_path, mon
     before = snapshot(out)
     args = ("--lr", "1e6") if failure == "diverge" else ()
     if failure == "crash":
-        import camkit.train as t
+        import camkit.train.loop as t
 
         def crash(*a, **k):
             raise CamkitError("simulated failure after the fit")
 
         monkeypatch.setattr(t, "predict", crash)
     elif failure == "disk":  # the staged write itself fails, half-way through the run's files
-        import camkit.plots as plots
+        import camkit.core.plots as plots
 
         def full(*a, **k):
             raise OSError(28, "No space left on device")
@@ -117,7 +117,7 @@ def test_training_inside_the_dataset_is_refused_and_outputs_there_are_not_classe
 
 
 def test_json_output_is_only_json_even_when_libraries_print(cli, data, tmp_path, monkeypatch):
-    import camkit.models as models
+    import camkit.train.models as models
 
     real = models._make_backbone
 
@@ -292,7 +292,7 @@ def test_a_huge_image_is_drawn_at_a_capped_size(tiny_run, tmp_path):
     """9400 x 9400 pixels (a small PNG): the overlay is capped at 2048 px, the peak is still in
     original pixels, and the map file keeps the layer's resolution."""
     from camkit.explain import cam
-    from camkit.render import MAX_SIDE
+    from camkit.core.render import MAX_SIDE
 
     side = 9400
     img = np.full((side, side), 90, np.uint8)
@@ -378,7 +378,7 @@ def test_a_retrain_keeps_the_users_files_beside_the_run(cli, data, tmp_path):
 
 
 def test_hidden_and_temp_files_are_neither_trained_on_nor_explained(cli, data, tmp_path, tiny_run):
-    from camkit.images import list_images
+    from camkit.core.images import list_images
 
     shutil.copy(data / "a" / "0.png", data / "a" / ".camkit-tmp-1234-000007.png")  # a killed crawl's leftover
     (data / "b" / ".thumbs").mkdir()
@@ -563,7 +563,7 @@ def test_a_fifo_named_on_the_command_line_is_refused_at_once(tiny_run, canvas_di
 
 @pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])
 def test_a_device_named_as_an_image_is_refused_before_any_read(device):
-    from camkit.images import open_rgb
+    from camkit.core.images import open_rgb
 
     with pytest.raises(CamkitError, match=f"'{device}' is not a regular file") as caught:
         open_rgb(device)
@@ -571,7 +571,7 @@ def test_a_device_named_as_an_image_is_refused_before_any_read(device):
 
 
 def test_an_image_over_the_size_cap_is_refused_unread(tmp_path):
-    from camkit.images import MAX_IMAGE_BYTES
+    from camkit.core.images import MAX_IMAGE_BYTES
 
     big = tmp_path / "big.png"
     with open(big, "wb") as f:   # sparse: no disk used
@@ -583,7 +583,7 @@ def _refusal_peak(path, message: str) -> int:
     """Peak bytes Python allocated while open_rgb refused `path` with `message`."""
     import tracemalloc
 
-    from camkit.images import open_rgb
+    from camkit.core.images import open_rgb
 
     tracemalloc.start()
     try:
@@ -882,7 +882,7 @@ def test_export_run_refuses_a_class_folder_of_the_learners_data(canvas):
 
 
 def test_a_dataset_is_recognised_by_its_shape_and_its_known_root(tmp_path, canvas):
-    from camkit.files import class_folder_of
+    from camkit.core.files import class_folder_of
 
     # by shape: every visible sub-folder holds images; camkit outputs, '_' folders and new names are no class
     assert class_folder_of(canvas / "bag" / "cams" / "deep") == (canvas.resolve() / "bag", canvas.resolve())
@@ -931,21 +931,23 @@ def test_a_full_disk_or_refused_permission_is_one_line_not_an_internal_error(cli
     error OSError'), nothing half-written left."""
     import errno
 
-    import camkit.cache
+    import camkit.data.cache
     import camkit.explain
-    import camkit.files
-    import camkit.space
+    import camkit.core.files
+    import camkit.share.space
 
     target = tmp_path / "out"
     patch, code, args, message = {
-        "train --cache": ((camkit.cache._Crc32Sink, "write"), errno.ENOSPC, ("train", data, *TRAIN, "--cache", target),
+        "train --cache": ((camkit.data.cache._Crc32Sink, "write"), errno.ENOSPC,
+                          ("train", data, *TRAIN, "--cache", target),
                           f"no space left on device writing the decode cache in '{target}'"),
         "cam --out": ((camkit.explain, "atomic_write"), errno.ENOSPC,
                       ("cam", canvas_dir / "bag" / "0000.png", "--model", tiny_run, "--out", target),
                       f"no space left on device writing CAMs to '{target}'"),
-        "app --export-space": ((camkit.space, "pixels_only"), errno.EDQUOT, ("app", tiny_run, "--export-space", target),
+        "app --export-space": ((camkit.share.space, "pixels_only"), errno.EDQUOT,
+                               ("app", tiny_run, "--export-space", target),
                                f"disk quota exceeded writing the Space '{target}'"),
-        "space permissions": ((camkit.space, "_copy_package"), errno.EACCES,   # no wrapper: the boundary's own line
+        "space permissions": ((camkit.share.space, "_copy_package"), errno.EACCES,  # no wrapper: the boundary's line
                               ("app", tiny_run, "--export-space", target),
                               f"permission denied at '{tmp_path / 'camkit' / 'files.py'}'"),
     }[case]

@@ -1,4 +1,4 @@
-"""camkit.images' decode-and-batch path (the one predict, explain and cam-eval share): what an
+"""camkit.core.images' decode-and-batch path (the one predict, explain and cam-eval share): what an
 unreadable file means is decided where the list is made, chunks keep each image's position."""
 
 import warnings
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from camkit.core.images import ImageFiles, decoded_batches
 from camkit.errors import CamkitError
-from camkit.images import ImageFiles, decoded_batches
 
 
 def _square(image):

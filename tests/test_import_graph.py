@@ -30,8 +30,8 @@ def _reach(edges: dict[str, set[str]], start: str) -> set[str]:
 
 def test_the_graph_sees_module_and_function_level_imports():
     mod, edges, local = _graph()
-    assert {"camkit.errors", "camkit.run"} <= edges["camkit.explain"]        # module level
-    assert ("camkit.explain", "camkit.engine") in {(a, b) for a, b, _ in local}  # inside _engine
+    assert {"camkit.errors", "camkit.train.run"} <= edges["camkit.explain"]        # module level
+    assert ("camkit.app", "camkit.train.run") in {(a, b) for a, b, _ in local}  # inside CamApp: the light Space has no torch
     assert mod.strong_components({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
 
 
@@ -39,7 +39,7 @@ def test_no_circle_among_camkit_modules_and_fastai_does_not_reach_train():
     mod, edges, _ = _graph()
     assert mod.strong_components(edges) == []  # explain <-> fastai and ortlite <-> space were the last
     assert "camkit.fastai" not in _reach(edges, "camkit.explain")
-    assert "camkit.train" not in _reach(edges, "camkit.fastai")
+    assert "camkit.train.loop" not in _reach(edges, "camkit.fastai")
 
 
 def test_the_only_upward_import_is_python_dash_m():
@@ -60,17 +60,57 @@ def test_clean_reaches_only_the_ledger_and_hashing_of_the_crawl_and_never_icrawl
 
 def test_building_and_loading_a_model_does_not_reach_the_cam_package():
     _, edges, _ = _graph()
-    for start in ("camkit.models", "camkit.run"):
+    for start in ("camkit.train.models", "camkit.train.run"):
         assert not {m for m in _reach(edges, start) if m.startswith("camkit.cam")}, start
-    assert "camkit.layout" in edges["camkit.models"] and "camkit.layout" in edges["camkit.cam.layers"]
+    assert "camkit.core.layout" in edges["camkit.train.models"] and "camkit.core.layout" in edges["camkit.cam.layers"]
 
 
 def test_a_timm_model_with_the_cam_head_runs_without_the_cam_package():
-    """The CAM head over a ViT's tokens reads camkit.layout, not camkit.cam (it did before)."""
+    """The CAM head over a ViT's tokens reads camkit.core.layout, not camkit.cam (it did before)."""
     pytest.importorskip("timm")
-    code = ("import sys, torch; from camkit.models import build_model; "
+    code = ("import sys, torch; from camkit.train.models import build_model; "
             "m = build_model('vit_tiny_patch16_224', 2, 'cam', pretrained=False).model.eval(); "
             "y = m(torch.zeros(1, 3, 224, 224)); "
             "print(tuple(y.shape) == (1, 2), any(k == 'camkit.cam' or k.startswith('camkit.cam.') for k in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "False"]
+
+
+# docs/design.md's package map, bottom up: a module imports only from its own group or an earlier one
+LAYERS = (
+    ("camkit.errors", "camkit.version"),
+    ("camkit.core",),
+    ("camkit.crawl", "camkit.resources"),
+    ("camkit.data",),
+    ("camkit.train",),
+    ("camkit.cam",),
+    ("camkit.export",),
+    ("camkit.faithfulness",),
+    ("camkit.explain", "camkit.predict", "camkit.evaluate", "camkit.clean", "camkit.fastai", "camkit.course",
+     "camkit.report", "camkit.app", "camkit.demo"),
+    ("camkit.share",),
+    ("camkit.cli", "camkit.__main__", "camkit"),
+)
+
+
+def _layer(module: str) -> int:
+    for i, group in enumerate(LAYERS):
+        if any(module == g or (g != "camkit" and module.startswith(g + ".")) for g in group):
+            return i
+    raise AssertionError(f"{module} is in no group of docs/design.md's package map")
+
+
+def test_every_import_goes_down_the_package_map_or_stays_in_its_group():
+    _, edges, _ = _graph()
+    up = sorted((a, b) for a, bs in edges.items() for b in bs if _layer(b) > _layer(a))
+    assert up == []
+    assert _layer("camkit.train.run") < _layer("camkit.cam.base") < _layer("camkit.explain")  # the order holds
+
+
+def test_the_top_level_is_the_face_and_the_commands():
+    top = sorted(p.stem for p in (ROOT / "camkit").glob("*.py"))
+    assert top == ["__init__", "__main__", "app", "clean", "demo", "errors", "evaluate", "explain", "fastai",
+                   "predict", "report", "version"]
+    flat = {g.removeprefix("camkit.") for group in LAYERS for g in group if g.count(".") == 1}
+    packages = {p.name for p in (ROOT / "camkit").iterdir() if (p / "__init__.py").is_file()}
+    assert packages <= flat   # every package has its place in the map

@@ -4,7 +4,7 @@ import numpy as np
 from scipy.sparse import lil_matrix
 from scipy.sparse.linalg import spsolve
 
-from camkit.imputation import solve_imputations
+from camkit.faithfulness.imputation import solve_imputations
 
 SIDE, DIAGONAL = 1 / 6, 1 / 12
 

@@ -176,7 +176,8 @@ def exam(installed):
     pytest.importorskip("nbclient")
     from test_notebooks import execute_notebook
 
-    where = "import camkit, camkit.data; print('camkit imported from', camkit.__file__, camkit.data.__file__)"
+    where = ("import camkit, camkit.data.folders; "
+             "print('camkit imported from', camkit.__file__, camkit.data.folders.__file__)")
     return execute_notebook("exam.ipynb", installed.outside, installed.outside.parent / "kernels", installed.env,
                             python=installed.python, extra_cells=(where,))
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from camkit.metrics import _auc, deletion_insertion, point_in_box, pointing_game
+from camkit.faithfulness.metrics import _auc, deletion_insertion, point_in_box, pointing_game
 
 
 def sig(v: float) -> float:
@@ -69,24 +69,25 @@ def test_insertion_curve_rises_at_once_when_the_map_ranks_the_evidence_first():
 
 
 def test_the_run_level_names_moved_to_evaluate_still_import_from_metrics():
-    """`from camkit.metrics import evaluate_run` (the path before camkit.evaluate) gives the
+    """`from camkit.faithfulness.metrics import evaluate_run` (the path before camkit.evaluate) gives the
     same objects; a name neither module has is still an AttributeError."""
     import camkit.evaluate
-    import camkit.metrics
-    from camkit.metrics import DEFAULT_METHODS, evaluate, evaluate_run, rank_methods, read_boxes, run_images
+    import camkit.faithfulness.metrics
+    from camkit.faithfulness.metrics import (DEFAULT_METHODS, evaluate, evaluate_run, rank_methods, read_boxes,
+                                             run_images)
 
     moved = (DEFAULT_METHODS, evaluate, evaluate_run, rank_methods, read_boxes, run_images)
     assert moved == tuple(getattr(camkit.evaluate, n) for n in ("DEFAULT_METHODS", "evaluate", "evaluate_run",
                                                                 "rank_methods", "read_boxes", "run_images"))
     with pytest.raises(AttributeError, match="has no attribute 'cam_eval'"):
-        camkit.metrics.cam_eval  # noqa: B018 - new in camkit.evaluate, never in metrics
+        camkit.faithfulness.metrics.cam_eval  # noqa: B018 - new in camkit.evaluate, never in metrics
 
 
 # ---------------------------------------------------------------- ROAD's imputation, by hand
 
 def test_imputed_pixel_is_the_weighted_mean_of_its_eight_neighbours():
     """Centre of a 3x3 image whose only non-zero pixel is a corner: weight 1/12 of a total 1."""
-    from camkit.metrics import impute_linear
+    from camkit.faithfulness.metrics import impute_linear
 
     x = torch.tensor([[[1.0, 0, 0], [0, 99, 0], [0, 0, 0]]])
     removed = torch.tensor([[0, 0, 0], [0, 1, 0], [0, 0, 0]], dtype=torch.bool)
@@ -97,7 +98,7 @@ def test_imputed_pixel_is_the_weighted_mean_of_its_eight_neighbours():
 
 def test_a_corner_pixel_averages_only_the_neighbours_inside_the_image():
     """(6/6 + 12/6 + 24/12) / (1/6 + 1/6 + 1/12) = 5 / (5/12) = 12."""
-    from camkit.metrics import impute_linear
+    from camkit.faithfulness.metrics import impute_linear
 
     x = torch.tensor([[[-7.0, 6, 0], [12, 24, 0], [0, 0, 0]]])
     removed = torch.zeros(3, 3, dtype=torch.bool)
@@ -107,7 +108,7 @@ def test_a_corner_pixel_averages_only_the_neighbours_inside_the_image():
 
 def test_removed_neighbours_are_solved_jointly():
     """A 1x4 row [2, ?, ?, 8]: v1 = (2 + v2) / 2 and v2 = (v1 + 8) / 2, so v1 = 4 and v2 = 6."""
-    from camkit.metrics import impute_linear
+    from camkit.faithfulness.metrics import impute_linear
 
     x = torch.tensor([[[2.0, -1, -1, 8]]])
     out = impute_linear(x, torch.tensor([[False, True, True, False]]), noise=0)
@@ -117,7 +118,7 @@ def test_removed_neighbours_are_solved_jointly():
 def test_imputation_equals_pytorch_grad_cams_noisy_linear_imputer():
     from pytorch_grad_cam.metrics.road import NoisyLinearImputer
 
-    from camkit.metrics import impute_linear
+    from camkit.faithfulness.metrics import impute_linear
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(3, 7, 9, generator=g)
@@ -137,7 +138,7 @@ def test_road_equals_pytorch_grad_cams_road_combined(monkeypatch):
     from pytorch_grad_cam.metrics import road as anchor
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
-    from camkit.metrics import road
+    from camkit.faithfulness.metrics import road
 
     monkeypatch.setattr(anchor.NoisyLinearImputer.__init__, "__defaults__", (0.0, anchor.neighbors_weights))
     model, g = tiny_classifier(), torch.Generator().manual_seed(1)
@@ -150,7 +151,7 @@ def test_road_equals_pytorch_grad_cams_road_combined(monkeypatch):
 
 
 def test_retained_confidence_is_the_morf_probability_over_the_base_one():
-    from camkit.metrics import RoadResult, retained_confidence
+    from camkit.faithfulness.metrics import RoadResult, retained_confidence
 
     z = torch.zeros(2)
     r = RoadResult(z, z, z, torch.tensor([0.8, 0.5]), torch.tensor([[0.7, 0.4], [0.6, 0.1]]))
@@ -166,7 +167,7 @@ def test_retained_confidence_is_the_morf_probability_over_the_base_one():
     (TOP_LEFT_LAST, 1, 0.0, 1.0),                               # class 1 rises from 1 - sigmoid(4) to 1/2
 ])
 def test_average_drop_and_increase_by_hand(maps, target, drop, increase):
-    from camkit.metrics import average_drop_increase
+    from camkit.faithfulness.metrics import average_drop_increase
 
     d, i = average_drop_increase(TopLeftModel(), X, maps, torch.tensor([target]))
     assert float(d) == pytest.approx(drop) and float(i) == increase
@@ -179,7 +180,7 @@ def test_average_drop_and_increase_by_hand(maps, target, drop, increase):
     ([0.0, 0, 1, 2], math.sqrt(0.9)),                            # ties share rank 1.5
 ])
 def test_rank_correlation_by_hand(b, expected):
-    from camkit.metrics import rank_correlation
+    from camkit.faithfulness.metrics import rank_correlation
 
     a = torch.tensor([[[0.0, 1], [2, 3]]])
     assert float(rank_correlation(a, torch.tensor(b).view(1, 2, 2))) == pytest.approx(expected)
@@ -193,7 +194,7 @@ def cam_net() -> nn.Sequential:
 
 
 def test_randomised_copies_cascade_head_then_last_stage():
-    from camkit.metrics import randomised_copies
+    from camkit.faithfulness.metrics import randomised_copies
 
     model = cam_net()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -215,7 +216,7 @@ def _reference_deletion_insertion(model, x, maps, target, steps):
     """The per-step loop `deletion_insertion` replaced: two forward passes per step."""
     import torch.nn.functional as F
 
-    from camkit.geometry import upsample
+    from camkit.core.geometry import upsample
 
     b, _, h, w = x.shape
     order = upsample(maps, (h, w)).flatten(1).argsort(1, descending=True)
@@ -234,8 +235,8 @@ def _reference_deletion_insertion(model, x, maps, target, steps):
 @torch.no_grad()
 def _reference_road(model, x, maps, target, percentiles, seed=0):
     """The per-image, per-percentile loop `road` replaced: one imputation solve per image."""
-    from camkit.geometry import upsample
-    from camkit.metrics import impute_linear
+    from camkit.core.geometry import upsample
+    from camkit.faithfulness.metrics import impute_linear
 
     b, _, h, w = x.shape
     saliency, idx = upsample(maps, (h, w)), torch.arange(b)
@@ -261,7 +262,7 @@ def test_the_batched_trust_rows_equal_the_per_image_path_for_every_method():
     and shared between equal masks, identical maps scored once) give the numbers of the
     per-image, per-step, per-method loops within float tolerance."""
     from camkit.cam import make_cam
-    from camkit.metrics import randomised_copies, rank_correlation, trust_rows_many
+    from camkit.faithfulness.metrics import randomised_copies, rank_correlation, trust_rows_many
 
     model, g = cam_net(), torch.Generator().manual_seed(3)
     x, target = torch.randn(6, 3, 20, 20, generator=g), torch.tensor([0, 1, 0, 1, 1, 0])
@@ -289,7 +290,7 @@ def test_the_batched_trust_rows_equal_the_per_image_path_for_every_method():
 
 @torch.no_grad()
 def _reference_average_drop(model, x, maps, target):
-    from camkit.geometry import upsample
+    from camkit.core.geometry import upsample
 
     m = upsample(maps, x.shape[-2:])[:, None]
     lo, hi = m.amin((1, 2, 3), keepdim=True), m.amax((1, 2, 3), keepdim=True)
@@ -300,7 +301,7 @@ def _reference_average_drop(model, x, maps, target):
 def test_imputer_solves_each_distinct_mask_once():
     """Two identical masks of the same image share one solve; the joint block-diagonal solve of
     several images equals one solve per image."""
-    from camkit.metrics import Imputer, impute_linear
+    from camkit.faithfulness.metrics import Imputer, impute_linear
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(3, 3, 9, 11, generator=g)

@@ -9,7 +9,7 @@ import torch
 
 from camkit.errors import CamkitError
 from camkit.predict import predict
-from camkit.run import load
+from camkit.train.run import load
 
 
 def one_line(code, err, message):
@@ -47,7 +47,7 @@ def test_top_k_outside_the_classes_is_refused(tiny_run, files, k):
 
 
 def test_a_folder_is_searched_and_an_unreadable_file_in_it_skipped(tiny_run, canvas_dir, tmp_path):
-    """predict and explain read files through one path (camkit.images.decoded_batches): the same
+    """predict and explain read files through one path (camkit.core.images.decoded_batches): the same
     images kept, the same warning for the broken one, the same error when it is named."""
     from camkit.explain import explain
 

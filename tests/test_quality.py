@@ -1,4 +1,4 @@
-"""camkit.quality: blank, tiny-content and extreme-aspect images, and near-twins across the
+"""camkit.data.quality: blank, tiny-content and extreme-aspect images, and near-twins across the
 train / validation split, on generated bad images (thresholds measured in docs/benchmarks.md)."""
 
 import shutil
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from camkit.core.images import open_rgb
 from camkit.crawl import phash
-from camkit.images import open_rgb
-from camkit.quality import findings, leaks, measure
-from camkit.run import read_valid
+from camkit.data.quality import findings, leaks, measure
+from camkit.train.run import read_valid
 
 
 def drawing(w=96, h=96, seed=0):

@@ -11,7 +11,7 @@ import pytest
 import realdata
 from realdata import CATEGORIES, SETS, copy_set, counts, crawl_set, needs_openclipart
 
-from camkit.images import list_images, open_rgb
+from camkit.core.images import list_images, open_rgb
 
 pytestmark = needs_openclipart
 clip_pair = realdata.clip_pair    # the shared fixture: vehicles / sports copied at 64 px
@@ -54,7 +54,7 @@ def test_the_manifest_keeps_each_images_public_domain_licence(crawled):
 
 
 def test_a_copied_set_loads_as_a_dataset(clip_pair):
-    from camkit.data import load_folder
+    from camkit.data.folders import load_folder
 
     data = load_folder(clip_pair, 32)
     assert data.classes == ["sports", "vehicles"] and len(data.labels) >= 44    # 24 a class, less exact twins

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from camkit.explain import cam
 from camkit.errors import CamkitError
-from camkit.run import read_valid
+from camkit.explain import cam
 from camkit.report import build, report, summarize
+from camkit.train.run import read_valid
 from helpers import with_verdict
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -184,7 +184,7 @@ def test_embedded_images_are_re_encoded_without_metadata(tmp_path):
 
     from PIL import Image, PngImagePlugin
 
-    from camkit.render import png_data_uri
+    from camkit.core.render import png_data_uri
 
     exif = Image.Exif()
     exif[0x0131] = "/home/alice/secret-tool"

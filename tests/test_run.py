@@ -1,4 +1,4 @@
-"""The run format (camkit.run): the held-out rows both writers share, loading once, the file names."""
+"""The run format (camkit.train.run): the held-out rows both writers share, loading once, the file names."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from camkit.errors import CamkitError
-from camkit.run import VALID, as_loaded, held_out, load
+from camkit.train.run import VALID, as_loaded, held_out, load
 
 
 def test_held_out_rows_are_the_files_inside_the_root_and_its_numbers_are_exact(tmp_path):
@@ -36,7 +36,7 @@ def test_as_loaded_loads_a_folder_once_and_passes_a_loaded_run_through(tiny_run)
 
 
 def test_weights_of_another_shape_are_refused_in_one_sentence(run_copy):
-    """camkit.models.rebuild (how a run is loaded and a notebook's model checked for export)
+    """camkit.train.models.rebuild (how a run is loaded and a notebook's model checked for export)
     loads strictly: a tensor of the wrong shape is named, never half-loaded."""
     state = torch.load(run_copy / "model.pth", weights_only=True)
     name = next(k for k, v in state.items() if v.dim() == 2)   # the CAM head's Linear
@@ -47,11 +47,11 @@ def test_weights_of_another_shape_are_refused_in_one_sentence(run_copy):
 
 
 def test_the_output_markers_are_the_names_their_owners_write():
-    """camkit.files sits below the modules that own these formats (they import it), so it
+    """camkit.core.files sits below the modules that own these formats (they import it), so it
     spells their names; they must stay the names the owners write."""
     from camkit.explain import CAMS_JSONL
-    from camkit.files import CAMKIT_OUTPUT_MARKERS
+    from camkit.core.files import CAMKIT_OUTPUT_MARKERS
     from camkit.report import PAGE_FILE
-    from camkit.run import META
+    from camkit.train.run import META
 
     assert CAMKIT_OUTPUT_MARKERS == (META, CAMS_JSONL, PAGE_FILE) and VALID == "valid.json"

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-import camkit.scoring
-from camkit.metrics import ORT_MIN_IMAGES, scoring_model
-from camkit.scoring import ort_scorer
+import camkit.faithfulness.scoring
+from camkit.faithfulness.metrics import ORT_MIN_IMAGES, scoring_model
+from camkit.faithfulness.scoring import ort_scorer
 
 pytest.importorskip("onnxruntime")
 
@@ -33,10 +33,10 @@ def test_the_onnx_scorer_gives_torchs_logits_at_any_batch():
 
 def test_without_onnxruntime_or_on_a_mismatch_the_torch_twin_scores(monkeypatch):
     model, x = tiny(), torch.randn(ORT_MIN_IMAGES, 3, 12, 12)
-    monkeypatch.setattr(camkit.scoring, "onnx_available", lambda: False)
+    monkeypatch.setattr(camkit.faithfulness.scoring, "onnx_available", lambda: False)
     assert ort_scorer(model, x) is None
     monkeypatch.undo()
-    monkeypatch.setattr(camkit.scoring, "PARITY", -1.0)   # no graph can agree: the parity check refuses it
+    monkeypatch.setattr(camkit.faithfulness.scoring, "PARITY", -1.0)   # no graph can agree: the parity check refuses it
     assert ort_scorer(model, x) is None
     score = scoring_model(model, x)
     assert not is_ort(score)

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("onnxruntime", reason="the light Space needs camkit[onnx]")
 gradio = pytest.importorskip("gradio", reason="the Space export needs camkit[app]")
 
-from camkit.ortlite import LiteApp
+from camkit.share.ortlite import LiteApp
 
 BLOCKED = ("torch", "torchvision", "fastai", "timm", "matplotlib")
 
@@ -41,9 +41,9 @@ def no_torch(tmp_path_factory):
 
 def torch_probs(run, image) -> np.ndarray:
     """camkit's own torch model on the image, as the full app feeds it."""
-    from camkit.export import torch_outputs
-    from camkit.images import open_rgb
-    from camkit.run import load
+    from camkit.export.onnx import torch_outputs
+    from camkit.core.images import open_rgb
+    from camkit.train.run import load
 
     loaded = load(run, device="cpu")
     square = loaded.square(open_rgb(image)).transpose(2, 0, 1)[None].copy()
@@ -55,7 +55,7 @@ def test_light_space_requires_no_torch_and_holds_the_graph(light):
     assert [r.split(">")[0].split("=")[0] for r in reqs] == ["onnxruntime", "numpy", "pillow", "gradio"]
     assert f"gradio=={gradio.__version__}" in reqs
     assert {p.name for p in (light / "model").iterdir()} == {"model.onnx", "model.onnx.json", "explainer.json"}
-    assert "from camkit.ortlite import launch" in light.joinpath("app.py").read_text()
+    assert "from camkit.share.ortlite import launch" in light.joinpath("app.py").read_text()
     assert "no torch, no fastai" in light.joinpath("README.md").read_text()
 
 
@@ -81,7 +81,7 @@ def test_light_space_answers_where_torch_cannot_be_imported(light, no_torch, tin
         proc.wait(timeout=30)
     got = {c["label"]: c["confidence"] for c in label["confidences"]}
     want = torch_probs(tiny_run, example)
-    from camkit.run import read_info
+    from camkit.train.run import read_info
 
     assert np.allclose([got[c] for c in read_info(tiny_run).classes], want, atol=1e-5)
     assert os.path.isfile(overlay) and "onnxruntime" in caption
@@ -113,11 +113,11 @@ def test_lite_app_refuses_a_method_the_graph_cannot_give(apps, light):
 
 
 def test_app_engine_onnx_serves_the_runs_graph_as_the_light_space_does(tiny_run, monkeypatch):
-    """`camkit app RUN --engine onnx` (camkit.space.serve_run): a LiteApp over a graph exported now,
+    """`camkit app RUN --engine onnx` (camkit.share.space.serve_run): a LiteApp over a graph exported now,
     with the run's held-out images as examples, handed to camkit.app's launch; nothing left behind."""
     from typer.testing import CliRunner
 
-    import camkit.app
+    import camkit.share.space
     from camkit.cli import app
 
     served = {}
@@ -127,9 +127,23 @@ def test_app_engine_onnx_serves_the_runs_graph_as_the_light_space_does(tiny_run,
         served.update(app=lite, folder=folder, examples=lite.examples(), host=host, port=port, block=block)
         served["files"] = sorted(p.name for p in folder.iterdir())
 
-    monkeypatch.setattr(camkit.app, "launch", launch)
+    monkeypatch.setattr(camkit.share.space, "app_launch", launch)   # camkit.app.launch, as space imports it
     result = CliRunner().invoke(app, ["app", str(tiny_run), "--engine", "onnx", "--port", "7861"])
     assert result.exit_code == 0, result.stderr
     assert isinstance(served["app"], LiteApp) and served["host"] == "127.0.0.1" and served["port"] == 7861
     assert {"model.onnx", "explainer.json"} <= set(served["files"]) and served["block"] is True
     assert served["examples"] and not served["folder"].exists()  # the temporary export is removed
+
+
+def test_export_space_takes_the_cli_engine_choices_and_refuses_others_before_writing(tiny_run, tmp_path):
+    """The library reads --engine as `camkit app` does (auto: the full app) through the Enum's
+    own check, so a typo is the CLI's one sentence and nothing is written."""
+    from camkit.core.choices import CamEngine
+    from camkit.errors import CamkitError
+    from camkit.share.space import export_space
+
+    with pytest.raises(CamkitError, match=r"^--engine must be one of auto, torch, onnx, not 'tourch'$"):
+        export_space(tiny_run, tmp_path / "typo", engine="tourch")
+    assert list(tmp_path.iterdir()) == []
+    space = export_space(tiny_run, tmp_path / "auto", engine=CamEngine.auto)
+    assert "from camkit.app import launch" in (space / "app.py").read_text()

@@ -1,11 +1,11 @@
-"""camkit.spec: options checked once, before any image is read; adaptive batch size and epochs."""
+"""camkit.train.spec: options checked once, before any image is read; adaptive batch size and epochs."""
 
 from __future__ import annotations
 
 import pytest
 
 from camkit.errors import CamkitError
-from camkit.spec import ModelSpec, TrainSpec, adaptive_bs, adaptive_epochs, parse_lr
+from camkit.train.spec import ModelSpec, TrainSpec, adaptive_bs, adaptive_epochs, parse_lr
 
 
 @pytest.mark.parametrize("options,message", [
@@ -30,7 +30,7 @@ def test_a_bad_option_is_one_sentence(options, message):
 
 
 def test_bad_options_fail_before_the_data_folder_is_read(tmp_path, monkeypatch):
-    import camkit.train as train_module
+    import camkit.train.loop as train_module
 
     monkeypatch.setattr(train_module, "load_folder", lambda *a, **k: pytest.fail("decoded before checking"))
     with pytest.raises(CamkitError, match="did you mean resnet34"):
@@ -87,7 +87,7 @@ def test_dilated_stride_16_features_equal_stride_32_on_the_even_cells():
     replace_stride_with_dilation refuses)."""
     import torch
 
-    from camkit.models import build_model
+    from camkit.train.models import build_model
 
     torch.manual_seed(0)
     native = build_model("resnet18", 2, pretrained=False, stride=32).model.eval()

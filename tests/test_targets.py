@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from camkit.cam import CAM, GradCAM, ScoreCAM, make_cam, normalise, scale_signed
+from camkit.cam.targets import ClassTarget, ContrastTarget, FunctionTarget, RegressionTarget, SigmoidTarget, as_target
 from camkit.errors import CamkitError
-from camkit.models import cam_head
-from camkit.targets import ClassTarget, ContrastTarget, FunctionTarget, RegressionTarget, SigmoidTarget, as_target
+from camkit.train.models import cam_head
 
 
 def cam_model(n_out: int = 3) -> nn.Sequential:

@@ -9,10 +9,10 @@ import numpy as np
 from PIL import Image
 
 from camkit.errors import CamkitError
-from camkit.models import build_model
-from camkit.run import load, read_valid
-from camkit.spec import TrainSpec
-from camkit.train import train
+from camkit.train.loop import train
+from camkit.train.models import build_model
+from camkit.train.run import load, read_valid
+from camkit.train.spec import TrainSpec
 
 
 def test_run_folder_is_complete_and_safe(tiny_run, canvas_dir):
@@ -124,7 +124,7 @@ def test_corrupt_image_is_skipped_with_warning(tmp_path, cli):
 
 
 def test_precision_auto_follows_the_hardware(monkeypatch):
-    import camkit.device as t
+    import camkit.core.device as t
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(t, "cpu_supports_bf16", lambda: True)
@@ -153,7 +153,7 @@ def test_timm_names_work_when_timm_is_installed(canvas_dir, tmp_path):
 def test_tensor_batches_flip_some_images_and_keep_the_rest(canvas_dir):
     """aug='flip' mirrors images: every batch image equals its source or the source mirrored,
     and both occur; aug='none' returns the sources unchanged."""
-    from camkit.data import Normalizer, TensorBatches, load_folder
+    from camkit.data.folders import Normalizer, TensorBatches, load_folder
 
     data = load_folder(canvas_dir, 16)
     norm = Normalizer(([0.5] * 3, [0.25] * 3))
@@ -216,9 +216,9 @@ def test_frozen_epoch_leaves_the_body_unchanged(canvas_dir, tmp_path):
     frozen epoch runs) an epoch changes the head but none of the body's conv weights."""
     import torchvision
 
-    from camkit.data import load_folder
-    from camkit.models import build_model
-    from camkit.train import make_learner, make_loaders
+    from camkit.data.folders import load_folder
+    from camkit.train.models import build_model
+    from camkit.train.loop import make_learner, make_loaders
 
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
@@ -241,7 +241,7 @@ def test_fastai_augmentation_changes_training_batches_only(canvas_dir):
     """aug='fastai' runs fastai's aug_transforms on the uint8 batches: training images change
     beyond a mirror (rotation, zoom, warp, lighting), values stay in the normalised range of
     [0, 1] images, and validation batches are the plain images."""
-    from camkit.data import Normalizer, TensorBatches, load_folder
+    from camkit.data.folders import Normalizer, TensorBatches, load_folder
 
     data = load_folder(canvas_dir, 16)
     torch.manual_seed(0)
@@ -271,7 +271,7 @@ def test_both_loaders_train_and_save_a_run_camkit_can_use(canvas_dir, tmp_path, 
 
 
 def test_device_order_is_cuda_then_apple_gpu_then_cpu(monkeypatch):
-    import camkit.device as d
+    import camkit.core.device as d
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
@@ -290,8 +290,8 @@ def test_an_error_in_the_forward_pass_leaves_autocast_off(canvas_dir, tmp_path):
     or every later pass in the process runs in bf16."""
     from fastai.vision.all import DataLoaders  # noqa: F401  (fastai's Learner below)
 
-    from camkit.data import load_folder
-    from camkit.train import fit, make_learner, make_loaders
+    from camkit.data.folders import load_folder
+    from camkit.train.loop import fit, make_learner, make_loaders
 
     class Broken(torch.nn.Module):
         def forward(self, x):
@@ -313,7 +313,7 @@ def test_an_error_in_the_forward_pass_leaves_autocast_off(canvas_dir, tmp_path):
                                                 ("resnet18", "fastai", 32), ("densenet121", "cam", 32),
                                                 ("vit_tiny_patch16_224", "cam", 32)])
 def test_the_default_stride_is_16_for_a_torchvision_resnet_with_the_cam_head(arch, head, expected):
-    from camkit.spec import ModelSpec
+    from camkit.train.spec import ModelSpec
 
     assert ModelSpec.parse(arch, head).stride == expected
 
@@ -352,7 +352,7 @@ def test_a_class_of_one_image_is_one_line_before_training(cli, tmp_path):
 
 
 def test_lr_auto_saves_the_curve_and_uses_the_suggestion(canvas_dir, tmp_path):
-    from camkit.run import read_info
+    from camkit.train.run import read_info
 
     r = train(canvas_dir, arch="resnet18", epochs=1, size=16, out=tmp_path / "r", pretrained=False, lr="auto",
               quiet=True, aug="none")

@@ -1,4 +1,4 @@
-"""camkit.verdict: a training verdict from the numbers every run keeps, exact on hand-made cases."""
+"""camkit.train.verdict: a training verdict from the numbers every run keeps, exact on hand-made cases."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from camkit.verdict import Verdict, confusion_matrix, judge
+from camkit.train.verdict import Verdict, confusion_matrix, judge
 
 
 def rows(train: list[float], valid: list[float]) -> list[dict]:
@@ -118,11 +118,11 @@ def test_non_finite_losses_are_ignored_not_trusted():
 def test_the_confusion_matrix_counts_actual_by_predicted_and_train_still_exports_it():
     import torch
 
-    import camkit.train
+    import camkit.train.loop
 
     targets = torch.tensor([0, 0, 0, 1, 1, 2])
     preds = torch.tensor([0, 1, 0, 1, 2, 2])
     cm = confusion_matrix(preds, targets, 3).tolist()
     assert cm == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]  # row: actual, column: predicted; class 3 never seen
     assert confusion_matrix(torch.tensor([1]), torch.tensor([1]), 3).tolist() == [[0, 0, 0], [0, 1, 0], [0, 0, 0]]
-    assert camkit.train.confusion_matrix is confusion_matrix
+    assert camkit.train.loop.confusion_matrix is confusion_matrix

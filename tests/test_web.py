@@ -1,4 +1,4 @@
-"""camkit.web: the static page, opened from file:// in headless Chromium (no flag that loosens
+"""camkit.share.web: the static page, opened from file:// in headless Chromium (no flag that loosens
 file:// access), against camkit's own Python numbers for the same picture."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from camkit.errors import CamkitError
-from camkit.web import colormap_table, export_web
+from camkit.share.web import colormap_table, export_web
 
 pytest.importorskip("onnxruntime", reason="camkit export --web needs camkit[onnx]")
 
@@ -90,11 +90,11 @@ def answer(chromium, picture):
 
 @pytest.fixture(scope="module")
 def python_side(tiny_run, picture, page):
-    """camkit's numbers for the picture: its square (camkit.images), then camkit's torch model
+    """camkit's numbers for the picture: its square (camkit.core.images), then camkit's torch model
     (probabilities, and the maps W . A its CAM combines) and the grid the page was given."""
-    from camkit.export import torch_outputs
-    from camkit.images import open_rgb, resize_square
-    from camkit.run import load
+    from camkit.export.onnx import torch_outputs
+    from camkit.core.images import open_rgb, resize_square
+    from camkit.train.run import load
 
     loaded = load(tiny_run, device="cpu")
     square = resize_square(open_rgb(picture), loaded.size)
@@ -109,7 +109,7 @@ def test_page_squishes_the_picture_as_camkit_does(answer, python_side):
 
 
 def test_page_composites_transparency_on_white_as_camkit_does(chromium, answer, tmp_path):
-    from camkit.images import open_rgb, resize_square
+    from camkit.core.images import open_rgb, resize_square
 
     pixels = np.random.default_rng(0).integers(0, 256, (29, 45, 4), dtype=np.uint8)   # every alpha level
     Image.fromarray(pixels, "RGBA").save(tmp_path / "clear.png")
@@ -132,7 +132,7 @@ def test_page_probabilities_and_map_equal_pythons(answer, python_side):
 def test_page_draws_the_map_where_camkit_geometry_places_its_cells(answer, python_side):
     import torch
 
-    from camkit.geometry import Grid, upsample
+    from camkit.core.geometry import Grid, upsample
 
     *_, g = python_side
     grid = Grid(tuple(g["stride"]), tuple(g["offset"]), tuple(g["size"]))
@@ -197,14 +197,14 @@ def test_export_refuses_an_existing_folder(tiny_run, tmp_path):
 
 def test_page_offers_the_apps_colormaps_but_the_diverging_one(page):
     from camkit.app import COLORMAPS
-    from camkit.render import DIVERGING
+    from camkit.core.render import DIVERGING
 
     config = json.loads((page.folder / "model.js").read_text().split("window.CAMKIT_CONFIG = ", 1)[1].rstrip(";\n"))
     assert list(config["colormaps"]) == [c for c in COLORMAPS if c != DIVERGING]
 
 
 def test_colormap_tables_match_camkits_colorize():
-    from camkit.render import colorize
+    from camkit.core.render import colorize
 
     heat = np.linspace(0, 1, 1001, dtype=np.float32)
     table = colormap_table("jet")

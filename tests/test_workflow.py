@@ -36,7 +36,7 @@ def crawled(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def crawled_run(crawled, tmp_path_factory):
-    from camkit.train import train
+    from camkit.train.loop import train
 
     out = tmp_path_factory.mktemp("crawled_run") / "run"
     train(crawled, arch="resnet18", epochs=2, size=32, bs=8, out=out, pretrained=False, aug="flip", quiet=True)
@@ -79,7 +79,7 @@ def test_clean_moves_are_noted_in_the_crawl_manifest_and_undone(crawled, crawled
 def test_app_and_space_on_the_crawled_run(crawled, crawled_run, tmp_path):
     pytest.importorskip("gradio", reason="camkit[app] (gradio) is not installed")
     from camkit.app import CamApp
-    from camkit.space import export_space
+    from camkit.share.space import export_space
 
     answer = CamApp(crawled_run).explain(sorted((crawled / "red-apple").glob("*.jpg"))[-1])
     assert max(answer.probs, key=answer.probs.get) == "red-apple"

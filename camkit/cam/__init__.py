@@ -1,6 +1,6 @@
 """Class activation maps: exact CAM, the Grad-CAM family, the score / ablation methods,
 Eigen-CAM and FullGrad, over one base class. Tensors in, maps out: nothing here reads files or
-draws (`camkit.explain` turns image files into results, `camkit.render` draws them).
+draws (`camkit.explain` turns image files into results, `camkit.core.render` draws them).
 
     with GradCAM(model) as cam:
         maps = cam(x)                                  # (B, h, w) in [0, 1], on x's device
@@ -9,7 +9,7 @@ draws (`camkit.explain` turns image files into results, `camkit.render` draws th
     make_cam("gradcam", vit, layer="blocks.10,blocks.11", aug_smooth=True)
 
 Modules: `layers` (which layer, token / channels-last layouts), `base` (hooks, targets,
-smoothing, fusion), `gradient`, `score`, `fullgrad` (the methods); targets in `camkit.targets`.
+smoothing, fusion), `gradient`, `score`, `fullgrad` (the methods); targets in `camkit.cam.targets`.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from torch import Tensor, nn
 
 from camkit.cam.base import EPS, BaseCAM, CamOutput, Target, first_component, fuse, normalise, scale_signed
 from camkit.cam.fullgrad import FullGrad
-from camkit.cam.gradient import (CAM, EigenCAM, EigenGradCAM, GradCAM, GradCAMpp, HiResCAM, LayerCAM,
-                                 SmoothGradCAMpp, XGradCAM)
+from camkit.cam.gradient import (CAM, EigenCAM, EigenGradCAM, GradCAM, GradCAMpp, HiResCAM, LayerCAM, SmoothGradCAMpp,
+                                 XGradCAM)
 from camkit.cam.layers import Layout, cam_linear, find_layer, get_layer, layout_of, spatial_layers, split_layers
 from camkit.cam.score import ISCAM, SSCAM, AblationCAM, ScoreCAM
-from camkit.choices import value
+from camkit.core.choices import value
 from camkit.errors import CamkitError
 
 __all__ = ["EPS", "BaseCAM", "CamOutput", "Target", "CAM", "GradCAM", "GradCAMpp", "XGradCAM", "LayerCAM",

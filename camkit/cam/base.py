@@ -1,7 +1,7 @@
 """The CAM base class: hooks, one pass, the target's gradient, combine, post-process.
 
 The base owns the hooks on the target layers (removed by its context manager, even on
-errors), the target (a callable, `camkit.targets`), the layout of token / channels-last
+errors), the target (a callable, `camkit.cam.targets`), the layout of token / channels-last
 layers, and what every method shares: eigen-smoothing (first principal component of the
 weighted activations, pytorch-grad-cam's `eigen_smooth`), test-time augmentation
 (`aug_smooth`: horizontal flip x brightness 0.9, 1, 1.1, maps flipped back and averaged),
@@ -23,11 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from camkit.cam.layers import (Layout, candidates, find_layer, get_layer, layout_of, prefix_tokens,
-                               split_layers)
+from camkit.cam.layers import Layout, candidates, find_layer, get_layer, layout_of, prefix_tokens, split_layers
+from camkit.cam.targets import OutputTarget, as_target
+from camkit.core.geometry import Grid, grid_for, probe, regrid
 from camkit.errors import CamkitError
-from camkit.geometry import Grid, grid_for, probe, regrid
-from camkit.targets import OutputTarget, as_target
 
 EPS = 1e-8
 Target = OutputTarget | Callable | int | Sequence[int] | Tensor | None
@@ -66,7 +65,7 @@ def finest(maps: list[Tensor]) -> int:
 
 def to_finest(maps: list[Tensor], grids: Sequence[Grid] | None = None) -> list[Tensor]:
     """Maps of several layers, each upsampled (bilinear) to the finest one's cells: between cell
-    centres as `grids` place them (camkit.geometry), else as footprints."""
+    centres as `grids` place them (camkit.core.geometry), else as footprints."""
     top = finest(maps)
     size = maps[top].shape[-2:]
     if grids is None:
@@ -86,7 +85,7 @@ class CamOutput:
     `PredictionExplanation`): the maps (B, h, w) in [0, 1], or [-1, 1] when signed; the logits
     (B, classes) of the (first) pass, fp32; the class each map explains (B,); the bound target
     (a contrast's other class is `target.other`); and where the maps' cells look in the input
-    (camkit.geometry; None when unknown)."""
+    (camkit.core.geometry; None when unknown)."""
     maps: Tensor
     logits: Tensor
     targets: Tensor
@@ -123,7 +122,7 @@ class BaseCAM:
         self.logits: Tensor | None = None
         self.targets: Tensor | None = None
         self.target: OutputTarget | None = None
-        self.grid: Grid | None = None      # where the last maps' cells look in the input (camkit.geometry)
+        self.grid: Grid | None = None      # where the last maps' cells look in the input (camkit.core.geometry)
         self._grids: dict[tuple, dict] = {}   # (channels, height, width) -> probe's table
         self._table: dict = {}
         self._size: tuple[int, int] = (0, 0)
@@ -179,7 +178,7 @@ class BaseCAM:
 
     def explain(self, x: Tensor, target: Target = None) -> CamOutput:
         """Maps (B, h, w) for `target` (None: each image's predicted class; a class index, one per
-        image, or a callable target from camkit.targets), in [0, 1], or [-1, 1] when `signed`,
+        image, or a callable target from camkit.cam.targets), in [0, 1], or [-1, 1] when `signed`,
         returned with the logits of the (first) pass, the classes explained, the bound target
         and the maps' grid.
 
@@ -221,7 +220,7 @@ class BaseCAM:
                 logits, targets = self.logits, self.targets
         self.logits, self.targets = logits, targets
         # a flipped pass's cell i, flipped back, looks at s*i + (s - 1), the unflipped one's at s*i
-        # (camkit.geometry): their mean is centred on the footprints, s*i + (s - 1) / 2
+        # (camkit.core.geometry): their mean is centred on the footprints, s*i + (s - 1) / 2
         self.grid = Grid.footprint(tuple(total.shape[-2:]), self._size)
         return scale_signed(total) if self.signed else normalise(total)
 

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from camkit.cam.base import BaseCAM, normalise
+from camkit.cam.targets import OutputTarget
 from camkit.errors import CamkitError
-from camkit.targets import OutputTarget
 
 SPATIAL = (nn.Conv2d, nn.BatchNorm2d)
 NON_SPATIAL_OK = (nn.Linear, nn.BatchNorm1d)  # the head's: no place in the image, 0 map term

@@ -1,7 +1,7 @@
 """Which layer a CAM reads, and how its output becomes a channels-first map.
 
 How a layer's output maps onto the image (tokens, channels-last or channels-first: `Layout`,
-`layout_of`, `prefix_tokens`, `cam_linear`) lives in camkit.layout, below camkit.models too, and
+`layout_of`, `prefix_tokens`, `cam_linear`) lives in camkit.core.layout, below camkit.train.models too, and
 is re-exported here; this module finds and names the layers.
 """
 
@@ -12,8 +12,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from camkit.core.layout import MAX_PREFIX, Layout, cam_linear, layout_of, prefix_tokens  # noqa: F401  (re-exported)
 from camkit.errors import CamkitError
-from camkit.layout import MAX_PREFIX, Layout, cam_linear, layout_of, prefix_tokens  # noqa: F401  (re-exported)
 
 
 def _outputs(model: nn.Module, x: Tensor, grad: bool) -> tuple[list[str], dict[str, Tensor], Tensor]:

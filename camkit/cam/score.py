@@ -1,7 +1,7 @@
 """Methods that weight channels by re-running the model: Score-CAM, SS-CAM, IS-CAM,
 Ablation-CAM. No gradients; one extra forward per channel (per noise sample), in batches.
 
-The score read on each pass is the target's (camkit.targets). Score-CAM's paper (Wang et al.
+The score read on each pass is the target's (camkit.cam.targets). Score-CAM's paper (Wang et al.
 2020, §3.2 and Algorithm 1) reads the target class's *post-softmax* probability on the masked
 input and then takes a softmax of those scores over channels; pytorch-grad-cam and torchcam
 read the raw logit instead. With many classes the probabilities are all small, the channel
@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from camkit.cam.base import BaseCAM, normalise
+from camkit.cam.targets import OutputTarget
 from camkit.errors import CamkitError
-from camkit.targets import OutputTarget
 
 
 class ScoreCAM(BaseCAM):

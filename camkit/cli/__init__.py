@@ -21,15 +21,15 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from camkit.version import __version__
-from camkit.choices import Aug, CamEngine, CleanSplit, EvalSplit, Head, Method, Precision, Recipe, TrainLoader
 from camkit.cli._boundary import Boundary
 from camkit.cli._options import DataRootOpt, EngineOpt, JsonOpt, ModelOpt, SeedOpt, emit, finite, split_list, stdout_for
 from camkit.cli.calc import calc_app
 from camkit.cli.course import course_app
 from camkit.cli.crawl import register as register_crawl_commands
 from camkit.cli.export import register as register_export_command
+from camkit.core.choices import Aug, CamEngine, CleanSplit, EvalSplit, Head, Method, Precision, Recipe, TrainLoader
 from camkit.errors import CamkitError
+from camkit.version import __version__
 
 app = typer.Typer(cls=Boundary, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="fastai transfer learning with Class Activation Maps.")
@@ -85,7 +85,7 @@ def train(
                                                   "decodes only new or changed files)")] = None,
     recipe: Annotated[Recipe, typer.Option(help="what training batches add so that each class's map finds its own "
                                            "evidence (auto: counterfactual with the CAM head; see "
-                                           "camkit.evidence)")] = Recipe.auto,
+                                           "camkit.train.evidence)")] = Recipe.auto,
     negatives: Annotated[Optional[Path], typer.Option(help="folder of images of neither class (e.g. a generic "
                                                       "crawl): a hidden 'neither' in every batch")] = None,
     ddp_timeout: Annotated[Optional[float], typer.Option(help="under torchrun / accelerate launch: seconds a process "
@@ -94,8 +94,8 @@ def train(
     as_json: JsonOpt = False,
 ):
     """Train a classifier on an image folder and save it in a safe format (several processes under torchrun)."""
-    from camkit.distributed import group_for
-    from camkit.train import train as train_fn
+    from camkit.core.distributed import group_for
+    from camkit.train.loop import train as train_fn
 
     with stdout_for(as_json), group_for(timeout=ddp_timeout):
         result = train_fn(data_dir, arch=arch, epochs=epochs, size=size, bs=bs, valid_pct=valid_pct, seed=seed,
@@ -418,14 +418,14 @@ def app_command(
     """Serve the run as a web app: upload / paste / webcam -> prediction and CAM overlay, plus the cleaner
     (on this machine only, unless --allow-remote-clean with --auth-file)."""
     if export_space is not None:
-        from camkit.space import export_space as export
+        from camkit.share.space import export_space as export
 
-        folder = export(run_dir, export_space, engine="onnx" if engine == CamEngine.onnx else "torch")
+        folder = export(run_dir, export_space, engine=engine)
         print(f"Space written to {folder}; try it with: cd {folder} && python app.py")
         return
     if engine == CamEngine.onnx:   # the light app on this machine: exact CAM on onnxruntime, no Clean tab
         from camkit.app import check_host, read_auth, require_gradio
-        from camkit.space import serve_run
+        from camkit.share.space import serve_run
 
         require_gradio()
         check_host(host, port)
@@ -447,7 +447,7 @@ def app_command(
 
 def main_rank() -> bool:
     """Whether this process prints results: always, except on ranks other than 0 of a launcher."""
-    from camkit.distributed import launch
+    from camkit.core.distributed import launch
 
     return launch().main
 
@@ -455,7 +455,7 @@ def main_rank() -> bool:
 def _launched() -> bool:
     if "WORLD_SIZE" not in os.environ:   # no launcher: answered without importing torch (camkit --version, --help)
         return False
-    from camkit.distributed import launch
+    from camkit.core.distributed import launch
 
     return launch().active
 
@@ -464,7 +464,7 @@ def main() -> None:
     """Console entry point (the boundary turns every error into one line and an exit code).
 
     A process started by torchrun / accelerate launch leaves with `os._exit` once its output
-    is flushed: its work is done and the group left (camkit.distributed), but gloo's worker
+    is flushed: its work is done and the group left (camkit.core.distributed), but gloo's worker
     threads can still abort it during interpreter finalisation ("terminate called without an
     active exception", exit -6, after everything was written: 1 launch in ~10 on 2 CPUs; see
     pytorch/pytorch#179291), which a launcher reports as a failed run.

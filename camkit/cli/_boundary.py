@@ -23,8 +23,8 @@ try:  # typer >= 0.20 carries its own copy of click: its exceptions are not clic
 except ImportError:  # pragma: no cover  (older typer runs on click itself)
     from click.exceptions import ClickException, NoArgsIsHelpError
 
+from camkit.core.files import os_error_line
 from camkit.errors import CamkitError, Interrupted
-from camkit.files import os_error_line
 
 
 def error_code(e: BaseException) -> tuple[str | None, int]:

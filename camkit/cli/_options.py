@@ -12,7 +12,7 @@ from typing import Annotated, Iterator, Optional
 
 import typer
 
-from camkit.choices import CamEngine
+from camkit.core.choices import CamEngine
 from camkit.errors import CamkitError
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON only on stdout (progress and warnings go to stderr)")]

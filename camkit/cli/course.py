@@ -8,8 +8,8 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from camkit.choices import CourseDataset, Loader
 from camkit.cli._options import JsonOpt, SeedOpt, emit, split_list, stdout_for
+from camkit.core.choices import CourseDataset, Loader
 from camkit.errors import CamkitError
 
 course_app = typer.Typer(no_args_is_help=True, help="Course companions reproduced exactly.")

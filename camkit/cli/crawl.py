@@ -9,8 +9,8 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from camkit.choices import CreditsFormat, Engine, License
 from camkit.cli._options import JsonOpt, emit, stdout_for
+from camkit.core.choices import CreditsFormat, Engine, License
 from camkit.errors import CamkitError
 
 

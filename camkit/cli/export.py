@@ -1,7 +1,7 @@
-"""`camkit export RUN --onnx`: the run as a deployable explainer (camkit.export).
+"""`camkit export RUN --onnx`: the run as a deployable explainer (camkit.export.onnx).
 
 The options are parsed once into a frozen ExportSpec and checked before any work. Each
-target (`--onnx`, `--web DIR`: camkit.web) is made by one library call, whose result the
+target (`--onnx`, `--web DIR`: camkit.share.web) is made by one library call, whose result the
 command prints.
 """
 
@@ -44,7 +44,7 @@ def run_export(spec: ExportSpec) -> dict:
     """Make every target of `spec`; returns what was written, as JSON-ready data."""
     from dataclasses import asdict
 
-    from camkit.export import export_onnx
+    from camkit.export.onnx import export_onnx
 
     done: dict = {}
     if spec.onnx:
@@ -54,7 +54,7 @@ def run_export(spec: ExportSpec) -> dict:
                         "parity": asdict(r.parity), "int8_gate": None if r.gate is None else asdict(r.gate),
                         "seconds": round(r.seconds, 2)}
     if spec.web is not None:
-        from camkit.web import export_web
+        from camkit.share.web import export_web
 
         w = export_web(spec.run, spec.web, int8=spec.int8, opset=spec.opset)
         done["web"] = {"folder": str(w.folder), "page": str(w.page), "graph_bytes": w.graph_bytes,

@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from camkit.choices import CourseDataset, choice
+from camkit.core.choices import CourseDataset, choice
+from camkit.core.device import default_device
+from camkit.core.files import ensure_writable_dir
 from camkit.course.loop import fit, make_loader, make_stepper, small_batch_threads
 from camkit.course.nets import CifarNet, MnistNet, n_parameters, variant1, variant2
-from camkit.device import default_device
-from camkit.data import Normalizer
+from camkit.data.folders import FASHION_CLASSES, Normalizer, load_digits28, load_fashion_mnist
 from camkit.errors import CamkitError
-from camkit.files import ensure_writable_dir
 
 DATASETS = ("mnist", "cifar10", "fashion-mnist", "digits")
 CIFAR_CLASSES = ["plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -60,8 +60,6 @@ def load_course_data(dataset: str, data_dir: str | Path | None = None, cifar_sha
     """MNIST / CIFAR-10 through torchvision (downloaded when online, or found in data_dir), or an
     offline stand-in: Fashion-MNIST IDX files or scikit-learn's digits. With `cifar_shape`, a
     1x28x28 set becomes 3x32x32 (pad 2, repeat the channel) so the CIFAR nets accept it."""
-    from camkit.data import FASHION_CLASSES, load_digits28, load_fashion_mnist
-
     dataset = choice(CourseDataset, dataset, "dataset")
     root = Path(data_dir) if data_dir else Path.home() / ".cache" / "camkit" / "datasets"
     if dataset in ("mnist", "cifar10"):
@@ -158,7 +156,7 @@ def run_mnist(dataset: str = "mnist", data_dir=None, epochs: int = 19, bs: int =
 
 def plot_curves(rows: list[EpochRow], path: Path) -> Path:
     """Loss and accuracy per epoch: training as dots, validation as a line (as the course draws)."""
-    from camkit.plots import _save, plt
+    from camkit.core.plots import _save, plt
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     e = [r.epoch + 1 for r in rows]
@@ -180,7 +178,7 @@ def unnormalise(x: Tensor, stats) -> Tensor:
 
 def plot_samples(images: Tensor, labels: Tensor, classes: list[str], stats, path: Path) -> Path:
     """A row of training images with labels, shown after normalise -> unnormalise round trip."""
-    from camkit.plots import _save, plt
+    from camkit.core.plots import _save, plt
 
     c = images.shape[1]
     normalised = Normalizer(stats, c)(images)
@@ -333,7 +331,7 @@ def printer(quiet: bool) -> Callable[[str], None]:
 
 
 def write_comparison(results: list[CifarResult], out: Path, grid_seconds: float) -> None:
-    from camkit.plots import _save, plt
+    from camkit.core.plots import _save, plt
 
     ensure_writable_dir(out)
     classes = list(results[0].per_class)

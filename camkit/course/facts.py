@@ -36,6 +36,8 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from camkit.core.files import ensure_writable_dir
+from camkit.course.calc import params, softmax
 from camkit.errors import CamkitError
 
 KEY = {1: False, 2: True, 3: True, 4: True, 5: False, 6: True, 7: True, 8: False, 9: False, 10: True}
@@ -101,7 +103,7 @@ def stand_in_folder(root: str | Path, classes: tuple[str, str] = STAND_IN_CLASSE
     snippet's batch size (64) because fastai drops the last incomplete training batch."""
     from PIL import Image
 
-    from camkit.data import FASHION_CLASSES, load_shipped_sample
+    from camkit.data.folders import FASHION_CLASSES, load_shipped_sample
 
     images, labels = load_shipped_sample()
     root = Path(root)
@@ -243,8 +245,6 @@ def gpu_fact(printout: str = COURSE_PRINTOUT, s: Snippet | None = None) -> Fact:
 def softmax_fact(logits: tuple[float, ...] = COURSE_LOGITS, near: tuple[float, ...] = (0.0, 1.0),
                  tol: float = 0.05) -> Fact:
     """5: softmax(z)_i = exp(z_i - max z) / sum_j exp(z_j - max z), compared with `near`."""
-    from camkit.course.calc import softmax
-
     probs = softmax(list(logits)).result["softmax"]
     verdict = all(abs(p - t) <= tol for p, t in zip(probs, near))
     evidence = (f"softmax({list(logits)}) = [{', '.join(f'{p:.5f}' for p in probs)}] "
@@ -254,8 +254,6 @@ def softmax_fact(logits: tuple[float, ...] = COURSE_LOGITS, near: tuple[float, .
 
 def params_fact(expr: str = "Linear(1, 1, bias=True)", claimed: int = 2) -> Fact:
     """6: trainable parameters of one layer, counted from its weight tensors."""
-    from camkit.course.calc import params
-
     a = params(expr)
     count = a.result["parameters"][expr]
     return Fact(6, STATEMENTS[6], count == claimed, f"{a.substituted} (claimed {claimed}).")
@@ -263,8 +261,6 @@ def params_fact(expr: str = "Linear(1, 1, bias=True)", claimed: int = 2) -> Fact
 
 def same_params_fact(a: str = "Linear(4, 1, bias=False)", b: str = "Conv2d(1, 1, (2, 2), bias=False)") -> Fact:
     """7: two layers' parameter counts, compared."""
-    from camkit.course.calc import params
-
     ans = params(a, b)
     counts = ans.result["parameters"]
     return Fact(7, STATEMENTS[7], counts[a] == counts[b], f"{ans.substituted}.")
@@ -356,7 +352,7 @@ def approximation_fact(hidden: str = "none", plot: str | Path | None = None, rat
 
 
 def _plot_approximation(runs: list[Approximation], path: Path) -> Path:
-    from camkit.plots import _save, plt
+    from camkit.core.plots import _save, plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for a in runs:
@@ -434,7 +430,7 @@ def convexity_fact(loss: str = "bce", plot: str | Path | None = None, tol: float
 
 
 def _plot_surface(loss: str, path: Path, span: float = 4.0, grid: int = 41) -> Path:
-    from camkit.plots import _save, plt
+    from camkit.core.plots import _save, plt
 
     f = loss_of_weights(loss, *logistic_data())
     values = torch.linspace(-span, span, grid, dtype=torch.float64)
@@ -467,8 +463,6 @@ def facts(only: list[int] | None = None, plot: str | Path | None = None, quiet: 
     """Settle the chosen statements (default all ten); figures for 8 and 10 go into `plot`. The
     fastai snippet (statements 1-4) is built once and only when one of them is asked. Unless
     `quiet`, each fact is printed as soon as it is settled."""
-    from camkit.files import ensure_writable_dir
-
     chosen = check_numbers(only)
     if plot and {8, 10} & set(chosen):  # the statements with figures
         ensure_writable_dir(Path(plot), "folder for --plot")

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from camkit.data import Normalizer
+from camkit.data.folders import Normalizer
 from camkit.errors import CamkitError
 
 # ---------------------------------------------------------------- loaders

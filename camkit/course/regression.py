@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from camkit.core.files import ensure_writable_dir
 from camkit.errors import CamkitError
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
@@ -142,8 +143,7 @@ def render(t: Trace) -> str:
 def plot(t: Trace, path, show_steps: tuple[int, ...] = ()) -> None:
     """Data with the fitted line after chosen steps (default: first, end of each phase), and the
     loss and gradient norm per step."""
-    from camkit.files import ensure_writable_dir
-    from camkit.plots import plt, _save
+    from camkit.core.plots import plt, _save
 
     ensure_writable_dir(Path(path).parent, "folder for --plot")
     show = show_steps or tuple(sorted({1, len(t.steps)} | {i + 1 for i, (a, b) in

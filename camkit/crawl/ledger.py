@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from camkit.core.files import append_json_line, atomic_write, confined, move_aside, parse_json, read_text
+from camkit.core.images import IMAGE_SUFFIXES, REJECTED
 from camkit.crawl.verify import PHASH_THRESHOLD, HashIndex, Verified
 from camkit.errors import CamkitError
-from camkit.files import append_json_line, atomic_write, confined, move_aside, parse_json, read_text
-from camkit.images import IMAGE_SUFFIXES, REJECTED
 
 MANIFEST = "manifest.jsonl"
 MOVE_STATUSES = ("cleaned", "relabelled", "restored")  # a file moved after the crawl (camkit clean)
@@ -44,6 +44,31 @@ def read_manifest(out: Path) -> list[dict]:
     manifest and the line, before anything is created or moved. A line cut short by a kill is
     skipped."""
     path = Path(out) / MANIFEST
+    records = []
+    for number, rec in _records(path):
+        try:
+            _check_record(Path(out), rec)
+        except CamkitError as e:
+            raise CamkitError(f"manifest '{path}' line {number} is refused: {e}") from None
+        records.append(rec)
+    return records
+
+
+def status_counts(out: Path) -> dict[tuple[str, str], int]:
+    """How many manifest lines each (keyword, status) has, for a report: `{("cats", "saved"): 96,
+    ("cats", "small"): 3, ...}`, sorted. Nothing here moves or opens the files the lines name, so
+    the records are counted as they are (not checked as `read_manifest` checks them); a line that
+    is not a JSON object is skipped, and a missing field counts as '?'."""
+    counts: dict[tuple[str, str], int] = {}
+    for _, rec in _records(Path(out) / MANIFEST):
+        key = (str(rec.get("keyword", "?")), str(rec.get("status", "?")))
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _records(path: Path) -> list[tuple[int, dict]]:
+    """(line number, record) of every line of `path` that is a JSON object; none when the file
+    does not exist. A line cut short by a kill, or any other non-object line, is skipped."""
     if not path.exists():
         return []
     try:
@@ -57,11 +82,7 @@ def read_manifest(out: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue  # a line cut by a kill
         if isinstance(rec, dict):
-            try:
-                _check_record(Path(out), rec)
-            except CamkitError as e:
-                raise CamkitError(f"manifest '{path}' line {number} is refused: {e}") from None
-            records.append(rec)
+            records.append((number, rec))
     return records
 
 

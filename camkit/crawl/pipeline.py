@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from camkit.choices import License, choice, value
+from camkit.core.choices import License, choice, value
+from camkit.core.files import ensure_writable_dir, refuse_inside_class_folder
 from camkit.crawl.download import CamkitCrawler, VerifyingDownloader
 from camkit.crawl.engines import ENGINES, Engine, EngineFeeder, EngineParser, SearchLog, engine_chain
 from camkit.crawl.ledger import KeywordState, Ledger
@@ -20,7 +21,6 @@ from camkit.crawl.policy import FILE_TIMEOUT_FACTOR, AddressPolicy, FetchPolicy,
 from camkit.crawl.progress import Progress
 from camkit.crawl.verify import PHASH_THRESHOLD
 from camkit.errors import CamkitError
-from camkit.files import ensure_writable_dir, refuse_inside_class_folder
 
 
 @dataclass

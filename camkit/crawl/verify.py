@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from camkit.core.files import FileRefused, move_aside, read_bounded
+from camkit.core.images import MAX_IMAGE_BYTES, REJECTED, ImageRejected, decode, is_dataset_image, to_rgb
 from camkit.crawl.policy import Rejected
 from camkit.errors import CamkitError
-from camkit.files import FileRefused, move_aside, read_bounded
-from camkit.images import MAX_IMAGE_BYTES, REJECTED, ImageRejected, decode, is_dataset_image, to_rgb
 
 MAX_PIXELS = 50_000_000          # 50 MP: decodes fine, a 20000x20000 bomb does not pass
 PHASH_THRESHOLD = 6              # Hamming distance (of 64 bits) for "near duplicate"

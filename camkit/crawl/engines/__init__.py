@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from camkit.choices import Engine as EngineChoice
-from camkit.choices import choice
+from camkit.core.choices import Engine as EngineChoice
+from camkit.core.choices import choice
 from camkit.crawl.engines import baidu, bing, ddg, flickr, google, openverse, wikimedia
 from camkit.crawl.engines.base import Engine, EngineFeeder, EngineParser, ParseError, SearchLog
 from camkit.errors import CamkitError

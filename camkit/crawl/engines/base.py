@@ -20,8 +20,8 @@ from urllib.parse import quote_plus
 
 from icrawler import Feeder, Parser
 
+from camkit.core.files import parse_json
 from camkit.crawl.policy import RETRY_STATUSES, retry_after
-from camkit.files import parse_json
 
 
 class ParseError(Exception):

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from typing import Iterator
 
+from camkit.core.files import parse_json
 from camkit.crawl.engines.base import Engine, ParseError, meta
-from camkit.files import parse_json
 
 
 def parse(body: bytes) -> Iterator[dict]:

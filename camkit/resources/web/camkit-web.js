@@ -9,12 +9,12 @@ file:// as well as from any static host: ort-bundle.js (the runtime's ES module 
 imported from a blob: URL), ort-wasm.js (its WebAssembly as base64, handed over as bytes, so it is
 never fetched), model.js (the graph as base64 and its sidecar). No request leaves the folder.
 
-The picture reaches the model exactly as camkit prepares it (camkit/images.py): decoded without
+The picture reaches the model exactly as camkit prepares it (camkit/core/images.py): decoded without
 colour-profile conversion, EXIF orientation applied, alpha composited on white (Pillow's
 alpha_composite integer arithmetic), squished to size x size by Pillow's bilinear resampling
 (a triangle filter widened by the downscale factor, 22-bit fixed point), uint8 NCHW. The map of
 class k is ReLU then min-max to [0, 1] (camkit.cam.base.normalise), drawn where the sidecar's
-grid says its cells look (camkit.geometry: cell i at stride * i + offset pixels of the model's
+grid says its cells look (camkit.core.geometry: cell i at stride * i + offset pixels of the model's
 input), bilinear between cell centres, held beyond the outermost ones.
 */
 "use strict";
@@ -98,7 +98,7 @@ input), bilinear between cell centres, held beyond the outermost ones.
     return cur;
   }
 
-  /* RGB picture -> size x size (camkit.images.resize_square): squished, or with the run's
+  /* RGB picture -> size x size (camkit.core.images.resize_square): squished, or with the run's
      `crop` the centre square first (fastai's Resize at inference). */
   function toSquare(rgb, w, h) {
     if (C.resize !== "crop" || w === h) return resizeRGB(rgb, w, h, C.size, C.size);
@@ -163,7 +163,7 @@ input), bilinear between cell centres, held beyond the outermost ones.
   }
 
   /* Cell coordinates of the H (or W) drawn pixels along one axis: the sidecar's grid resized to
-     the drawing (camkit.geometry.Grid.resized), clamped to the outermost cell centres. */
+     the drawing (camkit.core.geometry.Grid.resized), clamped to the outermost cell centres. */
   function cellCoords(n, cells, axis) {
     const g = C.grid, r = n / g.size[axis];
     const stride = g.stride[axis] * r, offset = (g.offset[axis] + 0.5) * r - 0.5, out = new Float64Array(n);
@@ -171,7 +171,7 @@ input), bilinear between cell centres, held beyond the outermost ones.
     return out;
   }
 
-  /* (h, w) map -> (H, W), bilinear between cell centres (camkit.geometry.upsample). */
+  /* (h, w) map -> (H, W), bilinear between cell centres (camkit.core.geometry.upsample). */
   function upsample(m, h, w, H, W) {
     const ys = cellCoords(H, h, 0), xs = cellCoords(W, w, 1), out = new Float32Array(H * W);
     for (let y = 0; y < H; y++) {
@@ -199,7 +199,7 @@ input), bilinear between cell centres, held beyond the outermost ones.
     return [Math.max(1, Math.round(w * scale)), Math.max(1, Math.round(h * scale))];
   }
 
-  /* overlay = (1 - alpha) picture + alpha colormap(heat), as camkit.render.overlay. */
+  /* overlay = (1 - alpha) picture + alpha colormap(heat), as camkit.core.render.overlay. */
   function draw(state) {
     const [sx, sy, sw, sh] = state.view, canvas = $("overlay"), [W, H] = displaySize(sw, sh);
     canvas.width = W; canvas.height = H;

@@ -4,7 +4,7 @@
                         CAM overlay, the class to explain, the opacity and the colormap to choose
     DIR/camkit-web.js   the page: camkit's preprocessing (Pillow's bilinear squish, bit for bit),
                         the graph through onnxruntime-web, the map drawn on the sidecar's grid
-    DIR/model.js        the ONNX graph (camkit.export: logits, probs and every class's exact CAM)
+    DIR/model.js        the ONNX graph (camkit.export.onnx: logits, probs and every class's exact CAM)
                         as base64, and the page's config (classes, size, grid, colormap tables)
     DIR/ort-bundle.js   onnxruntime-web's ES module (wasm build) as a string
     DIR/ort-wasm.js     its WebAssembly as base64
@@ -33,8 +33,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from camkit.app import COLORMAPS, verdict_banner
+from camkit.core.files import TMP_PREFIX, ensure_writable_dir
 from camkit.errors import CamkitError
-from camkit.files import TMP_PREFIX, ensure_writable_dir
 
 ORT_WEB_VERSION = "1.31.1"
 ORT_BUNDLE, ORT_WASM = "ort.wasm.bundle.min.mjs", "ort-wasm-simd-threaded.wasm"
@@ -58,7 +59,7 @@ def web_resource(name: str):
 
 
 def colormap_table(name: str):
-    """(N, 3) uint8: the colormap's lookup table, which `camkit.render.colorize` reads through
+    """(N, 3) uint8: the colormap's lookup table, which `camkit.core.render.colorize` reads through
     matplotlib; value v in [0, 1] is drawn as row min(N - 1, floor(v N)), as matplotlib does."""
     import matplotlib
     import numpy as np
@@ -71,8 +72,7 @@ def colormap_table(name: str):
 
 def unsigned_colormaps() -> tuple[str, ...]:
     """camkit.app's colormaps but the diverging one: the page draws unsigned maps, in [0, 1]."""
-    from camkit.app import COLORMAPS
-    from camkit.render import DIVERGING
+    from camkit.core.render import DIVERGING
 
     return tuple(c for c in COLORMAPS if c != DIVERGING)
 
@@ -81,10 +81,9 @@ def explainer_config(run: str | Path, sidecar, colormaps: tuple[str, ...] | None
     """What a torch-free consumer of the graph needs beyond its sidecar: the title, the training
     verdict (in words, and as model.json holds it) and the tables of camkit.app's colormaps
     (base64 of N x 3 bytes), so that neither the page nor the light Space needs matplotlib.
-    Shared by the page (model.js) and the light Space (model/explainer.json, camkit.ortlite)."""
-    from camkit.app import COLORMAPS, verdict_banner
-    from camkit.export import INPUT, OUTPUTS
-    from camkit.run import read_info, read_verdict
+    Shared by the page (model.js) and the light Space (model/explainer.json, camkit.share.ortlite)."""
+    from camkit.export.onnx import INPUT, OUTPUTS
+    from camkit.train.run import read_info, read_verdict
 
     info = read_info(run)
     verdict = read_verdict(run, info)
@@ -127,10 +126,10 @@ def _write_page(folder: Path, graph: bytes, config: dict) -> None:
 
 def export_web(run: str | Path, out: str | Path, *, int8: bool = False, opset: int | None = None) -> WebExport:
     """Write the static page folder `out` (which must not exist yet) for a CAM-head run: the
-    graph is exported with `camkit.export.export_onnx` (checked against torch, refused above
+    graph is exported with `camkit.export.onnx.export_onnx` (checked against torch, refused above
     its tolerance) into a temporary folder and embedded. Assembled beside `out` and renamed into
     place at the end: a failed export leaves no half-made page."""
-    from camkit.export import DEFAULT_OPSET, export_onnx, read_sidecar
+    from camkit.export.onnx import DEFAULT_OPSET, export_onnx, read_sidecar
 
     run, out = Path(run), Path(out)
     if out.is_symlink() or out.exists():
@@ -148,7 +147,7 @@ def export_web(run: str | Path, out: str | Path, *, int8: bool = False, opset: i
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)   # our own temporary folder, never a user's file
         if created is not None:
-            from camkit.files import remove_if_empty
+            from camkit.core.files import remove_if_empty
             remove_if_empty(out.parent, created)
         raise
     size = sum(f.stat().st_size for f in out.iterdir())

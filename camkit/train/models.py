@@ -15,10 +15,10 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
-from camkit.choices import Head
+from camkit.core.choices import Head
+from camkit.core.layout import layout_of  # the layout rules CAM uses for any layer
 from camkit.errors import CamkitError
-from camkit.layout import layout_of  # the layout rules CAM uses for any layer
-from camkit.spec import ModelSpec
+from camkit.train.spec import ModelSpec
 
 
 def cam_head(n_features: int, n_classes: int) -> nn.Sequential:

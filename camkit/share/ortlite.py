@@ -1,4 +1,4 @@
-"""The explainer without torch: a run's exported graph (camkit.export) served with numpy, Pillow
+"""The explainer without torch: a run's exported graph (camkit.export.onnx) served with numpy, Pillow
 and onnxruntime alone. `camkit app RUN --export-space DIR --engine onnx` writes a Space that runs
 this, whose requirements are onnxruntime, numpy, pillow and gradio (docs/benchmarks.md gives
 their install size and cold start against the torch Space).
@@ -11,8 +11,8 @@ their install size and cold start against the torch Space).
 examples), so the app's Gradio wiring, guarded uploads and launch serve it unchanged. The graph
 gives every class's raw map W_c . A; what is drawn is post-processed as camkit.cam does it
 (ReLU and min-max to [0, 1]; signed: m / max|m|; a contrast "a and not b" is map_a - map_b),
-upsampled between cell centres on the sidecar's grid (camkit.geometry, in numpy) and coloured
-through the colormap tables written at export (camkit.web.explainer_config), so neither torch
+upsampled between cell centres on the sidecar's grid (camkit.core.geometry, in numpy) and coloured
+through the colormap tables written at export (camkit.share.web.explainer_config), so neither torch
 nor matplotlib is imported.
 """
 
@@ -28,12 +28,15 @@ from typing import Any
 
 import numpy as np
 
+from camkit.app import Answer, launch as app_launch, open_upload, readable
 from camkit.errors import CamkitError
+from camkit.export.onnx import read_sidecar, session
+from camkit.train.verdict import Verdict
 
 GRAPH = "model.onnx"
-EXPLAINER = "explainer.json"   # camkit.web.explainer_config: title, verdict, colormap tables
+EXPLAINER = "explainer.json"   # camkit.share.web.explainer_config: title, verdict, colormap tables
 EPS = 1e-8                     # camkit.cam.base.EPS
-DIVERGING = "RdBu_r"           # camkit.render.DIVERGING: the signed map's default colormap
+DIVERGING = "RdBu_r"           # camkit.core.render.DIVERGING: the signed map's default colormap
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ def cam_map(maps: np.ndarray, target: int, versus: int | None = None, signed: bo
 
 def _cells(n: int, cells: int, grid: dict, axis: int) -> np.ndarray:
     """Fractional cell index of each of `n` drawn pixels along an axis: the grid resized to the
-    drawing (camkit.geometry.Grid.resized), clamped to the outermost cell centres."""
+    drawing (camkit.core.geometry.Grid.resized), clamped to the outermost cell centres."""
     r = n / grid["size"][axis]
     stride, offset = grid["stride"][axis] * r, (grid["offset"][axis] + 0.5) * r - 0.5
     if cells == 1:
@@ -75,7 +78,7 @@ def _cells(n: int, cells: int, grid: dict, axis: int) -> np.ndarray:
 
 def upsample(cells: np.ndarray, grid: dict, size: tuple[int, int]) -> np.ndarray:
     """(h, w) map -> (H, W), bilinear between cell centres where `grid` places them, constant
-    beyond the outermost ones (camkit.geometry.upsample, without torch)."""
+    beyond the outermost ones (camkit.core.geometry.upsample, without torch)."""
     h, w = cells.shape
     ys, xs = _cells(size[0], h, grid, 0), _cells(size[1], w, grid, 1)
     y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
@@ -88,14 +91,14 @@ def upsample(cells: np.ndarray, grid: dict, size: tuple[int, int]) -> np.ndarray
 
 def colorize(heat: np.ndarray, table: np.ndarray) -> np.ndarray:
     """(H, W) in [0, 1] -> (H, W, 3) uint8 through an (N, 3) colormap table: row
-    min(N - 1, floor(v N)), matplotlib's rule (camkit.render.colorize)."""
+    min(N - 1, floor(v N)), matplotlib's rule (camkit.core.render.colorize)."""
     n = np.float32(len(table))
     index = np.minimum(len(table) - 1, (np.clip(heat.astype(np.float32), 0, 1) * n).astype(np.intp))
     return table[index]
 
 
 def fit_for_drawing(picture, max_side: int):
-    """The picture no larger than `max_side` on its longer side (camkit.render.fit_for_drawing)."""
+    """The picture no larger than `max_side` on its longer side (camkit.core.render.fit_for_drawing)."""
     from PIL import Image
 
     scale = min(1.0, max_side / max(picture.size))
@@ -104,7 +107,7 @@ def fit_for_drawing(picture, max_side: int):
 
 
 def blend(picture, heat: np.ndarray, table: np.ndarray, alpha: float):
-    """overlay = (1 - alpha) picture + alpha colormap(heat) (camkit.render.overlay)."""
+    """overlay = (1 - alpha) picture + alpha colormap(heat) (camkit.core.render.overlay)."""
     from PIL import Image
 
     colored = colorize(heat, table).astype(np.float32)
@@ -119,8 +122,6 @@ class LiteApp:
 
     def __init__(self, folder: str | Path, max_side: int = 768, threads: int | None = None,
                  examples: list[str] | None = None):
-        from camkit.export import read_sidecar, session
-
         folder = Path(folder)
         self.sidecar = read_sidecar(folder / GRAPH)
         if self.sidecar.input_dtype != "uint8":
@@ -145,8 +146,6 @@ class LiteApp:
 
     @functools.cached_property
     def verdict(self):
-        from camkit.verdict import Verdict
-
         saved = self.config.get("verdict_json")
         return None if saved is None else Verdict.from_json(saved)
 
@@ -179,8 +178,7 @@ class LiteApp:
     def explain(self, image: str | Path, method: str | None = None, target: str = "pred", alpha: float = 0.5,
                 colormap: str = "jet", signed: bool = False):
         """Probabilities and CAM overlay of one image file, as camkit.app.CamApp.explain."""
-        from camkit.app import Answer, open_upload, readable
-        from camkit.images import resize_square
+        from camkit.core.images import resize_square
 
         if method not in (None, "cam"):
             raise CamkitError(f"method '{method}' is not available for this run; choose from cam")
@@ -208,6 +206,4 @@ def launch(folder: str | Path, port: int = 7860, host: str = "127.0.0.1", exampl
            block: bool = True, **options: Any) -> Any:
     """Serve the graph in `folder` with camkit.app's launch (its guards, limits and Explain tab;
     `options`: share, auth)."""
-    from camkit.app import launch as app_launch
-
     return app_launch(LiteApp(folder), port=port, host=host, examples=examples, block=block, **options)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from camkit.choices import Precision, choice
+from camkit.core.choices import Precision, choice
 from camkit.errors import CamkitError
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+from camkit.crawl import PHASH_THRESHOLD
 
 SIDE = 64                   # measures are taken on a thumbnail at most this many pixels a side
 MIN_SPREAD = 2.0            # grey-level std (0-255) below this: blank or near-constant
@@ -46,7 +47,7 @@ class Measures:
 
 
 def measure(image: Image.Image) -> Measures:
-    """The measures of a decoded RGB image (camkit.images.open_rgb: alpha composited on white),
+    """The measures of a decoded RGB image (camkit.core.images.open_rgb: alpha composited on white),
     taken on a thumbnail (the size ratio from the full image)."""
     w, h = image.size
     small = image.copy()
@@ -75,8 +76,6 @@ def twin_elsewhere(hashes: list[int], groups: list, threshold: int | None = None
     """For each image, whether an image of another group (another label, the other side of a
     split) lies within `threshold` bits of its 64-bit pHash (the crawl's near-duplicate rule,
     default PHASH_THRESHOLD), computed in row blocks to bound memory."""
-    from camkit.crawl import PHASH_THRESHOLD
-
     threshold = PHASH_THRESHOLD if threshold is None else threshold
     h = np.array(hashes, dtype=np.uint64)
     group = np.unique(np.array(groups), return_inverse=True)[1]

@@ -18,9 +18,10 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
+from camkit.core.geometry import Grid, upsample
+from camkit.core.images import open_rgb
+from camkit.core.plots import plt, returned
 from camkit.errors import CamkitError
-from camkit.geometry import Grid, upsample
-from camkit.images import open_rgb
 
 MAX_SIDE = 2048
 DIVERGING = "RdBu_r"  # signed maps: red = evidence for the target, blue = evidence against, white = none
@@ -51,7 +52,7 @@ def peak_xy(cam_map: Tensor, model_size: int | tuple[int, int], width: int, heig
     squished to `model_size` (a side, or (height, width)). The highest cell, moved along each axis
     to the vertex of the parabola through it and its two neighbours (at most half a cell: a
     sub-cell peak, as keypoint heatmaps are read), placed where `grid` says the cells look
-    (camkit.geometry; None: on their footprints). A bilinearly upsampled map peaks exactly on a
+    (camkit.core.geometry; None: on their footprints). A bilinearly upsampled map peaks exactly on a
     cell centre, so its argmax could only ever name the grid's nodes."""
     mh, mw = (model_size, model_size) if isinstance(model_size, int) else model_size
     cells = cam_map.detach().float().cpu()
@@ -103,7 +104,7 @@ def fit_for_drawing(image, max_side: int = MAX_SIDE):
 def overlay(image, cam_map: Tensor, style: Style = Style(), grid: Grid | None = None):
     """The heatmap laid over the image: returns (heatmap, overlay) PIL images, drawn at the
     image's resolution capped to `style.max_side`: overlay = (1 - alpha) image + alpha heat.
-    `grid`: where the map's cells look in the model's input (camkit.geometry), resized with it."""
+    `grid`: where the map's cells look in the model's input (camkit.core.geometry), resized with it."""
     base = fit_for_drawing(image, style.max_side)
     w, h = base.size
     heat = upsample(cam_map[None].detach().cpu(), (h, w), grid)[0].numpy()
@@ -142,8 +143,6 @@ def picture_of(result, max_side: int = MAX_SIDE):
 
 def figure_png(fig) -> bytes:
     """A matplotlib figure as PNG bytes (closed afterwards): what Jupyter shows inline."""
-    from camkit.plots import plt
-
     buf = io.BytesIO()
     try:
         fig.savefig(buf, format="png", dpi=80)
@@ -165,8 +164,6 @@ def png_data_uri(image: Image.Image | str | Path) -> str:
 def plot_cams(results, ncols: int = 3, style: Style = Style()):
     """A matplotlib grid: for each result, its picture | the overlay, titled with the predicted
     class and probability (and the map's target when it is not the prediction)."""
-    from camkit.plots import plt, returned
-
     n = len(results)
     if not n:
         raise CamkitError("no images to show")
@@ -187,8 +184,6 @@ def plot_cams(results, ncols: int = 3, style: Style = Style()):
 
 def plot_top_losses(by_pred, by_truth, losses: list[float], style: Style = Style()):
     """One row per image: the picture | map of the predicted class | map of the actual class."""
-    from camkit.plots import plt, returned
-
     fig, axes = plt.subplots(len(by_pred), 3, figsize=(7.5, 2.6 * len(by_pred)), squeeze=False)
     for row, (p, t, loss) in zip(axes, zip(by_pred, by_truth, losses)):
         row[0].imshow(p.picture)

@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import torch
 import torch.distributed as dist
 
+from camkit.core.device import resolve_device
 from camkit.errors import CamkitError
 
 T = TypeVar("T")
@@ -183,7 +184,6 @@ def group_for(device: str | None = None, timeout: float | None = None) -> Iterat
     if not launch().active or joined():
         yield
         return
-    from camkit.device import resolve_device
 
     with process_group(local_device(resolve_device(device)), timeout):
         yield

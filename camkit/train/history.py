@@ -1,8 +1,8 @@
 """Every epoch of a fastai fit, kept: the `EpochHistory` callback.
 
-It lives below both camkit.train (whose `EpochLog` extends it) and the notebook layer
+It lives below both camkit.train.loop (whose `EpochLog` extends it) and the notebook layer
 camkit.fastai (which adds it to every Learner), so the notebook layer does not import the
-training pipeline to get it. camkit.train re-exports it under its old path.
+training pipeline to get it. camkit.train.loop re-exports it under its old path.
 """
 from __future__ import annotations
 

@@ -57,9 +57,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from camkit.core.files import (TMP_PREFIX, WRITE_ERRNOS, atomic_write, ensure_writable_dir, os_error_line, parse_json,
+                               temp_path)
 from camkit.errors import CamkitError
-from camkit.files import (TMP_PREFIX, WRITE_ERRNOS, atomic_write, ensure_writable_dir, os_error_line, parse_json,
-                          temp_path)
 
 try:
     import fcntl

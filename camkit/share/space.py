@@ -11,7 +11,7 @@ same app as `camkit app` (push it to a Space with the Gradio SDK, or run `python
                           so the Space needs nothing that is not on PyPI
 
 With `engine="onnx"` (`--engine onnx`) the Space is light: DIR/model/ holds the run as one ONNX
-graph (model.onnx, its sidecar, explainer.json), app.py serves it with camkit.ortlite (numpy,
+graph (model.onnx, its sidecar, explainer.json), app.py serves it with camkit.share.ortlite (numpy,
 Pillow, onnxruntime: the same Explain tab, exact CAM only) and requirements.txt names
 onnxruntime, numpy, pillow and gradio, no torch, no fastai.
 
@@ -29,9 +29,15 @@ from importlib import metadata, resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from camkit.app import held_out_examples, launch as app_launch, require_gradio, verdict_banner
+from camkit.core.choices import CamEngine, choice
+from camkit.core.files import TMP_PREFIX, WRITE_ERRNOS, ensure_writable_dir, os_error_line, refuse_inside_class_folder
+from camkit.core.images import open_rgb
 from camkit.errors import CamkitError
-from camkit.files import TMP_PREFIX, WRITE_ERRNOS, ensure_writable_dir, os_error_line, refuse_inside_class_folder
-from camkit.run import export_model, read_info, read_verdict
+from camkit.export.onnx import export_onnx, read_sidecar
+from camkit.share.ortlite import EXPLAINER, GRAPH, LiteApp
+from camkit.share.web import explainer_config
+from camkit.train.run import export_model, read_info, read_verdict
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -54,11 +60,11 @@ try:
 except KeyboardInterrupt:   # Ctrl-C: stopped, no traceback, exit 130 as `camkit app`
     sys.exit(130)
 '''
-# the Space's app.py per engine: the same launcher, camkit.app's (torch) or camkit.ortlite's
+# the Space's app.py per engine: the same launcher, camkit.app's (torch) or camkit.share.ortlite's
 APP_PY = {"torch": _APP_PY.format(kind="", how="", option="", module="camkit.app"),
           "onnx": _APP_PY.format(kind="light ", how=", on onnxruntime without torch", option=" --engine onnx",
-                                 module="camkit.ortlite")}
-# what camkit.ortlite imports, and its floor: onnxruntime 1.17 runs opset 17 with uint8 input on
+                                 module="camkit.share.ortlite")}
+# what camkit.share.ortlite imports, and its floor: onnxruntime 1.17 runs opset 17 with uint8 input on
 # every platform the Space may build on; numpy and Pillow as camkit itself takes them
 LITE_REQUIREMENTS = ("onnxruntime>=1.17", "numpy", "pillow")
 LITE_CARD = ("It runs the model as one ONNX graph on onnxruntime (the logits and every class's exact CAM): "
@@ -67,18 +73,12 @@ LITE_CARD = ("It runs the model as one ONNX graph on onnxruntime (the logits and
 
 def lite_requirements() -> list[str]:
     """The light Space's requirements: onnxruntime, numpy, Pillow and the running Gradio."""
-    from camkit.app import require_gradio
-
     return [*LITE_REQUIREMENTS, f"gradio=={require_gradio().__version__}"]
 
 
 def write_lite_model(run: str | Path, dest: Path) -> Path:
-    """`dest`/model.onnx and its sidecar (camkit.export, checked against torch before it is
-    written) and explainer.json (camkit.web.explainer_config): all camkit.ortlite reads."""
-    from camkit.export import export_onnx, read_sidecar
-    from camkit.ortlite import EXPLAINER, GRAPH
-    from camkit.web import explainer_config
-
+    """`dest`/model.onnx and its sidecar (camkit.export.onnx, checked against torch before it is
+    written) and explainer.json (camkit.share.web.explainer_config): all camkit.share.ortlite reads."""
     dest.mkdir()
     graph = export_onnx(run, dest / GRAPH).path
     (dest / EXPLAINER).write_text(json.dumps(explainer_config(run, read_sidecar(graph))), encoding="utf-8")
@@ -88,12 +88,8 @@ def write_lite_model(run: str | Path, dest: Path) -> Path:
 def serve_run(run: str | Path, port: int = 7860, host: str = "127.0.0.1", **options: Any) -> None:
     """`camkit app RUN --engine onnx`: the run exported now (checked against torch) into a
     temporary folder and served as the light Space serves it, with the run's held-out images
-    as examples; the folder is removed when the app stops (here, not in camkit.ortlite, which
+    as examples; the folder is removed when the app stops (here, not in camkit.share.ortlite, which
     the light Space imports without torch and which this module already builds on)."""
-    from camkit.app import held_out_examples
-    from camkit.app import launch as app_launch
-    from camkit.ortlite import LiteApp
-
     with tempfile.TemporaryDirectory(prefix="camkit-lite-") as tmp:
         app = LiteApp(write_lite_model(run, Path(tmp) / "model"), examples=held_out_examples(run))
         app_launch(app, port=port, host=host, block=True, **options)
@@ -102,8 +98,6 @@ def serve_run(run: str | Path, port: int = 7860, host: str = "127.0.0.1", **opti
 def requirements() -> list[str]:
     """camkit's core dependencies (as installed camkit declares them) and the running Gradio,
     pinned to the version the Space header names."""
-    from camkit.app import require_gradio
-
     gr = require_gradio()
     try:
         declared = metadata.requires("camkit") or []
@@ -140,15 +134,11 @@ def readme(run: Path, gradio_version: str, engine: str = "torch") -> str:
 def _verdict_lines(run: Path, info) -> list[str]:
     """The training verdict on the model card, in the app's own words, before anything else a
     visitor reads."""
-    from camkit.app import verdict_banner
-
     verdict = read_verdict(run, info)
     return [] if verdict is None else [verdict_banner(verdict), ""]
 
 
 def _copy_examples(run: Path, dest: Path, per_class: int) -> int:
-    from camkit.app import held_out_examples
-
     files = held_out_examples(run, per_class)
     dest.mkdir()
     for i, f in enumerate(files):
@@ -162,8 +152,6 @@ def pixels_only(src: Path, dest: Path) -> None:
     paths) or PNG text chunks, which a byte-for-byte copy would."""
     import numpy as np
     from PIL import Image
-
-    from camkit.images import open_rgb
 
     Image.fromarray(np.asarray(open_rgb(src))).save(dest)
 
@@ -190,11 +178,12 @@ def _copy_package(dest: Path) -> None:
     copy(resources.files("camkit"), dest / "camkit")
 
 
-def export_space(run: str | Path, out: str | Path, examples_per_class: int = 2, engine: str = "torch") -> Path:
+def export_space(run: str | Path, out: str | Path, examples_per_class: int = 2,
+                 engine: str | CamEngine = "torch") -> Path:
     """Write the Space folder `out` (which must not exist yet) for the run; returns it.
-    `engine="onnx"`: the light Space (APP_PY['onnx']), no torch, no fastai."""
-    if engine not in ("torch", "onnx"):
-        raise CamkitError(f"a Space runs on torch or onnx, not '{engine}'")
+    `engine="onnx"`: the light Space (APP_PY['onnx']), no torch, no fastai; "torch" or "auto"
+    (`camkit app`'s default): the full app."""
+    engine = "onnx" if choice(CamEngine, engine, "engine") == CamEngine.onnx.value else "torch"
     run, out = Path(run), Path(out)
     if out.is_symlink():
         raise CamkitError(f"'{out}' is a symbolic link{'' if out.exists() else ' to nothing'}; "
@@ -219,7 +208,7 @@ def export_space(run: str | Path, out: str | Path, examples_per_class: int = 2, 
     except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)   # our own temporary folder, never a user's file
         if created is not None:
-            from camkit.files import remove_if_empty
+            from camkit.core.files import remove_if_empty
             remove_if_empty(out.parent, created)
         if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
             raise CamkitError(os_error_line(e, f"the Space '{out}'")) from None

@@ -28,19 +28,20 @@ from torch import nn
 
 import fastai.callback.fp16  # noqa: F401,E402  (Learner.to_fp16 / to_bf16)
 import fastai.callback.schedule  # noqa: F401,E402  (Learner.fit_one_cycle / fine_tune)
-from camkit.data import IMAGENET_STATS, FolderData, TensorBatches, decode_folder, load_folder
-from camkit.device import resolve_device, resolve_precision
-from camkit.distributed import ddp_callback, in_group, joined, launch, local_device, main_first, on_main, rank_world
+from camkit.core.device import resolve_device, resolve_precision
+from camkit.core.distributed import (ddp_callback, in_group, joined, launch, local_device, main_first, on_main,
+                                     rank_world)
+from camkit.core.files import refuse_inside_class_folder
+from camkit.core.images import open_rgb
+from camkit.data.folders import IMAGENET_STATS, FolderData, TensorBatches, decode_folder, load_folder
 from camkit.errors import CamkitError, Interrupted
-from camkit.evidence import get_recipe, load_negatives, recipe_callbacks, recipe_loss, with_recipe
-from camkit.files import refuse_inside_class_folder
-from camkit.history import EpochHistory  # noqa: F401  (re-exported: its old path)
-from camkit.images import open_rgb
-from camkit.models import BuiltModel, build_model
-from camkit.run import (META, HeldOut, RunContents, RunInfo, check_out, discard_out, held_out, run_summary,
-                        save_run)
-from camkit.spec import TrainSpec
-from camkit.verdict import Finding, TrainingVerdict, confusion_matrix, judge, verdict_line  # noqa: F401
+from camkit.train.evidence import get_recipe, load_negatives, recipe_callbacks, recipe_loss, with_recipe
+from camkit.train.history import EpochHistory  # noqa: F401  (re-exported: its old path)
+from camkit.train.models import BuiltModel, build_model
+from camkit.train.run import (META, HeldOut, RunContents, RunInfo, check_out, discard_out, held_out, run_summary,
+                              save_run)
+from camkit.train.spec import TrainSpec
+from camkit.train.verdict import Finding, TrainingVerdict, confusion_matrix, judge, verdict_line  # noqa: F401
 
 
 @dataclass
@@ -71,7 +72,7 @@ class TrainResult:
     lr_source: str = "default"   # default, given, or lr_find
     train_counts: list[int] = field(default_factory=list)
     confusion: list[list[int]] = field(default_factory=list)
-    verdict: dict = field(default_factory=dict)   # camkit.verdict.Verdict.to_json()
+    verdict: dict = field(default_factory=dict)   # camkit.train.verdict.Verdict.to_json()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -155,8 +156,8 @@ def train(data_dir: str | Path, arch: str = "resnet34", epochs: int | None = Non
           spec: TrainSpec | None = None) -> TrainResult:
     """Fine-tune (or train from scratch) `arch` on a class-per-folder dataset and save the run.
 
-    Every option is checked into a `camkit.spec.TrainSpec` before any image is read (or pass
-    `spec` itself). `bs` / `epochs` None adapt to the dataset (camkit.spec: enough optimizer
+    Every option is checked into a `camkit.train.spec.TrainSpec` before any image is read (or pass
+    `spec` itself). `bs` / `epochs` None adapt to the dataset (camkit.train.spec: enough optimizer
     steps an epoch for BatchNorm, enough steps in all); `lr` None is 2e-3 fine-tuning, 3e-3
     from scratch, 'auto' is fastai's `lr_find` (its valley), the curve saved with the run.
     `loader` tensor: decode and resize (squish) every image once, then batches come from one
@@ -164,15 +165,15 @@ def train(data_dir: str | Path, arch: str = "resnet34", epochs: int | None = Non
     decoding) over the same checked files. `aug`: fastai's `aug_transforms` on training
     batches, a horizontal flip, or none. `precision` auto: bf16 autocast where the hardware
     has it (CUDA, or a CPU with AVX512-BF16 / AMX), fp16 on older GPUs, fp32 otherwise.
-    `recipe` (camkit.evidence): what training batches add so that each class is found by its
+    `recipe` (camkit.train.evidence): what training batches add so that each class is found by its
     own evidence; auto is counterfactual with the CAM head, plain with fastai's. `stride` None:
     16 for a torchvision ResNet with the CAM head, else 32; `dilate`: made by dilation
-    (camkit.spec.ModelSpec). `negatives`: a folder of images of neither class, a hidden
+    (camkit.train.spec.ModelSpec). `negatives`: a folder of images of neither class, a hidden
     "neither" in every batch. `quiet` drops the per-epoch lines on stderr. `cache`: a folder for
-    camkit.cache's decoded images. Under torchrun / accelerate launch each rank trains on its
-    shard with gradients all-reduced, and only rank 0 writes (see camkit.distributed).
+    camkit.data.cache's decoded images. Under torchrun / accelerate launch each rank trains on its
+    shard with gradients all-reduced, and only rank 0 writes (see camkit.core.distributed).
 
-    The result carries the training verdict (camkit.verdict: does the model beat always
+    The result carries the training verdict (camkit.train.verdict: does the model beat always
     answering the larger class, did its losses behave); one that is not ok is also warned
     about (a TrainingVerdict warning: one line on the CLI's stderr)."""
     spec = spec or TrainSpec.parse(arch=arch, head=head, stride=stride, dilate=dilate, size=size, valid_pct=valid_pct,
@@ -474,7 +475,7 @@ def run_contents(result: TrainResult, spec: TrainSpec, model: nn.Module, split: 
                  held: HeldOut, complete: bool, epochs_planned: int,
                  lr_curve: list[tuple[float, float]]) -> RunContents:
     """What the run folder holds: fp32 contiguous weights, history, held-out predictions
-    (camkit.run.held_out: paths relative to the data root), the verdict and the resolved options."""
+    (camkit.train.run.held_out: paths relative to the data root), the verdict and the resolved options."""
     info = RunInfo.describe(spec.model, classes=split.classes, size=spec.size,
                             stats=(list(IMAGENET_STATS[0]), list(IMAGENET_STATS[1])), pretrained=result.pretrained,
                             complete=complete, epochs_planned=epochs_planned, confusion=result.confusion,

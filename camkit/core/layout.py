@@ -10,7 +10,7 @@ input's size (an output is spatial when its grid is the input divided by one str
 h = ceil(H / s), w = ceil(W / s)), and turns it (and its gradient, the same way) into
 channels-first; the dropped prefix tokens carry no place in the image.
 
-It sits below both camkit.models (whose CAM head pools any layout) and camkit.cam (which reads
+It sits below both camkit.train.models (whose CAM head pools any layout) and camkit.cam (which reads
 any layer), as timm keeps its layout words in timm/layers/format.py: building or loading a
 model does not import the CAM package. camkit.cam.layers re-exports every name.
 """

@@ -21,7 +21,7 @@ The graph (opset 17 by default, batch dimension dynamic):
 
 What camkit draws is post-processed as `camkit.cam.CAM` does it: ReLU, then min-max to [0, 1]
 per map (or, signed, m / max|m|); cell (i, j) is centred on image pixel (stride * i + offset)
-given by the sidecar's `grid` (camkit.geometry), not on the centre of its footprint.
+given by the sidecar's `grid` (camkit.core.geometry), not on the centre of its footprint.
 
 Only a run with camkit's CAM head can be exported: with fastai's head the maps need gradients,
 which no forward graph carries.
@@ -40,15 +40,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from camkit.version import __version__
+from camkit.core.files import atomic_write, parse_json, read_text
 from camkit.errors import CamkitError
-from camkit.files import atomic_write, parse_json, read_text
+from camkit.version import __version__
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from camkit.run import LoadedModel
+    from camkit.train.run import LoadedModel
 
 SIDECAR_FORMAT = "camkit-onnx/1"
 GRAPH, INT8_GRAPH = "model.onnx", "model.int8.onnx"   # the default names inside a run folder
@@ -323,8 +323,8 @@ def parity_images(loaded: LoadedModel, n: int = 8, seed: int = 0) -> np.ndarray:
 def heldout(loaded: LoadedModel, limit: int | None = None) -> tuple[list, list[int]]:
     """The run's held-out images (decoded PIL images) and their label indices; unreadable or
     moved files are skipped."""
-    from camkit.images import open_or_skip
-    from camkit.run import read_valid
+    from camkit.core.images import open_or_skip
+    from camkit.train.run import read_valid
 
     try:
         records = read_valid(loaded.path, loaded.info)
@@ -388,8 +388,8 @@ class _Calibration:
 def training_images(loaded: LoadedModel, limit: int = 64, seed: int = 0) -> np.ndarray:
     """Up to `limit` of the run's training images (its data folder minus valid.json's files),
     fed as the run feeds them: the calibration set of static quantization."""
-    from camkit.images import list_images, open_or_skip
-    from camkit.run import data_root, read_valid
+    from camkit.core.images import list_images, open_or_skip
+    from camkit.train.run import data_root, read_valid
 
     root = data_root(loaded.path, loaded.info)
     held = {r.file.resolve() for r in read_valid(loaded.path, loaded.info)} if root.is_dir() else set()
@@ -504,7 +504,7 @@ def export_onnx(run: str | Path | LoadedModel, out: str | Path | None = None, op
     held-out images and refused, with its figures, when it fails. Both files are written
     atomically, the sidecar last: a graph without a sidecar is not a finished export."""
 
-    from camkit.run import as_loaded
+    from camkit.train.run import as_loaded
 
     options = ExportOptions(opset, int8, int8_mode, float_input, tolerance)
     require_onnx()
@@ -562,8 +562,8 @@ def map_size(loaded: LoadedModel) -> tuple[int, int]:
 
 
 def run_grid(loaded: LoadedModel, cells: tuple[int, int] | None = None) -> dict:
-    """Where the maps' cells look in the S x S input (camkit.geometry), as JSON."""
-    from camkit.geometry import grid_for, probe
+    """Where the maps' cells look in the S x S input (camkit.core.geometry), as JSON."""
+    from camkit.core.geometry import grid_for, probe
 
     size = (loaded.size, loaded.size)
     g = grid_for(probe(loaded.model, size), cells or map_size(loaded), size)
@@ -572,7 +572,7 @@ def run_grid(loaded: LoadedModel, cells: tuple[int, int] | None = None) -> dict:
 
 def _sidecar(loaded: LoadedModel, options: ExportOptions, parity: Parity, gate: Int8Gate | None) -> Sidecar:
     """The sidecar of a graph exported from `loaded` (its graph hash is filled in by `_write`)."""
-    from camkit.run import WEIGHTS
+    from camkit.train.run import WEIGHTS
 
     cells = map_size(loaded)
     mean, std = loaded.info.stats

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from camkit.engine import onnx_available
-from camkit.export import DEFAULT_OPSET, session
+from camkit.export.engine import onnx_available
+from camkit.export.onnx import DEFAULT_OPSET, session
 
 PARITY = 1e-4   # largest |ORT - torch| logit accepted, relative to the largest |logit| (at least 1)
 

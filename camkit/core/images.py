@@ -14,8 +14,8 @@ from typing import Any, BinaryIO, Callable, Generic, Iterable, Iterator, Sequenc
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from camkit.core.files import IMAGE_SUFFIXES, open_regular
 from camkit.errors import CamkitError
-from camkit.files import IMAGE_SUFFIXES, open_regular
 
 REJECTED = "_rejected"  # where the crawl and verify move images aside (never deleted)
 # Refuse images that would take more than ~1 GB as RGB; Pillow's own bomb check is per-format.

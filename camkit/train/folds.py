@@ -9,7 +9,7 @@ Why: a model scores the images it was trained on with the labels it memorised, s
 mislabelled training image looks clean under it (cleanlab's documentation asks for
 out-of-sample probabilities; its CIFAR-10 benchmark uses 5-fold cross-validation). The folds
 are stratified per class and seeded (scikit-learn's `StratifiedKFold`); the images are decoded
-once (through camkit.cache when `cache` is given) and every fold reuses camkit.train's loaders,
+once (through camkit.data.cache when `cache` is given) and every fold reuses camkit.train.loop's loaders,
 model builder, recipe, Learner and fit. Each fold model also gives the held-out image's
 distance to the images it was trained on, as cleanlab's `OutOfDistribution` scores it (mean
 distance to the k nearest training features, exp(-d / t)): an off-topic image is far from
@@ -26,9 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from camkit.core.device import resolve_device, resolve_precision
+from camkit.data.folders import IMAGENET_STATS, TensorBatches, load_folder
 from camkit.errors import CamkitError
-from camkit.run import LoadedModel
-from camkit.spec import TrainSpec
+from camkit.train.models import build_model
+from camkit.train.run import LoadedModel
+from camkit.train.spec import TrainSpec
 
 DEFAULT_FOLDS = 3             # the cheapest K that holds out a third; 4 and 5 not measured (CPU time, issue 30)
 KNN = 10                      # neighbours for the OOD distance (cleanlab's default k is 10)
@@ -75,7 +78,7 @@ def assign_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
 
 
 def run_spec(loaded: LoadedModel, epochs: int | None = None) -> TrainSpec:
-    """The run's recipe as model.json records it (camkit.spec.TrainSpec, checked again), with
+    """The run's recipe as model.json records it (camkit.train.spec.TrainSpec, checked again), with
     the tensor loader (the folds share one decoded tensor), and `epochs` when given. A run
     whose learning rate was searched (`lr auto`) reuses the rate the search found."""
     recorded = dict(loaded.info.spec)
@@ -100,8 +103,6 @@ def out_of_sample(loaded: LoadedModel, root: Path, folds: int = DEFAULT_FOLDS, e
     """Train `folds` models on the run's recipe (`run_spec`), image i held out of exactly one,
     and score every image with the model that did not train on it. The data folder must hold
     the run's classes (the models are trained on its folders)."""
-    from camkit.data import load_folder
-
     spec = run_spec(loaded, epochs)
     seed = spec.seed if seed is None else seed
     with warnings.catch_warnings():
@@ -125,13 +126,11 @@ def out_of_sample(loaded: LoadedModel, root: Path, folds: int = DEFAULT_FOLDS, e
 
 def fit_fold(data, train_idx: np.ndarray, held_idx: np.ndarray, spec: TrainSpec,
              quiet: bool = True) -> tuple[np.ndarray, np.ndarray, int]:
-    """One fold: a model built and fitted on `train_idx` as camkit.train fits a run (same
+    """One fold: a model built and fitted on `train_idx` as camkit.train.loop fits a run (same
     loaders, recipe, Learner and fit), then the held-out images' softmax rows and OOD scores.
     Returns (probs, ood, epochs fitted after the frozen ones)."""
-    from camkit.device import resolve_device, resolve_precision
-    from camkit.evidence import get_recipe, recipe_callbacks, recipe_loss, with_recipe
-    from camkit.models import build_model
-    from camkit.train import fit, make_learner, make_loaders
+    from camkit.train.evidence import get_recipe, recipe_callbacks, recipe_loss, with_recipe
+    from camkit.train.loop import fit, make_learner, make_loaders
 
     dev = resolve_device(None)
     precision = resolve_precision(spec.precision, dev)
@@ -158,8 +157,6 @@ def _forward(model: torch.nn.Sequential, data, idx: torch.Tensor, bs: int,
              dev: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """Softmax rows and the body's globally pooled features (what the CAM head's linear layer
     weighs) of images `idx`, un-augmented."""
-    from camkit.data import IMAGENET_STATS, TensorBatches
-
     batches = TensorBatches(images=data.images, rows=idx, labels=data.labels[idx], bs=bs, shuffle=False,
                             stats=IMAGENET_STATS) if data.mapped else \
         TensorBatches(images=data.images[idx], labels=data.labels[idx], bs=bs, shuffle=False, stats=IMAGENET_STATS)

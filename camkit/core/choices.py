@@ -46,7 +46,7 @@ class Method(str, Enum):
 
 
 class CamEngine(str, Enum):
-    """What computes exact CAM and predictions (camkit.engine): auto picks ONNX Runtime where the
+    """What computes exact CAM and predictions (camkit.export.engine): auto picks ONNX Runtime where the
     run has an exported graph and it is the fastest engine passing the parity gate, else torch."""
     auto = "auto"
     torch = "torch"
@@ -93,7 +93,7 @@ class Aug(str, Enum):
 
 class Recipe(str, Enum):
     """How the CAM head is trained so that each class is found by its own evidence
-    (camkit.evidence.RECIPES)."""
+    (camkit.train.evidence.RECIPES)."""
     auto = "auto"            # counterfactual with the CAM head, plain with fastai's
     plain = "plain"          # cross-entropy on the images as they are
     negatives = "negatives"  # + patch-shuffled copies as a hidden "neither" (a fixed zero logit)

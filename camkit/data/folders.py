@@ -19,11 +19,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from camkit.cache import cache_key, decode_cached, release_rows
-from camkit.choices import Aug, choice
+from camkit.core.choices import Aug, choice
+from camkit.core.files import is_camkit_output
+from camkit.core.images import is_dataset_image, open_rgb, resize_square
+from camkit.data.cache import cache_key, decode_cached, release_rows
 from camkit.errors import CamkitError
-from camkit.files import is_camkit_output
-from camkit.images import is_dataset_image, open_rgb, resize_square
 from camkit.resources import SAMPLE, resource
 
 FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat",
@@ -159,7 +159,7 @@ class FolderData:
     classes: list[str]
     files: list[Path]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
-    mapped: bool = False             # images is a memory map on disk (camkit.cache): index, never copy whole
+    mapped: bool = False             # images is a memory map on disk (camkit.data.cache): index, never copy whole
     decoded: int | None = None       # files this load decoded (0: all came from the cache)
 
     def split(self, valid_pct: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -245,7 +245,7 @@ def _kept(classes: list[str], items: list[tuple[Path, int]], results: list[Any]
 def load_folder(root: str | Path, size: int, workers: int | None = None,
                 cache: str | Path | None = None) -> FolderData:
     """Decode every image of a class-per-folder dataset once, squished to size x size: into
-    memory, or with `cache` (a folder) into camkit.cache's memory-mapped file there, which a
+    memory, or with `cache` (a folder) into camkit.data.cache's memory-mapped file there, which a
     later call reuses (decoding only the files added or changed since)."""
     if cache is not None:
         return _load_cached(root, size, Path(cache), workers)
@@ -304,7 +304,7 @@ class TensorBatches:
     `train` before the run.
 
     `rows` (optional): the row of `images` for each label, for images that stay where they
-    are (a memory map from camkit.cache: each batch is gathered from it, then moved), instead
+    are (a memory map from camkit.data.cache: each batch is gathered from it, then moved), instead
     of a copied subset. `rank` / `world`: in data-parallel training, every rank draws the same
     seeded permutation and takes every world-th item from its rank on (n // world items
     each, so every rank runs the same number of steps, as DistributedSampler(drop_last=True))."""
@@ -350,7 +350,7 @@ class TensorBatches:
     def to_detach(self, b: Any, cpu: bool = True, gather: bool = True) -> Any:
         """fastai's hook for a loader's outputs (losses, metrics, predictions): detached, never
         gathered across ranks, since every rank validates the whole held-out set and the
-        training loss is averaged by camkit.distributed's callback (fastai gathers whenever
+        training loss is averaged by camkit.core.distributed's callback (fastai gathers whenever
         WORLD_SIZE is set, assuming its own sharded validation)."""
         from fastai.torch_core import to_detach
 

@@ -5,7 +5,7 @@
     TrainSpec   ModelSpec + how it is fitted: size, split, batch size, epochs, learning rate,
                 recipe, loader, augmentation, precision
 
-`camkit train`, `camkit.train.train`, `camkit.fastai.cam_learner` and `camkit.run.load` all go
+`camkit train`, `camkit.train.loop.train`, `camkit.fastai.cam_learner` and `camkit.train.run.load` all go
 through these, so a typo (`--arch resnet-34`, `--head CAM`, `--stride 12`) fails in one line
 before the dataset is decoded, and a default (the stride) is the same everywhere.
 
@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from camkit.choices import Aug, Head, Precision, Recipe, TrainLoader, choice
+from camkit.core.choices import Aug, Head, Precision, Recipe, TrainLoader, choice
 from camkit.errors import CamkitError
 
 STRIDES = (8, 16, 32)
@@ -200,7 +200,7 @@ class TrainSpec:
 
 
 def recipe_name(recipe: Any, head: str) -> str:
-    """The training recipe named (camkit.evidence.RECIPES), `auto` resolved for the head: the
+    """The training recipe named (camkit.train.evidence.RECIPES), `auto` resolved for the head: the
     counterfactual recipe with camkit's CAM head (it reads the head's weights), plain with fastai's."""
     name = choice(Recipe, recipe, "recipe")
     if name == "auto":

@@ -36,12 +36,13 @@ from fastai.callback.core import Callback
 from fastai.data.core import DataLoaders
 from torch import Tensor, nn
 
-from camkit.choices import Recipe, value
-from camkit.data import IMAGENET_STATS, Normalizer
+from camkit.core.choices import Recipe, value
+from camkit.core.geometry import Grid, grid_for, probe, upsample
+from camkit.core.images import list_images, open_or_skip, resize_square
+from camkit.core.layout import cam_linear
+from camkit.data.folders import IMAGENET_STATS, Normalizer
 from camkit.errors import CamkitError
-from camkit.geometry import Grid, grid_for, probe, upsample
-from camkit.layout import cam_linear
-from camkit.spec import recipe_name
+from camkit.train.spec import recipe_name
 
 
 @dataclass(frozen=True)
@@ -211,8 +212,6 @@ def with_recipe(dls: DataLoaders, recipe: str | Recipe | EvidenceRecipe, n_class
 def load_negatives(folder: str | Path, size: int) -> Tensor:
     """Every readable image under `folder` (searched recursively) squished to size x size, as
     uint8 (N, 3, S, S); unreadable files are skipped with a warning, none at all is an error."""
-    from camkit.images import list_images, open_or_skip, resize_square
-
     folder = Path(folder)
     if not folder.is_dir():
         raise CamkitError(f"--negatives '{folder}' is not a folder")
@@ -233,7 +232,7 @@ def neither_probs(logits: Tensor) -> Tensor:
 
 def erase_evidence(x: Tensor, maps: Tensor, area: float, grid: Grid | None = None) -> Tensor:
     """Each image with the top `area` fraction of its map's pixels (upsampled as `grid` places the
-    cells, camkit.geometry) replaced by the same image rolled by half its height and width: the
+    cells, camkit.core.geometry) replaced by the same image rolled by half its height and width: the
     region the map calls evidence gets the image's own texture from elsewhere (seamless on
     noise, no grey box a model could learn as "erased")."""
     h, w = x.shape[-2:]

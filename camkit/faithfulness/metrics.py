@@ -22,12 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from camkit.cam import make_cam
 from camkit.cam.base import normalise
-from camkit.geometry import Grid, upsample
-from camkit.imputation import NEIGHBOURS, solve_imputations  # noqa: F401 - ROAD's systems, still importable here
-from camkit.scoring import ort_scorer
+from camkit.core.geometry import Grid, upsample
+from camkit.faithfulness.imputation import NEIGHBOURS, solve_imputations  # noqa: F401 - ROAD's systems, still importable here
+from camkit.faithfulness.scoring import ort_scorer
 
-# run-level names that moved to camkit.evaluate; `from camkit.metrics import evaluate_run` still works
+# run-level names that moved to camkit.evaluate; `from camkit.faithfulness.metrics import evaluate_run` still works
 _MOVED = frozenset({"DEFAULT_METHODS", "SANITY_MAX", "ABSENCE_MIN", "ABSENCE_GAP", "TRUST_KEYS", "read_boxes",
                     "evaluate", "run_images", "evaluate_run", "summarize_trust", "absence_of_evidence",
                     "rank_methods"})
@@ -67,7 +68,7 @@ ORT_MIN_IMAGES = 8
 def scoring_model(model: nn.Module, x: Tensor, onnx: bool = True) -> Callable[[Tensor], Tensor]:
     """A faster twin of `model` for the metrics' many forward passes: with onnxruntime installed
     (and `onnx`, and x of ORT_MIN_IMAGES or more), the model exported to ONNX and run there
-    (`camkit.scoring.ort_scorer`: 1.4x the torch twin at batch 112 here); else, or when its
+    (`camkit.faithfulness.scoring.ort_scorer`: 1.4x the torch twin at batch 112 here); else, or when its
     logits disagree, BatchNorm folded into the convolutions before it (torch.fx's `fuse`) and
     channels-last weights and inputs (1.7x eager on resnet18 @ 128 px, batch 112, on a 2-core
     CPU; scripts/bench_cam_eval.py). Either twin's logits on `x` are checked against the
@@ -380,8 +381,6 @@ def trust_rows(model: nn.Module, method: str, copies: list[tuple[str, nn.Module]
 
 
 def _copy_maps(method: str, copies: list[tuple[str, nn.Module]], x: Tensor, target: Tensor) -> list[Tensor]:
-    from camkit.cam import make_cam
-
     return [make_cam(method, c)(x, target).cpu() for _, c in copies]
 
 

@@ -1,5 +1,5 @@
 """Which engine computes exact CAM: camkit's torch model, or ONNX Runtime running the graph
-`camkit export RUN --onnx` wrote (camkit.export). Both give the same `CamResult`s, so overlays,
+`camkit export RUN --onnx` wrote (camkit.export.onnx). Both give the same `CamResult`s, so overlays,
 `.npy` maps and `cams.jsonl` are identical in format and equal in value to ~1e-5.
 
     graph = OrtGraph.open("runs/pets/model.onnx")        # checks the sidecar and the graph's hash
@@ -30,16 +30,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from camkit.choices import CamEngine as Engine
+from camkit.core.choices import CamEngine as Engine
 from camkit.errors import CamkitError
-from camkit.export import GRAPH, INPUT, INT8_GRAPH, OUTPUTS, Sidecar, read_sidecar, require_onnx, sha256
+from camkit.export.onnx import (DEFAULT_OPSET, GRAPH, INPUT, INSTALL_HINT, INT8_GRAPH, OUTPUTS, Sidecar, TOLERANCE,
+                                check_parity, graph_bytes, map_size, parity_images, read_sidecar, require_onnx,
+                                run_grid, session, sha256)
 
 if TYPE_CHECKING:
     from torch import Tensor
 
     from camkit.cam import CamOutput
-    from camkit.geometry import Grid
-    from camkit.run import LoadedModel
+    from camkit.core.geometry import Grid
+    from camkit.train.run import LoadedModel
 
 
 # ---------------------------------------------------------------- the graph, torch-free
@@ -56,8 +58,6 @@ class OrtGraph:
     def open(cls, path: str | Path, threads: int | None = None) -> OrtGraph:
         """The graph at `path` and its `<path>.json`; refused when the graph is not the one the
         sidecar describes (its SHA-256), so an edited or half-copied pair is never run."""
-        from camkit.export import session
-
         require_onnx("the ONNX Runtime engine")
         path = Path(path)
         if not path.is_file():
@@ -102,7 +102,7 @@ class OnnxCAM:
         self.grid: Grid | None = self._grid()
 
     def _grid(self) -> Grid:
-        from camkit.geometry import Grid
+        from camkit.core.geometry import Grid
 
         g = self.graph.sidecar.grid
         return Grid(tuple(g["stride"]), tuple(g["offset"]), tuple(g["size"]))
@@ -129,7 +129,7 @@ class OnnxCAM:
         import torch.nn.functional as F
 
         from camkit.cam import CamOutput, normalise, scale_signed
-        from camkit.targets import as_target
+        from camkit.cam.targets import as_target
 
         if x.dtype != torch.uint8:
             raise CamkitError("the ONNX engine takes the uint8 images OnnxCAM.feed makes (the graph normalises "
@@ -158,7 +158,7 @@ class EngineChoice:
 def graph_for(run_dir: str | Path, name: str = GRAPH) -> Path | None:
     """RUN/<name> when it has a sidecar and was exported from the run's current model.pth
     (a retrained run's old graph is stale and ignored); None otherwise."""
-    from camkit.run import WEIGHTS
+    from camkit.train.run import WEIGHTS
 
     path = Path(run_dir) / name
     if not (path.is_file() and (Path(run_dir) / WEIGHTS).is_file()):
@@ -221,25 +221,12 @@ def choose_engine(engine: str | Engine, loaded: LoadedModel, exact: bool, precis
 
 
 def _hint() -> str:
-    from camkit.export import INSTALL_HINT
-
     return INSTALL_HINT
 
 
 def open_graph(choice: EngineChoice, loaded: LoadedModel, threads: int | None = None) -> OrtGraph:
     """The OrtGraph of an ONNX choice: its file, or the graph exported now, in memory, from
     `loaded` (checked against torch as `camkit export` checks it; nothing written)."""
-    from camkit.export import (
-        DEFAULT_OPSET,
-        TOLERANCE,
-        check_parity,
-        graph_bytes,
-        map_size,
-        parity_images,
-        run_grid,
-        session,
-    )
-
     if choice.graph is not None:
         return OrtGraph.open(choice.graph, threads)
     data = graph_bytes(loaded)

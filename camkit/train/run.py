@@ -35,16 +35,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from camkit.choices import EvalSplit, Head, values
-from camkit.data import Normalizer
-from camkit.device import resolve_device
+from camkit.core.choices import EvalSplit, Head, values
+from camkit.core.device import resolve_device
+from camkit.core.files import (TMP_PREFIX, atomic_write, confined, ensure_writable_dir, move_aside, parse_json,
+                               read_text, remove_if_empty)
+from camkit.core.images import open_rgb, resize_square
+from camkit.data.folders import Normalizer
 from camkit.errors import CamkitError
-from camkit.files import (TMP_PREFIX, atomic_write, confined, ensure_writable_dir, move_aside, parse_json,
-                          read_text, remove_if_empty)
-from camkit.images import open_rgb, resize_square
-from camkit.models import StateMismatch, read_state_dict, rebuild
-from camkit.spec import ModelSpec
-from camkit.verdict import TrainingVerdict, Verdict, confusion_matrix, judge
+from camkit.train.models import StateMismatch, read_state_dict, rebuild
+from camkit.train.spec import ModelSpec
+from camkit.train.verdict import TrainingVerdict, Verdict, confusion_matrix, judge
 
 MODEL_FORMAT = "camkit-model/2"
 READABLE_FORMATS = ("camkit-model/1", MODEL_FORMAT)   # /1: paths in valid.json relative to the cwd
@@ -75,9 +75,9 @@ class RunInfo:
     format: str = MODEL_FORMAT
     resize: str = "squish"   # how images reach size x size: squish (camkit train) or crop (fastai's Resize)
     world_size: int = 1      # processes that trained it (data-parallel under torchrun / accelerate)
-    dilate: bool = False     # a lower stride made by dilation (camkit.spec.ModelSpec)
-    verdict: dict | None = None   # camkit.verdict.Verdict.to_json() (runs before it: recomputed)
-    spec: dict = field(default_factory=dict)   # the resolved training options (camkit.spec.TrainSpec)
+    dilate: bool = False     # a lower stride made by dilation (camkit.train.spec.ModelSpec)
+    verdict: dict | None = None   # camkit.train.verdict.Verdict.to_json() (runs before it: recomputed)
+    spec: dict = field(default_factory=dict)   # the resolved training options (camkit.train.spec.TrainSpec)
 
     def to_json(self) -> dict:
         return {"format": self.format, **{k: v for k, v in asdict(self).items() if k != "format"}}
@@ -85,7 +85,7 @@ class RunInfo:
     @classmethod
     def describe(cls, model: ModelSpec, **fields: Any) -> RunInfo:
         """A new run's model.json (`camkit train` and a notebook's export_run alike): the network
-        from its camkit.spec.ModelSpec, the rest as given."""
+        from its camkit.train.spec.ModelSpec, the rest as given."""
         return cls(arch=model.arch, head=model.head, stride=model.stride, dilate=model.dilate, **fields)
 
     @classmethod
@@ -128,7 +128,7 @@ class RunInfo:
 
     @property
     def model_spec(self):
-        """The network as camkit.spec describes it (checked again: model.json may be anyone's)."""
+        """The network as camkit.train.spec describes it (checked again: model.json may be anyone's)."""
         return ModelSpec.parse(self.arch, self.head, self.stride, self.dilate)
 
 
@@ -472,7 +472,7 @@ def save_run(out: Path, contents: RunContents, overwrite: bool) -> None:
 
 def _write_files(folder: Path, c: RunContents) -> list[str]:
     """The run's files into `folder`, model.json last; returns the names written before it."""
-    from camkit.plots import plot_confusion, plot_losses
+    from camkit.core.plots import plot_confusion, plot_losses
 
     torch.save({k: v.detach().cpu().contiguous() for k, v in c.state.items()}, folder / WEIGHTS)
     with open(folder / HISTORY, "w", newline="", encoding="utf-8") as f:
