@@ -25,7 +25,7 @@ _SUBMODULES = frozenset({
     "app", "cam", "clean", "core", "course", "crawl", "data", "demo", "errors", "evaluate", "explain", "export",
     "faithfulness", "fastai", "predict", "report", "share", "train",
 })
-# where the flat modules of camkit <= 0.x moved when they were grouped by concern (issue 27): the
+# where the flat modules of camkit 0.1.0 moved when they were grouped by concern (issue 27): the
 # old paths keep working, as the same module objects (`import camkit.run` is camkit.train.run)
 MOVED = {f"camkit.{old}": f"camkit.{new}" for old, new in {
     "choices": "core.choices", "files": "core.files", "images": "core.images", "geometry": "core.geometry",

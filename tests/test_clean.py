@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import camkit.clean
 from camkit.clean import CLEAN_LOG, apply, rank, undo, write_page
 from camkit.crawl import read_manifest
 from camkit.errors import CamkitError
@@ -137,13 +136,13 @@ def test_cleanlab_ranks_and_counts_the_flips_from_out_of_sample_probabilities(no
     """The cleanlab side of --folds on known probabilities (the folds themselves are tested
     above): fold models that are right on the colours, so each swapped image gets 0.9 for the
     class of its colour, against its folder; one clean image is an outlier to its fold model."""
-    import camkit.train.folds as folds_mod
+    import camkit.clean as clean_mod
     from camkit.data.folders import scan_class_folders
 
     root, run, injected = noisy_colour
     scores = known_scores(root)
     files = scores.files
-    monkeypatch.setattr(camkit.clean, "out_of_sample", lambda *a, **k: scores)   # as clean imports it
+    monkeypatch.setattr(clean_mod, "out_of_sample", lambda *a, **k: scores)   # as clean imports it
     suspects = rank(run, data=root, folds=3)
     estimate = suspects.estimate
     assert (estimate.mislabelled, estimate.off_topic, estimate.to_review) == (6, 1, 7)
@@ -173,11 +172,10 @@ def test_cli_folds_saves_the_ranking_and_a_refused_save_is_one_warning(cli, nois
     """The CLI's saving on known out-of-sample scores (no fold training): saved beside the run
     and said; a refused write after the folds is a warning line, and the command still succeeds."""
     import camkit.clean as clean_mod
-    import camkit.train.folds as folds_mod
 
     root, colour, injected = noisy_colour
     run = shutil.copytree(colour, tmp_path / "run")
-    monkeypatch.setattr(camkit.clean, "out_of_sample", lambda *a, **k: known_scores(root))
+    monkeypatch.setattr(clean_mod, "out_of_sample", lambda *a, **k: known_scores(root))
     code, out, err = cli("clean", run, "--data", root, "--folds", "3", "--top", "1", "--out", tmp_path / "p.html")
     assert code == 0, err
     assert f"out-of-sample ranking saved for the app's Clean tab: {run / clean_mod.RANKING}" in out

@@ -8,6 +8,7 @@ import json
 import re
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -59,10 +60,8 @@ def status_counts(out: Path) -> dict[tuple[str, str], int]:
     ("cats", "small"): 3, ...}`, sorted. Nothing here moves or opens the files the lines name, so
     the records are counted as they are (not checked as `read_manifest` checks them); a line that
     is not a JSON object is skipped, and a missing field counts as '?'."""
-    counts: dict[tuple[str, str], int] = {}
-    for _, rec in _records(Path(out) / MANIFEST):
-        key = (str(rec.get("keyword", "?")), str(rec.get("status", "?")))
-        counts[key] = counts.get(key, 0) + 1
+    counts = Counter((str(rec.get("keyword", "?")), str(rec.get("status", "?")))
+                     for _, rec in _records(Path(out) / MANIFEST))
     return dict(sorted(counts.items()))
 
 
